@@ -1,1 +1,19 @@
+//! Tessera's virtual machine monitor core.
+//!
+//! A launch goes `VmConfig` -> [`Vm::create`] (KVM VM, memory, memslots, vCPUs: everything the
+//! machine config decides) -> [`Vm::boot`] (kernel, initrd, boot structures, vCPU threads) ->
+//! [`RunningVm::wait`] (the VMM event loop until the guest ends).
 
+pub mod config;
+pub mod console_input;
+pub mod exit;
+pub mod kvm;
+pub mod loader;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+pub mod x86_64;
+
+pub use config::{BootSource, ConsoleOutput, MachineConfig};
+pub use exit::VmExit;
+pub use vm::{RunningVm, Vm, VmError};

@@ -1,0 +1,103 @@
+//! One vCPU: its KVM state at creation and the `KVM_RUN` loop its thread spins in.
+
+use std::sync::Arc;
+
+use devices::Bus;
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::exit::VmExit;
+use crate::x86_64::{cpuid, regs};
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum VcpuError {
+    /// cannot create vCPU {index}: {source}
+    Create { index: u8, source: kvm_ioctls::Error },
+    /// cannot set CPUID on vCPU {index}: {source}
+    Cpuid { index: u8, source: kvm_ioctls::Error },
+    /// cannot set up vCPU {index}: {source}
+    Regs { index: u8, source: regs::RegsError },
+}
+
+/// The buses a vCPU dispatches its port and MMIO exits to.
+#[derive(Clone)]
+pub struct Buses {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+}
+
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC LINT pins set.
+    pub fn new(vm: &VmFd, index: u8, count: u8, supported: &CpuId) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported, index, count))
+            .map_err(|source| VcpuError::Cpuid { index, source })?;
+        let regs_err = |source| VcpuError::Regs { index, source };
+        regs::setup_msrs(&fd).map_err(regs_err)?;
+        regs::setup_fpu(&fd).map_err(regs_err)?;
+        regs::setup_lint(&fd).map_err(regs_err)?;
+        Ok(Self { index, fd })
+    }
+
+    /// Runs the guest until this vCPU ends the VM.
+    pub fn run(&mut self, buses: &Buses) -> VmExit {
+        let vcpu = self.index;
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !buses.pio.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    if !buses.pio.write(u64::from(port), data) {
+                        log::debug!("vCPU {vcpu}: write to unclaimed port {port:#x}");
+                    }
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !buses.mmio.read(addr, data) {
+                        data.fill(0);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if !buses.mmio.write(addr, data) {
+                        log::debug!("vCPU {vcpu}: write to unclaimed MMIO {addr:#x}");
+                    }
+                }
+                Ok(VcpuExit::Hlt) => return VmExit::Halted { vcpu },
+                Ok(VcpuExit::Shutdown) => return VmExit::TripleFault { vcpu },
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return VmExit::KvmFailure {
+                        vcpu,
+                        detail: format!("VM entry failed with hardware reason {reason:#x} on host CPU {cpu}"),
+                    }
+                }
+                Ok(VcpuExit::InternalError) => {
+                    return VmExit::KvmFailure { vcpu, detail: "KVM internal error".into() }
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_RESET => return VmExit::Reset,
+                    KVM_SYSTEM_EVENT_SHUTDOWN => return VmExit::Halted { vcpu },
+                    KVM_SYSTEM_EVENT_CRASH => return VmExit::TripleFault { vcpu },
+                    other => {
+                        return VmExit::Unexpected { vcpu, detail: format!("unknown system event {other}") }
+                    }
+                },
+                // A signal interrupted KVM_RUN; carry on.
+                Ok(VcpuExit::Intr) => {}
+                Ok(other) => {
+                    return VmExit::Unexpected { vcpu, detail: format!("unhandled exit {other:?}") }
+                }
+                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {}
+                Err(e) => return VmExit::Unexpected { vcpu, detail: format!("KVM_RUN failed: {e}") },
+            }
+        }
+    }
+}

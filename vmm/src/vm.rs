@@ -1,0 +1,382 @@
+//! The VM: built in two steps so that everything the machine config decides (KVM VM, memory,
+//! memslots, vCPUs) exists before the boot source is known or the start is asked for.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use devices::legacy::{
+    BootDonePort, SerialConsole, BOOT_DONE_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
+    SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+};
+use devices::{Bus, BusError};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{BootSource, ConsoleOutput, MachineConfig};
+use crate::console_input::ConsoleInput;
+use crate::exit::VmExit;
+use crate::kvm::{self, KvmError};
+use crate::loader::{self, LoaderError};
+use crate::memory::{self, GuestMemory, MemoryError};
+use crate::vcpu::{Buses, Vcpu, VcpuError};
+use crate::x86_64::boot_params::{self, BootInfo, BootParamsError};
+use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
+use crate::x86_64::mptable::{self, MpTableError};
+use crate::x86_64::regs::{self, EntryPoint, RegsError};
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+type EventLoop = EventManager<Subscriber>;
+
+/// Three pages KVM needs for the real-mode TSS on Intel, inside the MMIO gap.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum VmError {
+    /// {0}
+    Kvm(#[from] KvmError),
+    /// cannot set up {what}: {source}
+    Setup {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// {0}
+    Memory(#[from] MemoryError),
+    /// {0}
+    Vcpu(#[from] VcpuError),
+    /// {0}
+    Loader(#[from] LoaderError),
+    /// {0}
+    BootParams(#[from] BootParamsError),
+    /// {0}
+    MpTable(#[from] MpTableError),
+    /// {0}
+    Regs(#[from] RegsError),
+    /// cannot place a device: {0}
+    Bus(#[from] BusError),
+    /// cannot open console output {path}: {source}
+    ConsoleFile { path: String, source: io::Error },
+    /// cannot {what}: {source}
+    Io { what: &'static str, source: io::Error },
+    /// VMM event loop failed: {0}
+    EventLoop(event_manager::Error),
+}
+
+fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Setup { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// A VM with its memory and vCPUs, not yet booted.
+pub struct Vm {
+    machine: MachineConfig,
+    vm_fd: VmFd,
+    memory: GuestMemory,
+    vcpus: Vec<Vcpu>,
+}
+
+impl Vm {
+    /// Creates the KVM VM, its in-kernel IRQ chip and PIT, guest memory and memslots, and the
+    /// vCPUs with their CPUID, MSRs, FPU and LAPIC state.
+    pub fn create(machine: MachineConfig) -> Result<Self, VmError> {
+        let kvm = kvm::open()?;
+        let vm_fd = kvm.create_vm().map_err(setup("the KVM VM"))?;
+        vm_fd.set_tss_address(TSS_ADDRESS).map_err(setup("the TSS address"))?;
+        vm_fd.create_irq_chip().map_err(setup("the in-kernel IRQ chip"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(setup("the in-kernel PIT"))?;
+
+        let memory = memory::create(machine.mem_size_mib)?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| VmError::Io { what: "map guest memory", source: io::Error::other("no host address") })?;
+            let memslot = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the range is a live mapping owned by `memory`, which the Vm keeps for as
+            // long as the KVM VM exists; slots do not overlap because regions do not.
+            unsafe { vm_fd.set_user_memory_region(memslot) }.map_err(setup("guest memory slots"))?;
+        }
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(setup("CPUID (KVM_GET_SUPPORTED_CPUID)"))?;
+        let count = machine.vcpu_count;
+        let vcpus = (0..count)
+            .map(|index| Vcpu::new(&vm_fd, index, count, &supported))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { machine, vm_fd, memory, vcpus })
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Loads the boot source, builds the devices and starts the vCPU threads.
+    pub fn boot(
+        mut self,
+        boot: &BootSource,
+        console: &ConsoleOutput,
+        process_start: Instant,
+    ) -> Result<RunningVm, VmError> {
+        let entry = self.load(boot)?;
+        regs::setup_boot_vcpu(&self.vcpus[0].fd, &self.memory, &entry)?;
+        let devices = LegacyDevices::new(&self.vm_fd, console, process_start)?;
+        let buses = Buses { pio: Arc::new(devices.pio_bus()?), mmio: Arc::new(Bus::new()) };
+
+        let mut event_manager: EventLoop = EventManager::new().map_err(VmError::EventLoop)?;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
+        let control = Arc::new(Mutex::new(VmControl::new(
+            exit_rx,
+            exit_evt.try_clone().map_err(io_err("clone an eventfd"))?,
+            devices.reset_evt,
+            devices.i8042,
+        )?));
+        event_manager.add_subscriber(control.clone() as Subscriber);
+        if *console == ConsoleOutput::Stdio {
+            let input = ConsoleInput::new(io::stdin(), devices.serial, devices.input_room_evt);
+            event_manager.add_subscriber(Arc::new(Mutex::new(input)) as Subscriber);
+        }
+
+        for mut vcpu in self.vcpus.drain(..) {
+            let (buses, exit_tx) = (buses.clone(), exit_tx.clone());
+            let exit_evt = exit_evt.try_clone().map_err(io_err("clone an eventfd"))?;
+            thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index))
+                .spawn(move || {
+                    let exit = vcpu.run(&buses);
+                    // The receiver is gone only when the VMM is already exiting.
+                    let _ = exit_tx.send(exit);
+                    let _ = exit_evt.write(1);
+                    // Keep the vCPU fd open until the process ends: the VMM decides when to exit.
+                    std::mem::forget(vcpu);
+                })
+                .map_err(io_err("start a vCPU thread"))?;
+        }
+        Ok(RunningVm { _vm: self, event_manager, control })
+    }
+
+    /// Puts kernel, initrd, command line and boot structures into guest memory.
+    fn load(&self, boot: &BootSource) -> Result<EntryPoint, VmError> {
+        let info = loader::inspect_kernel(&boot.kernel_image_path)?;
+        if info.is_linux && kvm::is_pvm_host() {
+            return Err(KvmError::PvmCannotBootLinux.into());
+        }
+        let mem = &self.memory;
+        let mem_size = self.machine.mem_size_mib << 20;
+        let kernel = loader::load_kernel(mem, &boot.kernel_image_path, info.format)?;
+        let initrd = match &boot.initrd_path {
+            Some(path) => {
+                let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
+                Some(loader::load_initrd(mem, path, kernel.end, top)?)
+            }
+            None => None,
+        };
+        loader::load_cmdline(mem, &boot.boot_args)?;
+        mptable::write(mem, self.machine.vcpu_count)?;
+
+        let e820 = boot_params::e820_map(mem_size);
+        let info = BootInfo { cmdline_len: boot.boot_args.len(), initrd };
+        match kernel.entry {
+            EntryPoint::Linux64(_) => {
+                let params = boot_params::zero_page(kernel.setup_header, &info, &e820)?;
+                boot_params::write_zero_page(mem, &params)?;
+            }
+            EntryPoint::Pvh(_) => boot_params::write_pvh_start_info(mem, &info, &e820)?,
+        }
+        Ok(kernel.entry)
+    }
+}
+
+/// Serial console, i8042 and boot-done port, with the eventfds that connect them to KVM and to
+/// the VMM loop.
+struct LegacyDevices {
+    serial: Arc<Mutex<SerialConsole>>,
+    i8042: Arc<Mutex<I8042>>,
+    boot_done: Arc<Mutex<BootDonePort>>,
+    reset_evt: EventFd,
+    input_room_evt: EventFd,
+}
+
+impl LegacyDevices {
+    fn new(vm_fd: &VmFd, console: &ConsoleOutput, process_start: Instant) -> Result<Self, VmError> {
+        let irq = |gsi| -> Result<EventFd, VmError> {
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
+            vm_fd.register_irqfd(&evt, gsi).map_err(setup("a device interrupt"))?;
+            Ok(evt)
+        };
+        let out: Box<dyn Write + Send> = match console {
+            ConsoleOutput::Stdio => Box::new(io::stdout()),
+            ConsoleOutput::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| VmError::ConsoleFile { path: path.display().to_string(), source })?,
+            ),
+        };
+        let input_room_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
+        let serial = SerialConsole::new(
+            irq(SERIAL_IRQ)?,
+            input_room_evt.try_clone().map_err(io_err("clone an eventfd"))?,
+            out,
+        );
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
+        let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("clone an eventfd"))?, irq(KEYBOARD_IRQ)?);
+        Ok(Self {
+            serial: Arc::new(Mutex::new(serial)),
+            i8042: Arc::new(Mutex::new(i8042)),
+            boot_done: Arc::new(Mutex::new(BootDonePort::new(process_start))),
+            reset_evt,
+            input_room_evt,
+        })
+    }
+
+    fn pio_bus(&self) -> Result<Bus, BusError> {
+        let mut bus = Bus::new();
+        bus.insert(self.serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+        bus.insert(self.i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
+        bus.insert(self.boot_done.clone(), BOOT_DONE_PORT, 1)?;
+        Ok(bus)
+    }
+}
+
+/// Decides when the VM ends: a vCPU exit, an i8042 reset, or a signal to the VMM.
+///
+/// SIGTERM presses Ctrl-Alt-Del so the guest can shut down cleanly (as `docker stop` asks PID 1);
+/// a second SIGTERM, or SIGINT, stops the VM at once.
+struct VmControl {
+    exit_rx: Receiver<VmExit>,
+    exit_evt: EventFd,
+    reset_evt: EventFd,
+    sigint: UnixStream,
+    sigterm: UnixStream,
+    i8042: Arc<Mutex<I8042>>,
+    asked_guest_to_stop: bool,
+    exit: Option<VmExit>,
+}
+
+/// A socket that receives a byte each time `signal` arrives.
+fn signal_stream(signal: i32) -> Result<UnixStream, VmError> {
+    let (read, write) = UnixStream::pair().map_err(io_err("create a signal socket"))?;
+    read.set_nonblocking(true).map_err(io_err("configure a signal socket"))?;
+    signal_hook::low_level::pipe::register(signal, write).map_err(io_err("install a signal handler"))?;
+    Ok(read)
+}
+
+impl VmControl {
+    fn new(
+        exit_rx: Receiver<VmExit>,
+        exit_evt: EventFd,
+        reset_evt: EventFd,
+        i8042: Arc<Mutex<I8042>>,
+    ) -> Result<Self, VmError> {
+        Ok(Self {
+            exit_rx,
+            exit_evt,
+            reset_evt,
+            sigint: signal_stream(signal_hook::consts::SIGINT)?,
+            sigterm: signal_stream(signal_hook::consts::SIGTERM)?,
+            i8042,
+            asked_guest_to_stop: false,
+            exit: None,
+        })
+    }
+
+    fn on_sigterm(&mut self) {
+        if self.asked_guest_to_stop {
+            self.exit = Some(VmExit::Signal { signal: signal_hook::consts::SIGTERM });
+            return;
+        }
+        self.asked_guest_to_stop = true;
+        let mut i8042 = self.i8042.lock().unwrap_or_else(|p| p.into_inner());
+        match i8042.send_ctrl_alt_del() {
+            Ok(()) => log::info!("SIGTERM: sent Ctrl-Alt-Del to the guest; send SIGTERM again to stop at once"),
+            Err(why) => {
+                log::warn!("SIGTERM: cannot send Ctrl-Alt-Del ({why}); stopping the VM");
+                self.exit = Some(VmExit::Signal { signal: signal_hook::consts::SIGTERM });
+            }
+        }
+    }
+}
+
+fn drain(stream: &mut UnixStream) {
+    let mut buf = [0u8; 16];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+impl MutEventSubscriber for VmControl {
+    fn init(&mut self, ops: &mut EventOps) {
+        let fds = [
+            self.exit_evt.as_raw_fd(),
+            self.reset_evt.as_raw_fd(),
+            self.sigint.as_raw_fd(),
+            self.sigterm.as_raw_fd(),
+        ];
+        for fd in fds {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("VMM loop: cannot watch fd {fd}: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.exit_evt.as_raw_fd() {
+            let _ = self.exit_evt.read();
+            if let Ok(exit) = self.exit_rx.try_recv() {
+                self.exit.get_or_insert(exit);
+            }
+        } else if fd == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.exit.get_or_insert(VmExit::Reset);
+        } else if fd == self.sigint.as_raw_fd() {
+            drain(&mut self.sigint);
+            self.exit.get_or_insert(VmExit::Signal { signal: signal_hook::consts::SIGINT });
+        } else if fd == self.sigterm.as_raw_fd() {
+            drain(&mut self.sigterm);
+            self.on_sigterm();
+        }
+    }
+}
+
+/// A booted VM whose vCPU threads are running.
+pub struct RunningVm {
+    /// Keeps the KVM VM and guest memory alive while vCPU threads use them.
+    _vm: Vm,
+    event_manager: EventLoop,
+    control: Arc<Mutex<VmControl>>,
+}
+
+impl RunningVm {
+    /// Runs the VMM event loop until the VM ends, and says why it ended.
+    ///
+    /// vCPU threads are still inside KVM_RUN when this returns; the caller ends the process.
+    pub fn wait(mut self) -> Result<VmExit, VmError> {
+        loop {
+            self.event_manager.run().map_err(VmError::EventLoop)?;
+            let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(exit) = control.exit.take() {
+                return Ok(exit);
+            }
+        }
+    }
+}
