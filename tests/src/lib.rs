@@ -1,1 +1,130 @@
+//! Harness for Tessera's integration tests and benchmarks: the tiny guests, a builder for
+//! `tessera` command lines, and the checks that decide whether a test can run on this host.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tiny guest image built by build.rs: `report64`, `pvh`, `reset64`, `idle64`, `triple64`,
+/// `kbd64` or `smp64` (see guests/tiny.S).
+pub fn tiny_guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("TINY_GUEST_DIR")).join(format!("{name}.elf"));
+    assert!(path.exists(), "no tiny guest {name} at {}", path.display());
+    path
+}
+
+/// The `tessera` binary of this build.
+pub fn tessera_bin() -> PathBuf {
+    // Integration tests and benches live in target/<profile>/deps or target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("tessera");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p api`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Why tiny-guest tests cannot run here, if they cannot.
+pub fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm cannot be opened ({e})")),
+    }
+}
+
+/// Prints a skip line and returns true when `/dev/kvm` is unusable.
+pub fn skip_without_kvm(test: &str) -> bool {
+    match kvm_unavailable() {
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// A `tessera run` invocation.
+pub struct Run {
+    cmd: Command,
+}
+
+impl Run {
+    pub fn new(kernel: &Path) -> Self {
+        let mut cmd = Command::new(tessera_bin());
+        cmd.arg("run").arg("--kernel").arg(kernel);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Self { cmd }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn spawn(mut self) -> Child {
+        self.cmd.spawn().expect("spawn tessera")
+    }
+
+    /// Runs to completion; kills the VMM and fails the test after `timeout`.
+    pub fn output(self, timeout: Duration) -> Finished {
+        wait_with_timeout(self.spawn(), timeout)
+    }
+}
+
+/// A finished `tessera` process.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    fn from_output(out: Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Waits for `child`, killing it after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Finished {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait().expect("wait for tessera") {
+            Some(_) => return Finished::from_output(child.wait_with_output().expect("collect output")),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = Finished::from_output(child.wait_with_output().expect("collect output"));
+                panic!("tessera did not finish within {timeout:?}\n{out}");
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
