@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Variant names: each becomes `-DVARIANT_<NAME>` and `<name>.elf`.
-const VARIANTS: &[&str] = &["report64", "pvh", "reset64", "idle64", "triple64", "kbd64", "smp64"];
+const VARIANTS: &[&str] = &[
+    "report64", "pvh", "reset64", "idle64", "triple64", "kbd64", "smp64",
+];
 
 fn run(cmd: &mut Command) {
     let status = cmd

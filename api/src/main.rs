@@ -15,7 +15,11 @@ const EXIT_VMM_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Tessera: a minimal KVM microVM monitor")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a minimal KVM microVM monitor"
+)]
 struct Cli {
     /// Log level for VMM messages on stderr: off, error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let rendered = e.render().to_string();
-            eprintln!("tessera: {}", rendered.lines().next().unwrap_or("invalid arguments"));
+            eprintln!(
+                "tessera: {}",
+                rendered.lines().next().unwrap_or("invalid arguments")
+            );
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -116,11 +123,16 @@ fn run(args: RunArgs, process_start: Instant) -> ExitCode {
 
 fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
     let machine = MachineConfig::new(args.vcpus, args.memory).map_err(|e| e.to_string())?;
-    let boot = BootSource::new(args.kernel, args.initrd, Some(args.cmdline)).map_err(|e| e.to_string())?;
-    let console = args.console_output.map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
+    let boot =
+        BootSource::new(args.kernel, args.initrd, Some(args.cmdline)).map_err(|e| e.to_string())?;
+    let console = args
+        .console_output
+        .map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
 
     let vm = Vm::create(machine).map_err(|e| e.to_string())?;
-    let running = vm.boot(&boot, &console, process_start).map_err(|e| e.to_string())?;
+    let running = vm
+        .boot(&boot, &console, process_start)
+        .map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
     if exit.is_clean() {
         log::info!("VM stopped: {exit}");

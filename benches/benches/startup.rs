@@ -16,7 +16,10 @@ use benches::{field_u64, median, monotonic_us};
 use tests::{kvm_unavailable, tessera_bin, tiny_guest};
 
 fn runs() -> usize {
-    std::env::var("STARTUP_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
+    std::env::var("STARTUP_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
 }
 
 fn p90(values: &[f64]) -> f64 {
@@ -29,7 +32,11 @@ fn p90(values: &[f64]) -> f64 {
 fn floor_once(floor: &Path) -> f64 {
     let start = monotonic_us();
     let out = Command::new(floor).output().expect("run kvm_floor");
-    assert!(out.status.success(), "kvm_floor failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kvm_floor failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let first = field_u64(&stdout, "first_exit_monotonic_us=").expect("first exit time");
     (first - start) as f64 / 1e3
@@ -48,7 +55,12 @@ fn tessera_once(tessera: &Path, guest: &Path) -> (f64, f64) {
         .spawn()
         .expect("spawn tessera");
     let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).expect("read log");
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .expect("read log");
     let status = child.wait().expect("wait for tessera");
     let exited = monotonic_us();
     assert!(status.success(), "tessera failed: {log}");
@@ -112,7 +124,11 @@ fn main() {
     }
     let tessera = tessera_bin();
     let floor = tessera.with_file_name("kvm_floor");
-    assert!(floor.exists(), "{} is missing: run `cargo build --release --workspace --bins`", floor.display());
+    assert!(
+        floor.exists(),
+        "{} is missing: run `cargo build --release --workspace --bins`",
+        floor.display()
+    );
     let reset_guest = tiny_guest("reset64");
     let idle_guest = tiny_guest("idle64");
     let n = runs();
@@ -131,12 +147,25 @@ fn main() {
 
     let row = |name: &str, v: &mut Vec<f64>, unit: &str| {
         let p = p90(v);
-        println!("| {name} | {:.2} {unit} | {:.2} {unit} | {} |", median(v), p, v.len());
+        println!(
+            "| {name} | {:.2} {unit} | {:.2} {unit} | {} |",
+            median(v),
+            p,
+            v.len()
+        );
     };
     println!("| figure | median | p90 | runs |");
     println!("|---|---|---|---|");
-    row("bare-KVM floor: spawn -> first guest exit", &mut floor_ms, "ms");
-    row("tessera: spawn -> first guest instruction", &mut first_ms, "ms");
+    row(
+        "bare-KVM floor: spawn -> first guest exit",
+        &mut floor_ms,
+        "ms",
+    );
+    row(
+        "tessera: spawn -> first guest instruction",
+        &mut first_ms,
+        "ms",
+    );
     row("tessera: guest reset -> process exit", &mut exit_ms, "ms");
     row("tessera: VMM RSS beyond guest memory", &mut rss_mib, "MiB");
     println!(

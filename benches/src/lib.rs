@@ -2,7 +2,10 @@
 
 /// Microseconds on CLOCK_MONOTONIC, the clock the VMM stamps its log lines with.
 pub fn monotonic_us() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
@@ -23,7 +26,10 @@ pub fn median(values: &mut [f64]) -> f64 {
 /// The number after `key=` in `line`, if any.
 pub fn field_u64(line: &str, key: &str) -> Option<u64> {
     let start = line.find(key)? + key.len();
-    let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 

@@ -88,7 +88,9 @@ impl Bus {
 /// Locks a device even if another vCPU thread panicked while holding it: device state is plain
 /// data, and a poisoned lock must not take the whole VMM down with it.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -148,7 +150,10 @@ mod tests {
             bus.insert(dev(), 0x5f, 2),
             Err(BusError::Overlap { base: 0x5f, len: 2 })
         );
-        assert_eq!(bus.insert(dev(), 0x70, 0), Err(BusError::BadRange { base: 0x70 }));
+        assert_eq!(
+            bus.insert(dev(), 0x70, 0),
+            Err(BusError::BadRange { base: 0x70 })
+        );
         assert_eq!(
             bus.insert(dev(), u64::MAX, 2),
             Err(BusError::BadRange { base: u64::MAX })

@@ -32,7 +32,11 @@ pub fn tessera_bin() -> PathBuf {
 
 /// Why tiny-guest tests cannot run here, if they cannot.
 pub fn kvm_unavailable() -> Option<String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm cannot be opened ({e})")),
     }
@@ -58,7 +62,9 @@ impl Run {
     pub fn new(kernel: &Path) -> Self {
         let mut cmd = Command::new(tessera_bin());
         cmd.arg("run").arg("--kernel").arg(kernel);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         Self { cmd }
     }
 
@@ -118,7 +124,9 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Finished {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait().expect("wait for tessera") {
-            Some(_) => return Finished::from_output(child.wait_with_output().expect("collect output")),
+            Some(_) => {
+                return Finished::from_output(child.wait_with_output().expect("collect output"))
+            }
             None if Instant::now() > deadline => {
                 let _ = child.kill();
                 let out = Finished::from_output(child.wait_with_output().expect("collect output"));

@@ -5,7 +5,9 @@ use std::time::Duration;
 use tests::{tiny_guest, Run};
 
 fn one_line_error(args: &[&str]) -> (Option<i32>, String) {
-    let out = Run::new(&tiny_guest("reset64")).args(args).output(Duration::from_secs(20));
+    let out = Run::new(&tiny_guest("reset64"))
+        .args(args)
+        .output(Duration::from_secs(20));
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line of error\n{out}");
     assert!(lines[0].starts_with("tessera: "), "{out}");
@@ -15,11 +17,23 @@ fn one_line_error(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn out_of_range_counts_and_sizes() {
     let (code, msg) = one_line_error(&["--vcpus", "0"]);
-    assert_eq!((code, msg.as_str()), (Some(1), "tessera: error: vCPU count 0 is out of range: use 1 to 32"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            Some(1),
+            "tessera: error: vCPU count 0 is out of range: use 1 to 32"
+        )
+    );
     let (code, msg) = one_line_error(&["--vcpus", "33"]);
     assert_eq!(code, Some(1), "{msg}");
     let (code, msg) = one_line_error(&["--memory", "4"]);
-    assert_eq!((code, msg.as_str()), (Some(1), "tessera: error: memory size 4 MiB is out of range: use 8 to 1048576 MiB"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            Some(1),
+            "tessera: error: memory size 4 MiB is out of range: use 8 to 1048576 MiB"
+        )
+    );
     let (code, msg) = one_line_error(&["--memory", "lots"]);
     assert_eq!(code, Some(2), "{msg}");
     assert!(msg.contains("--memory"), "{msg}");
@@ -30,7 +44,10 @@ fn cmdline_over_the_limit() {
     let long = "x".repeat(2048);
     let (code, msg) = one_line_error(&["--cmdline", &long]);
     assert_eq!(code, Some(1));
-    assert_eq!(msg, "tessera: error: kernel command line is 2048 bytes; the limit is 2047 bytes");
+    assert_eq!(
+        msg,
+        "tessera: error: kernel command line is 2048 bytes; the limit is 2047 bytes"
+    );
 }
 
 #[test]
@@ -42,7 +59,8 @@ fn bad_paths_are_named() {
         msg.contains("/nonexistent/initrd.img") || msg.contains("/dev/kvm"),
         "{msg}"
     );
-    let out = Run::new(std::path::Path::new("/nonexistent/vmlinux")).output(Duration::from_secs(20));
+    let out =
+        Run::new(std::path::Path::new("/nonexistent/vmlinux")).output(Duration::from_secs(20));
     assert_eq!(out.code, Some(1), "{out}");
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
     assert!(out.stderr.contains("/nonexistent/vmlinux"), "{out}");
@@ -56,9 +74,24 @@ fn help_explains_every_flag() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--console-output", "--log-level"] {
-        let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} missing\n{help}"));
-        let described = help.lines().skip_while(|l| l != &line).nth(1).is_some_and(|next| !next.trim().is_empty());
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--vcpus",
+        "--memory",
+        "--console-output",
+        "--log-level",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing\n{help}"));
+        let described = help
+            .lines()
+            .skip_while(|l| l != &line)
+            .nth(1)
+            .is_some_and(|next| !next.trim().is_empty());
         assert!(described, "{flag} has no description\n{help}");
     }
 }

@@ -18,7 +18,11 @@ fn expected_e820(mib: u64) -> Vec<String> {
 }
 
 fn e820_lines(stdout: &str) -> Vec<String> {
-    stdout.lines().filter(|l| l.starts_with("e820 ")).map(str::to_owned).collect()
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("e820 "))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -27,14 +31,27 @@ fn elf_vmlinux_guest_reads_zero_page_cmdline_and_e820() {
         return;
     }
     let out = Run::new(&tiny_guest("report64"))
-        .args(["--memory", "256", "--cmdline", "console=ttyS0 tessera.test=zero-page"])
+        .args([
+            "--memory",
+            "256",
+            "--cmdline",
+            "console=ttyS0 tessera.test=zero-page",
+        ])
         .output(TIMEOUT);
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("tessera-test: boot=linux64\n"), "{out}");
-    assert!(out.stdout.contains("cmdline=console=ttyS0 tessera.test=zero-page\n"), "{out}");
+    assert!(
+        out.stdout
+            .contains("cmdline=console=ttyS0 tessera.test=zero-page\n"),
+        "{out}"
+    );
     assert_eq!(e820_lines(&out.stdout), expected_e820(256), "{out}");
     assert!(out.stdout.ends_with("tessera-test: done\n"), "{out}");
-    assert!(out.stderr.contains("VM stopped: guest reset through the i8042"), "{out}");
+    assert!(
+        out.stderr
+            .contains("VM stopped: guest reset through the i8042"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -46,7 +63,11 @@ fn pvh_guest_reads_start_info_cmdline_and_memmap() {
         .args(["--memory", "64", "--cmdline", "pvh says hi"])
         .output(TIMEOUT);
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(out.stdout.contains("tessera-test: boot=pvh\nmagic=336ec578\n"), "{out}");
+    assert!(
+        out.stdout
+            .contains("tessera-test: boot=pvh\nmagic=336ec578\n"),
+        "{out}"
+    );
     assert!(out.stdout.contains("cmdline=pvh says hi\n"), "{out}");
     assert_eq!(e820_lines(&out.stdout), expected_e820(64), "{out}");
 }
@@ -57,11 +78,16 @@ fn guest_memory_above_the_mmio_gap_is_reported_at_4_gib() {
         return;
     }
     // Memory is mapped lazily: a 4 GiB guest costs only the pages it touches.
-    let out = Run::new(&tiny_guest("report64")).args(["--memory", "4096"]).output(TIMEOUT);
+    let out = Run::new(&tiny_guest("report64"))
+        .args(["--memory", "4096"])
+        .output(TIMEOUT);
     assert_eq!(out.code, Some(0), "{out}");
     let lines = e820_lines(&out.stdout);
     assert_eq!(lines, expected_e820(4096), "{out}");
-    assert_eq!(lines.last().unwrap(), "e820 0000000100000000 0000000040000000 00000001");
+    assert_eq!(
+        lines.last().unwrap(),
+        "e820 0000000100000000 0000000040000000 00000001"
+    );
 }
 
 #[test]
@@ -93,7 +119,11 @@ fn i8042_reset_ends_the_vm_cleanly() {
     }
     let out = Run::new(&tiny_guest("reset64")).output(TIMEOUT);
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(out.stderr.contains("guest requested a reset through the i8042"), "{out}");
+    assert!(
+        out.stderr
+            .contains("guest requested a reset through the i8042"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -105,7 +135,9 @@ fn triple_fault_gives_the_documented_error_and_exit_code() {
     assert_eq!(out.code, Some(201), "{out}");
     assert!(out.stdout.contains("about to triple fault"), "{out}");
     assert!(
-        out.stderr.contains("VM stopped: guest triple fault on vCPU 0 (the CPU shut down) (exit code 201)"),
+        out.stderr.contains(
+            "VM stopped: guest triple fault on vCPU 0 (the CPU shut down) (exit code 201)"
+        ),
         "{out}"
     );
 }
@@ -115,10 +147,16 @@ fn four_vcpus_each_report_in() {
     if skip_without_kvm("four_vcpus_each_report_in") {
         return;
     }
-    let out = Run::new(&tiny_guest("smp64")).args(["--vcpus", "4"]).output(TIMEOUT);
+    let out = Run::new(&tiny_guest("smp64"))
+        .args(["--vcpus", "4"])
+        .output(TIMEOUT);
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("mptable cpus=04\n"), "{out}");
-    let mut aps: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("cpu ")).collect();
+    let mut aps: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("cpu "))
+        .collect();
     aps.sort();
     assert_eq!(aps, ["cpu 01 up", "cpu 02 up", "cpu 03 up"], "{out}");
     assert!(out.stdout.contains("tessera-test: all cpus up\n"), "{out}");
@@ -139,9 +177,15 @@ fn sigterm_sends_ctrl_alt_del_to_the_guest() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let out = tests::wait_with_timeout(child, TIMEOUT);
-    assert_eq!(rest, "key 14\nkey 11\nkey e0\nkey 71\ntessera-test: done\n", "{out}");
+    assert_eq!(
+        rest, "key 14\nkey 11\nkey e0\nkey 71\ntessera-test: done\n",
+        "{out}"
+    );
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(out.stderr.contains("sent Ctrl-Alt-Del to the guest"), "{out}");
+    assert!(
+        out.stderr.contains("sent Ctrl-Alt-Del to the guest"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -155,7 +199,10 @@ fn sigint_stops_a_running_guest_with_130() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = tests::wait_with_timeout(child, TIMEOUT);
     assert_eq!(out.code, Some(130), "{out}");
-    assert!(out.stderr.contains("VM stopped: VMM stopped by signal 2"), "{out}");
+    assert!(
+        out.stderr.contains("VM stopped: VMM stopped by signal 2"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -173,5 +220,8 @@ fn console_output_can_go_to_a_file() {
     assert_eq!(out.stdout, "", "{out}");
     let console = std::fs::read_to_string(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
-    assert!(console.contains("tessera-test: boot=linux64\n"), "{console}");
+    assert!(
+        console.contains("tessera-test: boot=linux64\n"),
+        "{console}"
+    );
 }

@@ -121,7 +121,10 @@ mod tests {
         assert!(MachineConfig::new(32, MAX_MEM_MIB).is_ok());
         assert_eq!(MachineConfig::new(0, 128), Err(ConfigError::VcpuCount(0)));
         assert_eq!(MachineConfig::new(33, 128), Err(ConfigError::VcpuCount(33)));
-        assert_eq!(MachineConfig::new(256, 128), Err(ConfigError::VcpuCount(256)));
+        assert_eq!(
+            MachineConfig::new(256, 128),
+            Err(ConfigError::VcpuCount(256))
+        );
         assert_eq!(MachineConfig::new(1, 7), Err(ConfigError::MemorySize(7)));
         assert_eq!(
             MachineConfig::new(1, MAX_MEM_MIB + 1),

@@ -24,7 +24,13 @@ pub struct ConsoleInput<R: Read + AsRawFd> {
 
 impl<R: Read + AsRawFd> ConsoleInput<R> {
     pub fn new(input: R, serial: Arc<Mutex<SerialConsole>>, room_evt: EventFd) -> Self {
-        Self { input, serial, room_evt, watching: false, at_eof: false }
+        Self {
+            input,
+            serial,
+            room_evt,
+            watching: false,
+            at_eof: false,
+        }
     }
 
     fn serial(&self) -> std::sync::MutexGuard<'_, SerialConsole> {
@@ -36,7 +42,11 @@ impl<R: Read + AsRawFd> ConsoleInput<R> {
             return;
         }
         let events = Events::new(&self.input.as_raw_fd(), EventSet::IN);
-        let result = if on { ops.add(events) } else { ops.remove(events) };
+        let result = if on {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
         match result {
             Ok(()) => self.watching = on,
             // Regular files and /dev/null cannot be polled: the guest gets no input from them.
@@ -85,7 +95,10 @@ impl<R: Read + AsRawFd> MutEventSubscriber for ConsoleInput<R> {
         if events.fd() == self.room_evt.as_raw_fd() {
             let _ = self.room_evt.read();
             self.watch(ops, true);
-        } else if events.event_set().intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+        } else if events
+            .event_set()
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR)
+        {
             self.read_input(ops);
         }
     }

@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(VmExit::Halted { vcpu: 0 }.exit_code(), 0);
         assert_eq!(VmExit::TripleFault { vcpu: 0 }.exit_code(), 201);
         assert_eq!(VmExit::Signal { signal: 2 }.exit_code(), 130);
-        let failure = VmExit::KvmFailure { vcpu: 1, detail: "x".into() };
+        let failure = VmExit::KvmFailure {
+            vcpu: 1,
+            detail: "x".into(),
+        };
         assert_eq!(failure.exit_code(), 202);
         assert_eq!(failure.to_string(), "KVM could not run vCPU 1: x");
     }

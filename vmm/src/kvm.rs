@@ -14,10 +14,22 @@ const PVM_MODULE: &str = "/sys/module/kvm_pvm";
 
 /// What the VMM relies on, with the reason shown when it is missing.
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
-    (Cap::Irqchip, "KVM_CAP_IRQCHIP (in-kernel interrupt controller)"),
-    (Cap::Irqfd, "KVM_CAP_IRQFD (device interrupts through eventfds)"),
-    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD (device notifications through eventfds)"),
-    (Cap::UserMemory, "KVM_CAP_USER_MEMORY (guest memory from the VMM)"),
+    (
+        Cap::Irqchip,
+        "KVM_CAP_IRQCHIP (in-kernel interrupt controller)",
+    ),
+    (
+        Cap::Irqfd,
+        "KVM_CAP_IRQFD (device interrupts through eventfds)",
+    ),
+    (
+        Cap::Ioeventfd,
+        "KVM_CAP_IOEVENTFD (device notifications through eventfds)",
+    ),
+    (
+        Cap::UserMemory,
+        "KVM_CAP_USER_MEMORY (guest memory from the VMM)",
+    ),
     (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
     (Cap::Pit2, "KVM_CAP_PIT2 (in-kernel timer)"),
     (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID (CPUID configuration)"),
@@ -52,11 +64,18 @@ pub fn open() -> Result<Kvm, KvmError> {
 
 fn open_path(path: &Path) -> Result<Kvm, KvmError> {
     let shown = path.display().to_string();
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| KvmError::NotFound { path: shown.clone() })?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        KvmError::NotFound {
+            path: shown.clone(),
+        }
+    })?;
     let kvm = Kvm::new_with_path(c_path).map_err(|source| match source.errno() {
-        libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::NotFound { path: shown.clone() },
-        libc::EACCES | libc::EPERM => KvmError::PermissionDenied { path: shown.clone() },
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::NotFound {
+            path: shown.clone(),
+        },
+        libc::EACCES | libc::EPERM => KvmError::PermissionDenied {
+            path: shown.clone(),
+        },
         _ => KvmError::Open {
             path: shown.clone(),
             source,

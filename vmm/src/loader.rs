@@ -83,7 +83,10 @@ pub struct LoadedKernel {
 }
 
 fn open(path: &Path) -> Result<File, LoaderError> {
-    File::open(path).map_err(|source| LoaderError::Open { path: path.into(), source })
+    File::open(path).map_err(|source| LoaderError::Open {
+        path: path.into(),
+        source,
+    })
 }
 
 fn read_at<T: ByteValued + Default>(file: &mut File, offset: u64) -> io::Result<T> {
@@ -97,7 +100,11 @@ fn read_at<T: ByteValued + Default>(file: &mut File, offset: u64) -> io::Result<
 fn has_linux_note(file: &mut File) -> io::Result<bool> {
     let ehdr: Elf64_Ehdr = read_at(file, 0)?;
     for i in 0..u64::from(ehdr.e_phnum) {
-        let phdr: Elf64_Phdr = read_at(file, ehdr.e_phoff.saturating_add(i * size_of::<Elf64_Phdr>() as u64))?;
+        let phdr: Elf64_Phdr = read_at(
+            file,
+            ehdr.e_phoff
+                .saturating_add(i * size_of::<Elf64_Phdr>() as u64),
+        )?;
         if phdr.p_type != PT_NOTE {
             continue;
         }
@@ -124,26 +131,42 @@ fn has_linux_note(file: &mut File) -> io::Result<bool> {
 /// Identifies the kernel's format and whether it is Linux.
 pub fn inspect_kernel(path: &Path) -> Result<KernelInfo, LoaderError> {
     let mut file = open(path)?;
-    let read_err = |source| LoaderError::Read { path: path.into(), source };
+    let read_err = |source| LoaderError::Read {
+        path: path.into(),
+        source,
+    };
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_ok() && magic == ELF_MAGIC {
         let is_linux = has_linux_note(&mut file).map_err(read_err)?;
-        return Ok(KernelInfo { format: KernelFormat::Elf, is_linux });
+        return Ok(KernelInfo {
+            format: KernelFormat::Elf,
+            is_linux,
+        });
     }
     let hdrs = file
         .seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET))
         .and_then(|_| file.read_exact(&mut magic));
     if hdrs.is_ok() && magic == BZIMAGE_MAGIC {
-        return Ok(KernelInfo { format: KernelFormat::BzImage, is_linux: true });
+        return Ok(KernelInfo {
+            format: KernelFormat::BzImage,
+            is_linux: true,
+        });
     }
     Err(LoaderError::UnknownFormat { path: path.into() })
 }
 
 /// Loads the kernel at `path` and works out its entry point.
-pub fn load_kernel(mem: &GuestMemory, path: &Path, format: KernelFormat) -> Result<LoadedKernel, LoaderError> {
+pub fn load_kernel(
+    mem: &GuestMemory,
+    path: &Path,
+    format: KernelFormat,
+) -> Result<LoadedKernel, LoaderError> {
     let mut file = open(path)?;
     let highmem = Some(GuestAddress(HIMEM_START));
-    let load_err = |source| LoaderError::Load { path: path.into(), source };
+    let load_err = |source| LoaderError::Load {
+        path: path.into(),
+        source,
+    };
     match format {
         KernelFormat::Elf => {
             let result = Elf::load(mem, None, &mut file, highmem).map_err(load_err)?;
@@ -151,13 +174,20 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path, format: KernelFormat) -> Resu
                 PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr.0),
                 _ => EntryPoint::Linux64(result.kernel_load.0),
             };
-            Ok(LoadedKernel { entry, end: result.kernel_end, setup_header: None })
+            Ok(LoadedKernel {
+                entry,
+                end: result.kernel_end,
+                setup_header: None,
+            })
         }
         KernelFormat::BzImage => {
             let result = BzImage::load(mem, None, &mut file, highmem).map_err(load_err)?;
             let header = result.setup_header.unwrap_or_default();
             if header.version < BOOT_PROTOCOL_64BIT || header.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(LoaderError::No64BitEntry { path: path.into(), version: header.version });
+                return Err(LoaderError::No64BitEntry {
+                    path: path.into(),
+                    version: header.version,
+                });
             }
             Ok(LoadedKernel {
                 entry: EntryPoint::Linux64(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
@@ -186,21 +216,30 @@ pub fn initrd_top(mem_size: u64, header: Option<&setup_header>) -> u64 {
 }
 
 /// Copies the initrd below `top`, above `kernel_end`; returns its address and size.
-pub fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64, top: u64) -> Result<(u64, u64), LoaderError> {
+pub fn load_initrd(
+    mem: &GuestMemory,
+    path: &Path,
+    kernel_end: u64,
+    top: u64,
+) -> Result<(u64, u64), LoaderError> {
     let mut file = open(path)?;
     let size = file
         .metadata()
-        .map_err(|source| LoaderError::Read { path: path.into(), source })?
+        .map_err(|source| LoaderError::Read {
+            path: path.into(),
+            source,
+        })?
         .len();
     if size == 0 {
         return Err(LoaderError::EmptyInitrd { path: path.into() });
     }
-    let addr = initrd_address(size, kernel_end, top).ok_or_else(|| LoaderError::InitrdTooLarge {
-        path: path.into(),
-        size,
-        kernel_end,
-        top,
-    })?;
+    let addr =
+        initrd_address(size, kernel_end, top).ok_or_else(|| LoaderError::InitrdTooLarge {
+            path: path.into(),
+            size,
+            kernel_end,
+            top,
+        })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|_| LoaderError::InitrdCopy)?;
     Ok((addr, size))
@@ -221,8 +260,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_the_top_page_aligned() {
-        assert_eq!(initrd_address(0x1800, 0x20_0000, 0x800_0000), Some(0x7ff_e000));
-        assert_eq!(initrd_address(0x1000, 0x20_0000, 0x800_0000), Some(0x7ff_f000));
+        assert_eq!(
+            initrd_address(0x1800, 0x20_0000, 0x800_0000),
+            Some(0x7ff_e000)
+        );
+        assert_eq!(
+            initrd_address(0x1000, 0x20_0000, 0x800_0000),
+            Some(0x7ff_f000)
+        );
     }
 
     #[test]
@@ -230,14 +275,20 @@ mod tests {
         assert_eq!(initrd_address(0x700_0000, 0x200_0000, 0x800_0000), None);
         assert_eq!(initrd_address(0x900_0000, 0, 0x800_0000), None);
         // Exactly filling the space between kernel and top is fine.
-        assert_eq!(initrd_address(0x600_0000, 0x200_0000, 0x800_0000), Some(0x200_0000));
+        assert_eq!(
+            initrd_address(0x600_0000, 0x200_0000, 0x800_0000),
+            Some(0x200_0000)
+        );
     }
 
     #[test]
     fn initrd_top_respects_the_mmio_gap_and_initrd_addr_max() {
         assert_eq!(initrd_top(128 << 20, None), 128 << 20);
         assert_eq!(initrd_top(8 << 30, None), MMIO_GAP_START);
-        let header = setup_header { initrd_addr_max: 0x37ff_ffff, ..Default::default() };
+        let header = setup_header {
+            initrd_addr_max: 0x37ff_ffff,
+            ..Default::default()
+        };
         assert_eq!(initrd_top(2 << 30, Some(&header)), 0x3800_0000);
     }
 
@@ -246,10 +297,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tessera-loader-{}", std::process::id()));
         std::fs::write(&dir, b"not a kernel at all").unwrap();
         let err = inspect_kernel(&dir).unwrap_err();
-        assert!(err.to_string().ends_with("is neither an ELF vmlinux nor a bzImage"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("is neither an ELF vmlinux nor a bzImage"),
+            "{err}"
+        );
         std::fs::remove_file(&dir).unwrap();
         let err = inspect_kernel(Path::new("/nonexistent/vmlinux")).unwrap_err();
-        assert!(err.to_string().starts_with("cannot open /nonexistent/vmlinux"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot open /nonexistent/vmlinux"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -257,7 +316,8 @@ mod tests {
         let mem = crate::memory::create(8).unwrap();
         load_cmdline(&mem, "console=ttyS0").unwrap();
         let mut buf = [0xffu8; 14];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&buf, b"console=ttyS0\0");
     }
 }

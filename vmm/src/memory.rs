@@ -31,7 +31,8 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Maps `mib` MiB of anonymous, lazily populated guest memory.
 pub fn create(mib: u64) -> Result<GuestMemory, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ram_ranges(mib << 20)).map_err(|source| MemoryError::Map { mib, source })
+    GuestMemoryMmap::from_ranges(&ram_ranges(mib << 20))
+        .map_err(|source| MemoryError::Map { mib, source })
 }
 
 #[cfg(test)]

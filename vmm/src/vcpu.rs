@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use devices::Bus;
-use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::exit::VmExit;
@@ -12,9 +14,15 @@ use crate::x86_64::{cpuid, regs};
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum VcpuError {
     /// cannot create vCPU {index}: {source}
-    Create { index: u8, source: kvm_ioctls::Error },
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
     /// cannot set CPUID on vCPU {index}: {source}
-    Cpuid { index: u8, source: kvm_ioctls::Error },
+    Cpuid {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
     /// cannot set up vCPU {index}: {source}
     Regs { index: u8, source: regs::RegsError },
 }
@@ -76,27 +84,43 @@ impl Vcpu {
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     return VmExit::KvmFailure {
                         vcpu,
-                        detail: format!("VM entry failed with hardware reason {reason:#x} on host CPU {cpu}"),
+                        detail: format!(
+                            "VM entry failed with hardware reason {reason:#x} on host CPU {cpu}"
+                        ),
                     }
                 }
                 Ok(VcpuExit::InternalError) => {
-                    return VmExit::KvmFailure { vcpu, detail: "KVM internal error".into() }
+                    return VmExit::KvmFailure {
+                        vcpu,
+                        detail: "KVM internal error".into(),
+                    }
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_RESET => return VmExit::Reset,
                     KVM_SYSTEM_EVENT_SHUTDOWN => return VmExit::Halted { vcpu },
                     KVM_SYSTEM_EVENT_CRASH => return VmExit::TripleFault { vcpu },
                     other => {
-                        return VmExit::Unexpected { vcpu, detail: format!("unknown system event {other}") }
+                        return VmExit::Unexpected {
+                            vcpu,
+                            detail: format!("unknown system event {other}"),
+                        }
                     }
                 },
                 // A signal interrupted KVM_RUN; carry on.
                 Ok(VcpuExit::Intr) => {}
                 Ok(other) => {
-                    return VmExit::Unexpected { vcpu, detail: format!("unhandled exit {other:?}") }
+                    return VmExit::Unexpected {
+                        vcpu,
+                        detail: format!("unhandled exit {other:?}"),
+                    }
                 }
                 Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {}
-                Err(e) => return VmExit::Unexpected { vcpu, detail: format!("KVM_RUN failed: {e}") },
+                Err(e) => {
+                    return VmExit::Unexpected {
+                        vcpu,
+                        detail: format!("KVM_RUN failed: {e}"),
+                    }
+                }
             }
         }
     }

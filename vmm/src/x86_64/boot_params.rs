@@ -50,14 +50,30 @@ pub struct BootInfo {
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let low_end = mem_size.min(MMIO_GAP_START);
     let mut map = vec![
-        E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-        E820Entry { addr: EBDA_START, size: HIMEM_START - EBDA_START, kind: E820_RESERVED },
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: HIMEM_START - EBDA_START,
+            kind: E820_RESERVED,
+        },
     ];
     if low_end > HIMEM_START {
-        map.push(E820Entry { addr: HIMEM_START, size: low_end - HIMEM_START, kind: E820_RAM });
+        map.push(E820Entry {
+            addr: HIMEM_START,
+            size: low_end - HIMEM_START,
+            kind: E820_RAM,
+        });
     }
     if mem_size > low_end {
-        map.push(E820Entry { addr: MMIO_GAP_END, size: mem_size - low_end, kind: E820_RAM });
+        map.push(E820Entry {
+            addr: MMIO_GAP_END,
+            size: mem_size - low_end,
+            kind: E820_RAM,
+        });
     }
     map
 }
@@ -86,7 +102,11 @@ pub fn zero_page(
         params.hdr.ramdisk_size = size as u32;
     }
     for (slot, e) in params.e820_table.iter_mut().zip(e820) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
     }
     params.e820_entries = e820.len() as u8;
     Ok(params)
@@ -113,13 +133,22 @@ pub fn write_pvh_start_info(
         ..Default::default()
     };
     for (i, e) in e820.iter().enumerate() {
-        let entry = hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind, reserved: 0 };
+        let entry = hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+            reserved: 0,
+        };
         let at = PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
         mem.write_obj(entry, GuestAddress(at))
             .map_err(|_| BootParamsError::Write("PVH memory map"))?;
     }
     if let Some((paddr, size)) = info.initrd {
-        let module = hvm_modlist_entry { paddr, size, ..Default::default() };
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
         mem.write_obj(module, GuestAddress(PVH_MODLIST_START))
             .map_err(|_| BootParamsError::Write("PVH module list"))?;
         start.nr_modules = 1;
@@ -139,17 +168,40 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-                E820Entry { addr: EBDA_START, size: HIMEM_START - EBDA_START, kind: E820_RESERVED },
-                E820Entry { addr: HIMEM_START, size: MMIO_GAP_START - HIMEM_START, kind: E820_RAM },
-                E820Entry { addr: MMIO_GAP_END, size: (4 << 30) - MMIO_GAP_START, kind: E820_RAM },
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: EBDA_START,
+                    size: HIMEM_START - EBDA_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: HIMEM_START,
+                    size: MMIO_GAP_START - HIMEM_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: MMIO_GAP_END,
+                    size: (4 << 30) - MMIO_GAP_START,
+                    kind: E820_RAM
+                },
             ]
         );
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, (4 << 30) - (HIMEM_START - EBDA_START));
         for e in &map {
             let end = e.addr + e.size;
-            assert!(end <= MMIO_GAP_START || e.addr >= MMIO_GAP_END, "{e:?} crosses the gap");
+            assert!(
+                end <= MMIO_GAP_START || e.addr >= MMIO_GAP_END,
+                "{e:?} crosses the gap"
+            );
         }
     }
 
@@ -157,13 +209,23 @@ mod tests {
     fn small_guest_e820_has_no_high_ram() {
         let map = e820_map(128 << 20);
         assert_eq!(map.len(), 3);
-        assert_eq!(map[2], E820Entry { addr: HIMEM_START, size: (128 << 20) - HIMEM_START, kind: E820_RAM });
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: HIMEM_START,
+                size: (128 << 20) - HIMEM_START,
+                kind: E820_RAM
+            }
+        );
     }
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
         let e820 = e820_map(256 << 20);
-        let info = BootInfo { cmdline_len: 42, initrd: Some((0x0ff0_0000, 0x1234)) };
+        let info = BootInfo {
+            cmdline_len: 42,
+            initrd: Some((0x0ff0_0000, 0x1234)),
+        };
         let params = zero_page(None, &info, &e820).unwrap();
         let hdr = params.hdr;
         assert_eq!({ hdr.boot_flag }, BOOT_FLAG_MAGIC);
@@ -176,7 +238,10 @@ mod tests {
         assert_eq!({ hdr.kernel_alignment }, KERNEL_ALIGNMENT);
         assert_eq!(params.e820_entries as usize, e820.len());
         let last = params.e820_table[e820.len() - 1];
-        assert_eq!(({ last.addr }, { last.size }), (HIMEM_START, (256 << 20) - HIMEM_START));
+        assert_eq!(
+            ({ last.addr }, { last.size }),
+            (HIMEM_START, (256 << 20) - HIMEM_START)
+        );
 
         // Written at the zero page address, it reads back byte for byte.
         let mem = crate::memory::create(16).unwrap();
@@ -188,8 +253,15 @@ mod tests {
 
     #[test]
     fn zero_page_keeps_the_bzimage_header() {
-        let header = setup_header { version: 0x20f, code32_start: 0x10_0000, ..Default::default() };
-        let info = BootInfo { cmdline_len: 1, initrd: None };
+        let header = setup_header {
+            version: 0x20f,
+            code32_start: 0x10_0000,
+            ..Default::default()
+        };
+        let info = BootInfo {
+            cmdline_len: 1,
+            initrd: None,
+        };
         let params = zero_page(Some(header), &info, &e820_map(64 << 20)).unwrap();
         assert_eq!({ params.hdr.version }, 0x20f);
         assert_eq!({ params.hdr.ramdisk_image }, 0);
@@ -199,7 +271,10 @@ mod tests {
     fn pvh_start_info_has_magic_memmap_and_module() {
         let mem = crate::memory::create(16).unwrap();
         let e820 = e820_map(16 << 20);
-        let info = BootInfo { cmdline_len: 3, initrd: Some((0x80_0000, 0x1000)) };
+        let info = BootInfo {
+            cmdline_len: 3,
+            initrd: Some((0x80_0000, 0x1000)),
+        };
         write_pvh_start_info(&mem, &info, &e820).unwrap();
         let start: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(start.magic, XEN_HVM_START_MAGIC);

@@ -28,7 +28,9 @@ const LEVEL_CORE: u32 = 2;
 
 /// Bits needed to hold APIC IDs 0..count-1.
 fn apic_id_bits(count: u8) -> u32 {
-    u32::from(count.max(1) - 1).checked_ilog2().map_or(0, |b| b + 1)
+    u32::from(count.max(1) - 1)
+        .checked_ilog2()
+        .map_or(0, |b| b + 1)
 }
 
 /// The CPUID table for vCPU `index` of `count`, from KVM's supported list.

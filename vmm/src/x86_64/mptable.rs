@@ -72,7 +72,16 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
     entry(&ioapic);
     for pin in 0..IOAPIC_PINS {
         // Type, flags (conforming polarity and trigger), source bus and IRQ, IOAPIC and pin.
-        entry(&[ENTRY_IO_INTERRUPT, INT_VECTORED, 0, 0, 0, pin, ioapic_id, pin]);
+        entry(&[
+            ENTRY_IO_INTERRUPT,
+            INT_VECTORED,
+            0,
+            0,
+            0,
+            pin,
+            ioapic_id,
+            pin,
+        ]);
     }
     // ExtINT on LINT0 and NMI on LINT1 of every local APIC (0xff).
     entry(&[ENTRY_LOCAL_INTERRUPT, INT_EXTINT, 0, 0, 0, 0, 0xff, 0]);
@@ -128,7 +137,11 @@ mod tests {
         for vcpus in [1, 2, 4, 32] {
             let bytes = build(vcpus, EBDA_START);
             assert_eq!(&bytes[..4], b"_MP_");
-            assert_eq!(sum(&bytes[..FLOATING_POINTER_LEN]), 0, "floating pointer, {vcpus} vCPUs");
+            assert_eq!(
+                sum(&bytes[..FLOATING_POINTER_LEN]),
+                0,
+                "floating pointer, {vcpus} vCPUs"
+            );
             let table = &bytes[FLOATING_POINTER_LEN..];
             assert_eq!(&table[..4], b"PCMP");
             let len = u16::from_le_bytes([table[4], table[5]]) as usize;
@@ -159,7 +172,10 @@ mod tests {
         }
         // After the CPUs: the ISA bus, then the IOAPIC with the next free ID.
         let after = &table[HEADER_LEN + 4 * 20..];
-        assert_eq!(&after[..8], &[ENTRY_BUS, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
+        assert_eq!(
+            &after[..8],
+            &[ENTRY_BUS, 0, b'I', b'S', b'A', b' ', b' ', b' ']
+        );
         assert_eq!(&after[8..10], &[ENTRY_IOAPIC, 4]);
     }
 

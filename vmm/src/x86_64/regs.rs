@@ -1,12 +1,14 @@
 //! vCPU register state at boot: GDT, identity page tables, long-mode or PVH (32-bit protected
 //! mode) segment and control registers, general registers, FPU, MSRs and LAPIC LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+use kvm_bindings::{
+    kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
-    BOOT_STACK_POINTER, GDT_START, IDT_START, PD_START, PDPT_START, PML4_START, PVH_INFO_START,
+    BOOT_STACK_POINTER, GDT_START, IDT_START, PDPT_START, PD_START, PML4_START, PVH_INFO_START,
     ZERO_PAGE_START,
 };
 use crate::memory::GuestMemory;
@@ -69,7 +71,11 @@ pub fn segment(entry: u64, index: u16) -> kvm_segment {
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: if granular { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if granular {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: index * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: bit(47),
@@ -118,7 +124,11 @@ fn write_page_tables(mem: &GuestMemory) -> Result<(), RegsError> {
 
 /// Boot-processor state for `entry`: writes GDT/IDT (and page tables for long mode) to guest
 /// memory and loads segment, control and general registers.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemory, entry: &EntryPoint) -> Result<(), RegsError> {
+pub fn setup_boot_vcpu(
+    vcpu: &VcpuFd,
+    mem: &GuestMemory,
+    entry: &EntryPoint,
+) -> Result<(), RegsError> {
     let table = gdt(entry);
     for (i, descriptor) in table.iter().enumerate() {
         mem.write_obj(*descriptor, GuestAddress(GDT_START + i as u64 * 8))
@@ -138,7 +148,10 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemory, entry: &EntryPoint) -> 
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
 
-    let mut regs = kvm_regs { rflags: 0x2, ..Default::default() };
+    let mut regs = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
     match *entry {
         EntryPoint::Linux64(rip) => {
             write_page_tables(mem)?;
@@ -159,7 +172,8 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemory, entry: &EntryPoint) -> 
             regs.rbx = PVH_INFO_START;
         }
     }
-    vcpu.set_sregs(&sregs).map_err(kvm("set segment registers"))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(kvm("set segment registers"))?;
     vcpu.set_regs(&regs).map_err(kvm("set registers"))
 }
 
@@ -181,7 +195,11 @@ const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
 /// MSRs every vCPU starts with: syscall MSRs cleared, fast strings on, write-back memory.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
-    let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let msr = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         msr(MSR_IA32_SYSENTER_CS, 0),
         msr(MSR_IA32_SYSENTER_ESP, 0),
@@ -210,7 +228,11 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 /// x87 control word and SSE control/status as after FNINIT and a reset.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("set FPU state"))
 }
 
@@ -240,8 +262,16 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut state = vcpu.get_lapic().map_err(kvm("read the local APIC"))?;
     let lint0 = lapic_reg(&state, APIC_LVT_LINT0);
     let lint1 = lapic_reg(&state, APIC_LVT_LINT1);
-    set_lapic_reg(&mut state, APIC_LVT_LINT0, with_delivery_mode(lint0, APIC_MODE_EXTINT));
-    set_lapic_reg(&mut state, APIC_LVT_LINT1, with_delivery_mode(lint1, APIC_MODE_NMI));
+    set_lapic_reg(
+        &mut state,
+        APIC_LVT_LINT0,
+        with_delivery_mode(lint0, APIC_MODE_EXTINT),
+    );
+    set_lapic_reg(
+        &mut state,
+        APIC_LVT_LINT1,
+        with_delivery_mode(lint1, APIC_MODE_NMI),
+    );
     vcpu.set_lapic(&state).map_err(kvm("set the local APIC"))
 }
 
@@ -253,13 +283,22 @@ mod tests {
     fn gdt_entries_decode_back_to_flat_segments() {
         let code = segment(gdt_entry(CODE64, 0, 0xfffff), 1);
         assert_eq!((code.base, code.limit, code.selector), (0, 0xffff_ffff, 8));
-        assert_eq!((code.type_, code.s, code.present, code.l, code.db, code.g), (0xb, 1, 1, 1, 0, 1));
+        assert_eq!(
+            (code.type_, code.s, code.present, code.l, code.db, code.g),
+            (0xb, 1, 1, 1, 0, 1)
+        );
         let data = segment(gdt_entry(DATA, 0, 0xfffff), 2);
-        assert_eq!((data.type_, data.db, data.l, data.selector), (0x3, 1, 0, 16));
+        assert_eq!(
+            (data.type_, data.db, data.l, data.selector),
+            (0x3, 1, 0, 16)
+        );
         let code32 = segment(gdt_entry(CODE32, 0, 0xfffff), 1);
         assert_eq!((code32.l, code32.db), (0, 1));
         let tss = segment(gdt_entry(TSS32, 0x1234_5678, 0x67), 3);
-        assert_eq!((tss.base, tss.limit, tss.g, tss.s), (0x1234_5678, 0x67, 0, 0));
+        assert_eq!(
+            (tss.base, tss.limit, tss.g, tss.s),
+            (0x1234_5678, 0x67, 0, 0)
+        );
     }
 
     #[test]
@@ -281,7 +320,10 @@ mod tests {
 
     #[test]
     fn lint_delivery_modes() {
-        assert_eq!(with_delivery_mode(0x0001_0000, APIC_MODE_EXTINT), 0x0001_0700);
+        assert_eq!(
+            with_delivery_mode(0x0001_0000, APIC_MODE_EXTINT),
+            0x0001_0700
+        );
         assert_eq!(with_delivery_mode(0x0000_0700, APIC_MODE_NMI), 0x0000_0400);
         let mut state = kvm_lapic_state::default();
         set_lapic_reg(&mut state, APIC_LVT_LINT1, 0xdead_beef);
