@@ -136,3 +136,29 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Finished {
         }
     }
 }
+
+/// Debian's stock vmlinuz (a bzImage): `$TESSERA_DEBIAN_VMLINUZ`, else the one
+/// `scripts/debian-kernel` cached, else one in /boot.
+pub fn debian_vmlinuz() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TESSERA_DEBIAN_VMLINUZ") {
+        return Some(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("TESSERA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tessera")))?;
+    let dirs = [cache.join("debian-kernel"), PathBuf::from("/")];
+    dirs.iter().find_map(|dir| {
+        let candidates = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("boot"));
+        candidates
+            .chain([dir.join("boot")])
+            .filter_map(|boot| std::fs::read_dir(boot).ok())
+            .flat_map(|entries| entries.flatten().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
+    })
+}
