@@ -29,10 +29,16 @@ const LINUX_NOTE_OWNER: &[u8] = b"Linux\0";
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum LoaderError {
-    /// cannot open {path}: {source}
-    Open { path: PathBuf, source: io::Error },
-    /// cannot read {path}: {source}
+    /// cannot open {what} {path}: {source}
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// cannot read kernel {path}: {source}
     Read { path: PathBuf, source: io::Error },
+    /// cannot read initrd {path}: {source}
+    ReadInitrd { path: PathBuf, source: io::Error },
     /// {path} is neither an ELF vmlinux nor a bzImage
     UnknownFormat { path: PathBuf },
     /// cannot load kernel {path}: {source}
@@ -82,8 +88,9 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
-fn open(path: &Path) -> Result<File, LoaderError> {
+fn open(what: &'static str, path: &Path) -> Result<File, LoaderError> {
     File::open(path).map_err(|source| LoaderError::Open {
+        what,
         path: path.into(),
         source,
     })
@@ -130,7 +137,7 @@ fn has_linux_note(file: &mut File) -> io::Result<bool> {
 
 /// Identifies the kernel's format and whether it is Linux.
 pub fn inspect_kernel(path: &Path) -> Result<KernelInfo, LoaderError> {
-    let mut file = open(path)?;
+    let mut file = open("kernel", path)?;
     let read_err = |source| LoaderError::Read {
         path: path.into(),
         source,
@@ -161,7 +168,7 @@ pub fn load_kernel(
     path: &Path,
     format: KernelFormat,
 ) -> Result<LoadedKernel, LoaderError> {
-    let mut file = open(path)?;
+    let mut file = open("kernel", path)?;
     let highmem = Some(GuestAddress(HIMEM_START));
     let load_err = |source| LoaderError::Load {
         path: path.into(),
@@ -222,10 +229,10 @@ pub fn load_initrd(
     kernel_end: u64,
     top: u64,
 ) -> Result<(u64, u64), LoaderError> {
-    let mut file = open(path)?;
+    let mut file = open("initrd", path)?;
     let size = file
         .metadata()
-        .map_err(|source| LoaderError::Read {
+        .map_err(|source| LoaderError::ReadInitrd {
             path: path.into(),
             source,
         })?
@@ -306,7 +313,7 @@ mod tests {
         let err = inspect_kernel(Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("cannot open /nonexistent/vmlinux"),
+                .starts_with("cannot open kernel /nonexistent/vmlinux"),
             "{err}"
         );
     }

@@ -173,8 +173,6 @@ impl Vm {
                     // The receiver is gone only when the VMM is already exiting.
                     let _ = exit_tx.send(exit);
                     let _ = exit_evt.write(1);
-                    // Keep the vCPU fd open until the process ends: the VMM decides when to exit.
-                    std::mem::forget(vcpu);
                 })
                 .map_err(io_err("start a vCPU thread"))?;
         }
