@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use benches::{field_u64, median, monotonic_us};
@@ -42,18 +42,23 @@ fn floor_once(floor: &Path) -> f64 {
     (first - start) as f64 / 1e3
 }
 
-/// Spawns `tessera run` on the reset64 guest; returns (spawn -> first instruction,
-/// reset -> process exit) in ms.
-fn tessera_once(tessera: &Path, guest: &Path) -> (f64, f64) {
-    let start = monotonic_us();
-    let mut child = Command::new(tessera)
+/// `tessera run` with 1 vCPU and 128 MiB, its log on a pipe.
+fn spawn_tessera(tessera: &Path, guest: &Path) -> Child {
+    Command::new(tessera)
         .args(["run", "--vcpus", "1", "--memory", "128", "--kernel"])
         .arg(guest)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn tessera");
+        .expect("spawn tessera")
+}
+
+/// Spawns `tessera run` on the reset64 guest; returns (spawn -> first instruction,
+/// reset -> process exit) in ms.
+fn tessera_once(tessera: &Path, guest: &Path) -> (f64, f64) {
+    let start = monotonic_us();
+    let mut child = spawn_tessera(tessera, guest);
     let mut log = String::new();
     child
         .stderr
@@ -78,14 +83,7 @@ fn tessera_once(tessera: &Path, guest: &Path) -> (f64, f64) {
 /// RSS of a running `tessera` minus the resident part of its guest memory, in MiB.
 fn rss_overhead_once(tessera: &Path, guest: &Path) -> f64 {
     const GUEST_KIB: u64 = 128 * 1024;
-    let mut child = Command::new(tessera)
-        .args(["run", "--vcpus", "1", "--memory", "128", "--kernel"])
-        .arg(guest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tessera");
+    let mut child = spawn_tessera(tessera, guest);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     while let Some(Ok(line)) = lines.next() {
         if line.contains("guest boot-done") {
