@@ -6,8 +6,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use guest_init::task::Task;
 use vmm::config::{BootSource, ConsoleOutput, MachineConfig, DEFAULT_CMDLINE};
-use vmm::Vm;
+use vmm::exit::EXIT_NO_STATUS;
+use vmm::{Vm, VmExit};
+
+mod guest_image;
 
 /// Exit code for an error before or while running the VM (see `vmm::exit`).
 const EXIT_VMM_ERROR: u8 = 1;
@@ -21,9 +25,10 @@ const EXIT_USAGE: u8 = 2;
     about = "Tessera: a minimal KVM microVM monitor"
 )]
 struct Cli {
-    /// Log level for VMM messages on stderr: off, error, warn, info, debug or trace.
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
-    log_level: log::LevelFilter,
+    /// Log level for VMM messages on stderr: off, error, warn, info, debug or trace
+    /// [default: info; warn when running a command, so stderr carries only the command's].
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
 
     #[command(subcommand)]
     command: Command,
@@ -31,28 +36,48 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a kernel in a microVM with its serial console on this terminal.
+    /// Boot a microVM with its serial console on this terminal; with `-- CMD ARGS...`, run
+    /// that command under tessera-init and exit with its status.
     ///
-    /// Exits 0 when the guest reboots or powers off, and non-zero with the reason on stderr
-    /// otherwise: 1 VMM error, 2 usage error, 130/143 stopped by SIGINT/SIGTERM, 201 guest
-    /// triple fault, 202 KVM could not run the guest, 203 unhandled vCPU exit. SIGTERM first
-    /// sends Ctrl-Alt-Del to the guest; a second SIGTERM stops it at once.
+    /// With a command, the kernel and initrd default to the cached microvm kernel and the
+    /// tessera-init initramfs, and the exit code is the command's (128+N if signal N killed
+    /// it; 125 tessera-init failed, 126 cannot execute, 127 not found). Without one, exits 0
+    /// when the guest reboots or powers off. Otherwise, with the reason on stderr: 1 VMM
+    /// error, 2 usage error, 130/143 stopped by SIGINT/SIGTERM, 201 guest triple fault, 202
+    /// KVM could not run the guest, 203 unhandled vCPU exit, 204 guest kernel panic, 205 the
+    /// guest ended without reporting the command's status. SIGTERM first sends Ctrl-Alt-Del to
+    /// the guest (tessera-init passes it on as SIGTERM); a second SIGTERM stops it at once.
     Run(RunArgs),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a 64-bit bzImage.
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a 64-bit bzImage
+    /// [default with a command: the cached microvm kernel].
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
 
-    /// Initial ramdisk, placed page-aligned at the top of guest low memory.
+    /// Initial ramdisk, placed page-aligned at the top of guest low memory [default with a
+    /// command: the cached tessera-init initramfs].
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
 
-    /// Kernel command line (at most 2047 bytes of ASCII).
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
-    cmdline: String,
+    /// Kernel command line, at most 2047 bytes of ASCII; a command's encoding is appended
+    /// [default: a microVM console line, quiet when running a command].
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+
+    /// Environment variable for the command (repeatable).
+    #[arg(short, long = "env", value_name = "NAME=VALUE", requires = "command")]
+    env: Vec<String>,
+
+    /// Working directory of the command inside the guest [default: /].
+    #[arg(short = 'w', long, value_name = "DIR", requires = "command")]
+    workdir: Option<String>,
+
+    /// Guest hostname [default: tessera].
+    #[arg(long, value_name = "NAME", requires = "command")]
+    hostname: Option<String>,
 
     /// Number of vCPUs, 1 to 32.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -65,6 +90,50 @@ struct RunArgs {
     /// Append the guest console to FILE instead of stdout; the guest then gets no input.
     #[arg(long, value_name = "FILE")]
     console_output: Option<PathBuf>,
+
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The boot source these arguments describe, with defaults filled in.
+    fn boot_source(&self) -> Result<BootSource, String> {
+        if self.command.is_empty() {
+            let kernel = self.kernel.clone().ok_or(
+                "nothing to boot: give --kernel PATH, or a command after `--` to run in the default microVM",
+            )?;
+            let cmdline = self.cmdline.clone().unwrap_or(DEFAULT_CMDLINE.to_string());
+            return BootSource::new(kernel, self.initrd.clone(), Some(cmdline))
+                .map_err(|e| e.to_string());
+        }
+        let env = self
+            .env
+            .iter()
+            .map(|item| match item.split_once('=') {
+                Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+                _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
+            })
+            .collect::<Result<_, _>>()?;
+        let task = Task {
+            argv: self.command.clone(),
+            env,
+            cwd: self.workdir.clone(),
+            hostname: self.hostname.clone(),
+        };
+        let encoded = task.to_cmdline().map_err(|e| format!("command: {e}"))?;
+        let base = self.cmdline.as_deref().unwrap_or(guest_image::COMMAND_CMDLINE);
+        let kernel = match &self.kernel {
+            Some(kernel) => kernel.clone(),
+            None => guest_image::default_kernel()?,
+        };
+        let initrd = match &self.initrd {
+            Some(initrd) => initrd.clone(),
+            None => guest_image::default_initrd()?,
+        };
+        BootSource::new(kernel, Some(initrd), Some(format!("{base}{encoded}")))
+            .map_err(|e| format!("{e} (the command is encoded into it; shorten it)"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -85,7 +154,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(cli.log_level);
+    let Command::Run(args) = &cli.command;
+    let default_level = if args.command.is_empty() {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    };
+    init_logging(cli.log_level.unwrap_or(default_level));
     match cli.command {
         Command::Run(args) => run(args, process_start),
     }
@@ -123,8 +198,8 @@ fn run(args: RunArgs, process_start: Instant) -> ExitCode {
 
 fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
     let machine = MachineConfig::new(args.vcpus, args.memory).map_err(|e| e.to_string())?;
-    let boot =
-        BootSource::new(args.kernel, args.initrd, Some(args.cmdline)).map_err(|e| e.to_string())?;
+    let boot = args.boot_source()?;
+    let runs_command = !args.command.is_empty();
     let console = args
         .console_output
         .map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
@@ -134,6 +209,12 @@ fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
         .boot(&boot, &console, process_start)
         .map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
+    if runs_command && matches!(exit, VmExit::Reset | VmExit::Halted { .. }) {
+        log::error!(
+            "VM stopped: {exit}, but the guest never reported the command's exit status (is tessera-init the initramfs's /init?) (exit code {EXIT_NO_STATUS})"
+        );
+        return Ok(EXIT_NO_STATUS as u8);
+    }
     if exit.is_clean() {
         log::info!("VM stopped: {exit}");
     } else {

@@ -1,7 +1,7 @@
 //! Tessera device models.
 //!
 //! `bus` maps guest port and MMIO ranges to devices; `legacy` holds the PC devices a microVM
-//! still needs (8250 serial, the i8042 reset line, the boot-done port).
+//! still needs (8250 serial, the i8042 reset line, the guest report ports).
 
 pub mod bus;
 pub mod clock;

@@ -13,15 +13,22 @@ pub fn tiny_guest(name: &str) -> PathBuf {
     path
 }
 
-/// The `tessera` binary of this build.
-pub fn tessera_bin() -> PathBuf {
+pub mod test_host;
+
+/// The directory holding this build's binaries (`tessera`, `tessera-init`).
+pub fn bin_dir() -> PathBuf {
     // Integration tests and benches live in target/<profile>/deps or target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("tessera");
+    dir
+}
+
+/// The `tessera` binary of this build.
+pub fn tessera_bin() -> PathBuf {
+    let bin = bin_dir().join("tessera");
     assert!(
         bin.exists(),
         "{} is missing: build it first (`cargo build -p api`)",

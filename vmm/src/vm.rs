@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Instant;
 
 use devices::legacy::{
-    BootDonePort, SerialConsole, BOOT_DONE_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
+    GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN, GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
     SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use devices::{Bus, BusError};
@@ -148,6 +148,10 @@ impl Vm {
             mmio: Arc::new(Bus::new()),
         };
 
+        let guest_report = (
+            devices.reported_status.clone(),
+            devices.panic_reason.clone(),
+        );
         let mut event_manager: EventLoop = EventManager::new().map_err(VmError::EventLoop)?;
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -184,6 +188,8 @@ impl Vm {
             _vm: self,
             event_manager,
             control,
+            reported_status: guest_report.0,
+            panic_reason: guest_report.1,
         })
     }
 
@@ -260,12 +266,14 @@ fn create_vm_and_memory(
     Ok((vm_fd, memory))
 }
 
-/// Serial console, i8042 and boot-done port, with the eventfds that connect them to KVM and to
+/// Serial console (watched for kernel panics), i8042 and guest report ports, with the eventfds that connect them to KVM and to
 /// the VMM loop.
 struct LegacyDevices {
     serial: Arc<Mutex<SerialConsole>>,
     i8042: Arc<Mutex<I8042>>,
-    boot_done: Arc<Mutex<BootDonePort>>,
+    guest_report: Arc<Mutex<GuestReport>>,
+    reported_status: ReportedStatus,
+    panic_reason: PanicReason,
     reset_evt: EventFd,
     input_room_evt: EventFd,
 }
@@ -292,6 +300,8 @@ impl LegacyDevices {
                     })?,
             ),
         };
+        let panic_reason = PanicReason::default();
+        let out = Box::new(PanicWatch::new(out, panic_reason.clone()));
         let input_room_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
         let serial = SerialConsole::new(
             irq(SERIAL_IRQ)?,
@@ -300,6 +310,7 @@ impl LegacyDevices {
                 .map_err(io_err("clone an eventfd"))?,
             out,
         );
+        let reported_status = ReportedStatus::default();
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
         let i8042 = I8042::new(
             reset_evt.try_clone().map_err(io_err("clone an eventfd"))?,
@@ -308,7 +319,12 @@ impl LegacyDevices {
         Ok(Self {
             serial: Arc::new(Mutex::new(serial)),
             i8042: Arc::new(Mutex::new(i8042)),
-            boot_done: Arc::new(Mutex::new(BootDonePort::new(process_start))),
+            guest_report: Arc::new(Mutex::new(GuestReport::new(
+                process_start,
+                reported_status.clone(),
+            ))),
+            reported_status,
+            panic_reason,
             reset_evt,
             input_room_evt,
         })
@@ -318,7 +334,7 @@ impl LegacyDevices {
         let mut bus = Bus::new();
         bus.insert(self.serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
         bus.insert(self.i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
-        bus.insert(self.boot_done.clone(), BOOT_DONE_PORT, 1)?;
+        bus.insert(self.guest_report.clone(), GUEST_REPORT_PORT, GUEST_REPORT_LEN)?;
         Ok(bus)
     }
 }
@@ -438,9 +454,26 @@ pub struct RunningVm {
     _vm: Vm,
     event_manager: EventLoop,
     control: Arc<Mutex<VmControl>>,
+    reported_status: ReportedStatus,
+    panic_reason: PanicReason,
 }
 
 impl RunningVm {
+    /// Refines a guest-initiated ending with what the guest reported: a kernel panic seen on
+    /// the console, or the exit status tessera-init wrote before rebooting.
+    fn explain(&self, exit: VmExit) -> VmExit {
+        if !matches!(exit, VmExit::Reset | VmExit::TripleFault { .. } | VmExit::Halted { .. }) {
+            return exit;
+        }
+        if let Some(message) = self.panic_reason.get() {
+            return VmExit::GuestPanic { message };
+        }
+        match (exit, self.reported_status.get()) {
+            (VmExit::Reset, Some(status)) => VmExit::CommandExited { status },
+            (exit, _) => exit,
+        }
+    }
+
     /// Runs the VMM event loop until the VM ends, and says why it ended.
     ///
     /// vCPU threads are still inside KVM_RUN when this returns; the caller ends the process.
@@ -449,7 +482,7 @@ impl RunningVm {
             self.event_manager.run().map_err(VmError::EventLoop)?;
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(exit) = control.exit.take() {
-                return Ok(exit);
+                return Ok(self.explain(exit));
             }
         }
     }

@@ -1,9 +1,11 @@
 //! Legacy PC devices on the port I/O bus.
 
-mod boot_done;
+mod guest_report;
 mod i8042;
+mod panic_watch;
 mod serial;
 
-pub use boot_done::{BootDonePort, BOOT_DONE_PORT};
+pub use guest_report::{GuestReport, ReportedStatus, GUEST_REPORT_LEN, GUEST_REPORT_PORT};
 pub use i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+pub use panic_watch::{PanicReason, PanicWatch};
 pub use serial::{EventFdTrigger, SerialConsole, SERIAL_PORT_BASE, SERIAL_PORT_LEN};

@@ -1,0 +1,45 @@
+//! Where `tessera run -- CMD` finds its default guest: the microvm kernel that
+//! `kernel-configs/build` caches and the tessera-init initramfs that `scripts/setup` packs.
+
+use std::path::PathBuf;
+
+/// The command line for a guest running a command under tessera-init: quiet (the console shows
+/// the command's output and kernel errors only), reboot through the i8042 at the end or at once
+/// on a panic, nothing probed that a microVM lacks.
+pub const COMMAND_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// `$TESSERA_CACHE`, else `$HOME/.cache/tessera`: the cache the set-up scripts fill.
+pub fn cache_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("TESSERA_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or("neither TESSERA_CACHE nor HOME is set, so the guest cache cannot be found")?;
+    Ok(PathBuf::from(home).join(".cache/tessera"))
+}
+
+/// The cached microvm kernel (an ELF vmlinux with a PVH entry).
+pub fn default_kernel() -> Result<PathBuf, String> {
+    let path = cache_dir()?.join("kernel/microvm/vmlinux");
+    if !path.is_file() {
+        return Err(format!(
+            "no guest kernel at {}: build it with `kernel-configs/build` (or `scripts/setup`), or pass --kernel",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// The cached initramfs holding tessera-init.
+pub fn default_initrd() -> Result<PathBuf, String> {
+    let path = cache_dir()?.join("initramfs/tessera-init.cpio");
+    if !path.is_file() {
+        return Err(format!(
+            "no tessera-init initramfs at {}: build it with `scripts/setup`, or pass --initrd",
+            path.display()
+        ));
+    }
+    Ok(path)
+}

@@ -1,0 +1,509 @@
+//! The nested test host: Debian's `qemu-system-x86_64` under TCG with an emulated AMD CPU that
+//! has SVM, running Debian's stock kernel with kvm-amd loaded, so a real Linux guest can run under
+//! tessera on real KVM even where the machine's own /dev/kvm cannot boot Linux.
+//!
+//! The host boots from an initramfs built here: busybox, the four KVM modules, our `tessera`,
+//! the cached microvm kernel (at the default place under `/root/.cache/tessera`, so `tessera run
+//! -- CMD` works there exactly as for a user), a guest initramfs (tessera-init + busybox), Debian's
+//! vmlinuz and, for benchmarks, QEMU itself. Its `/init` answers commands on the second serial
+//! port: one line in, the command's output and `@@TH-DONE <id> <status>` out. The first serial
+//! port carries the host's console, kept in a log file. One boot serves many commands.
+
+use std::io::{BufRead, BufReader, Write};
+use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use guest_init::initramfs::{Initramfs, Node};
+
+/// Paths of the test host's files as the host sees them.
+pub mod paths {
+    /// The `tessera` binary (also on PATH).
+    pub const TESSERA: &str = "/opt/tessera/bin/tessera";
+    /// The microvm kernel, ELF with PVH entry (the `tessera run` default).
+    pub const VMLINUX: &str = "/root/.cache/tessera/kernel/microvm/vmlinux";
+    /// The same kernel as a bzImage.
+    pub const BZIMAGE: &str = "/root/.cache/tessera/kernel/microvm/bzImage";
+    /// tessera-init + busybox (the `tessera run` default).
+    pub const GUEST_INITRAMFS: &str = "/root/.cache/tessera/initramfs/tessera-init.cpio";
+    /// Debian's stock vmlinuz, the host's own kernel.
+    pub const DEBIAN_VMLINUZ: &str = "/opt/tessera/debian-vmlinuz";
+    /// QEMU, when the host was built with it.
+    pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+}
+
+const HOST_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const KVM_MODULES: [&str; 4] = ["irqbypass", "kvm", "ccp", "kvm-amd"];
+
+/// What the host is built from, all found on this machine.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    pub qemu: PathBuf,
+    pub busybox: PathBuf,
+    pub debian_vmlinuz: PathBuf,
+    pub modules: Vec<PathBuf>,
+    pub microvm_dir: PathBuf,
+    /// Directory holding `tessera` and `tessera-init` of the build to test.
+    pub bin_dir: PathBuf,
+}
+
+impl HostFiles {
+    /// Finds everything, or says what is missing and which set-up step provides it.
+    pub fn find(bin_dir: &Path) -> Result<Self, String> {
+        let qemu = which("qemu-system-x86_64").ok_or(
+            "qemu-system-x86_64 is not installed (scripts/setup installs Debian's qemu-system-x86)",
+        )?;
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or("busybox is not installed (scripts/setup installs Debian's busybox-static)")?;
+        let debian_vmlinuz = crate::debian_vmlinuz()
+            .filter(|p| p.is_file())
+            .ok_or("Debian's vmlinuz is not cached (run scripts/debian-kernel)")?;
+        let modules = host_modules(&debian_vmlinuz)?;
+        let microvm_dir = cache_dir()?.join("kernel/microvm");
+        if !microvm_dir.join("vmlinux").is_file() || !microvm_dir.join("bzImage").is_file() {
+            return Err(format!(
+                "the microvm guest kernel is not cached in {} (run kernel-configs/build)",
+                microvm_dir.display()
+            ));
+        }
+        for bin in ["tessera", "tessera-init"] {
+            if !bin_dir.join(bin).is_file() {
+                return Err(format!(
+                    "{} is not built (cargo build --workspace --bins)",
+                    bin_dir.join(bin).display()
+                ));
+            }
+        }
+        Ok(Self {
+            qemu,
+            busybox,
+            debian_vmlinuz,
+            modules,
+            microvm_dir,
+            bin_dir: bin_dir.to_path_buf(),
+        })
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+fn cache_dir() -> Result<PathBuf, String> {
+    std::env::var_os("TESSERA_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tessera")))
+        .ok_or_else(|| "neither TESSERA_CACHE nor HOME is set".to_string())
+}
+
+/// The KVM modules matching `vmlinuz`, from the same linux-image package tree
+/// (`<root>/boot/vmlinuz-V` and `<root>/lib/modules/V/kernel/...`).
+fn host_modules(vmlinuz: &Path) -> Result<Vec<PathBuf>, String> {
+    let name = vmlinuz.file_name().map(|n| n.to_string_lossy().into_owned());
+    let version = name
+        .as_deref()
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .ok_or_else(|| format!("{} is not named vmlinuz-VERSION", vmlinuz.display()))?;
+    let root = vmlinuz
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("{} has no package root", vmlinuz.display()))?;
+    let kernel = root.join("lib/modules").join(version).join("kernel");
+    let wanted = [
+        "virt/lib/irqbypass.ko",
+        "arch/x86/kvm/kvm.ko",
+        "drivers/crypto/ccp/ccp.ko",
+        "arch/x86/kvm/kvm-amd.ko",
+    ];
+    wanted
+        .iter()
+        .map(|rel| {
+            let path = kernel.join(rel);
+            path.is_file().then_some(path.clone()).ok_or_else(|| {
+                format!(
+                    "{} is missing: the host kernel's KVM modules must sit beside it (scripts/debian-kernel)",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+/// How to build the host.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Also pack QEMU with its libraries and microvm firmware (for side-by-side benchmarks).
+    pub with_qemu: bool,
+    /// Host memory in MiB.
+    pub memory_mib: u32,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            with_qemu: false,
+            memory_mib: 2048,
+        }
+    }
+}
+
+/// The output and status of one command run in the host.
+#[derive(Debug)]
+pub struct HostOutput {
+    pub status: i32,
+    pub output: String,
+}
+
+impl std::fmt::Display for HostOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}\n--- output\n{}", self.status, self.output)
+    }
+}
+
+/// A booted test host.
+pub struct TestHost {
+    qemu: Child,
+    commands: ChildStdin,
+    lines: Receiver<String>,
+    console_log: PathBuf,
+    next_id: u64,
+    /// Set when a command timed out: the host is then no longer in a known state.
+    broken: Option<String>,
+    _workdir: TempDir,
+}
+
+impl TestHost {
+    /// Builds the host initramfs and boots QEMU, waiting until the host answers commands.
+    pub fn boot(files: &HostFiles, options: &HostOptions) -> Result<Self, String> {
+        let workdir = TempDir::new("tessera-test-host")?;
+        let initramfs = workdir.0.join("host.cpio");
+        build_host_initramfs(files, options, &initramfs)?;
+        let console_log = workdir.0.join("console.log");
+        // QEMU warns about every CPU feature TCG lacks; keep that out of test output.
+        let qemu_log = std::fs::File::create(workdir.0.join("qemu.log"))
+            .map_err(|e| format!("cannot create qemu.log: {e}"))?;
+
+        let mut command = Command::new(&files.qemu);
+        command
+            .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt", "-smp", "2"])
+            .args(["-m", &options.memory_mib.to_string()])
+            .arg("-kernel")
+            .arg(&files.debian_vmlinuz)
+            .arg("-initrd")
+            .arg(&initramfs)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console_log.display()))
+            .args(["-serial", "stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(qemu_log);
+        let mut qemu = spawn_tied_to_process(command)
+            .map_err(|e| format!("cannot start {}: {e}", files.qemu.display()))?;
+        let (commands, stdout) = match (qemu.stdin.take(), qemu.stdout.take()) {
+            (Some(i), Some(o)) => (i, o),
+            _ => return Err("QEMU's stdio pipes are missing".into()),
+        };
+        let (tx, lines) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("test-host-reader".into())
+            .spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    if tx.send(text).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            })
+            .map_err(|e| format!("cannot start the reader thread: {e}"))?;
+
+        let mut host = Self {
+            qemu,
+            commands,
+            lines,
+            console_log,
+            next_id: 0,
+            broken: None,
+            _workdir: workdir,
+        };
+        let started = Instant::now();
+        loop {
+            match host.next_line(started + HOST_BOOT_TIMEOUT) {
+                Ok(line) if line.starts_with("@@TH-READY") => break,
+                Ok(line) if line.starts_with("@@TH-FAILED") => {
+                    return Err(format!("{}\n{}", line.trim(), host.console_tail()));
+                }
+                Ok(_) => {}
+                Err(why) => return Err(format!("host did not come up: {why}\n{}", host.console_tail())),
+            }
+        }
+        eprintln!("test host up in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(host)
+    }
+
+    /// Runs `command` with the host's `sh -c`, returning its merged stdout/stderr and status.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<HostOutput, String> {
+        if let Some(why) = &self.broken {
+            return Err(format!("the test host is unusable: {why}"));
+        }
+        if command.contains('\n') {
+            return Err("host commands are one line".into());
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        writeln!(self.commands, "{id} {command}")
+            .and_then(|()| self.commands.flush())
+            .map_err(|e| format!("cannot send a command to the host: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let done = format!("@@TH-DONE {id} ");
+        let mut output = String::new();
+        loop {
+            let line = self.next_line(deadline).map_err(|why| {
+                let message = format!("`{command}`: {why}\n--- output so far\n{output}");
+                self.broken = Some(message.clone());
+                format!("{message}\n{}", self.console_tail())
+            })?;
+            if let Some(status) = line.strip_prefix(&done) {
+                // The agent puts a newline before the marker so it always starts a line.
+                if output.ends_with('\n') {
+                    output.pop();
+                }
+                let status = status.trim().parse().map_err(|_| format!("bad marker {line:?}"))?;
+                return Ok(HostOutput { status, output });
+            }
+            output.push_str(&line);
+        }
+    }
+
+    fn next_line(&mut self, deadline: Instant) -> Result<String, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => Ok(line),
+            Err(RecvTimeoutError::Timeout) => Err("timed out".into()),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.qemu.try_wait().ok().flatten();
+                Err(format!("QEMU exited ({status:?})"))
+            }
+        }
+    }
+
+    /// The last lines of the host's console, for failure messages.
+    pub fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("--- test host console (last 40 lines)\n{tail}")
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+/// Starts `command` from a thread that lives as long as the process, with PR_SET_PDEATHSIG:
+/// the kernel kills the child when the thread that forked it ends, and test threads end early.
+fn spawn_tied_to_process(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("test-host-spawner".into())
+            .spawn(move || {
+                // The sender lives in a static, so this loop ends only with the process.
+                for (mut command, reply) in rx {
+                    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+                    unsafe {
+                        command.pre_exec(|| {
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((command, reply_tx))
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?
+}
+
+/// The host's /init: mounts, loads the KVM modules, then serves commands on ttyS1.
+const HOST_INIT: &str = r#"#!/bin/busybox sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+for m in irqbypass kvm ccp kvm-amd; do
+    insmod /lib/modules/$m.ko || echo "insmod $m failed" >> /tmp/init-errors
+done
+exec </dev/ttyS1 >/dev/ttyS1 2>&1
+stty raw -echo
+export HOME=/root PATH=/opt/tessera/bin:/usr/sbin:/usr/bin:/sbin:/bin
+cd /tmp
+if [ -c /dev/kvm ]; then
+    echo "@@TH-READY"
+else
+    echo "@@TH-FAILED no /dev/kvm in the test host: $(cat /tmp/init-errors 2>/dev/null) $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' ')"
+fi
+while IFS= read -r line; do
+    id=${line%% *}
+    sh -c "${line#* }" </dev/null >/tmp/out 2>&1
+    status=$?
+    cat /tmp/out
+    printf '\n@@TH-DONE %s %s\n' "$id" "$status"
+done
+poweroff -f
+"#;
+
+fn build_host_initramfs(files: &HostFiles, options: &HostOptions, out: &Path) -> Result<(), String> {
+    let mut host = Initramfs::with_base_layout();
+    let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
+    host.add("init", 0o755, Node::File(HOST_INIT.as_bytes().to_vec())).map_err(e)?;
+    host.add_busybox(&files.busybox).map_err(e)?;
+    for (name, path) in KVM_MODULES.iter().zip(&files.modules) {
+        host.add_from_host(path, &format!("lib/modules/{name}.ko")).map_err(e)?;
+    }
+    host.add_from_host(&files.bin_dir.join("tessera"), paths::TESSERA).map_err(e)?;
+    host.add_from_host(&files.microvm_dir.join("vmlinux"), paths::VMLINUX).map_err(e)?;
+    host.add_from_host(&files.microvm_dir.join("bzImage"), paths::BZIMAGE).map_err(e)?;
+    host.add_from_host(&files.debian_vmlinuz, paths::DEBIAN_VMLINUZ).map_err(e)?;
+
+    let mut guest = Initramfs::with_base_layout();
+    guest.add_from_host(&files.bin_dir.join("tessera-init"), "init").map_err(e)?;
+    guest.add_busybox(&files.busybox).map_err(e)?;
+    let mut guest_bytes = Vec::new();
+    guest.write_cpio(&mut guest_bytes).map_err(|e| e.to_string())?;
+    host.add(paths::GUEST_INITRAMFS, 0o644, Node::File(guest_bytes)).map_err(e)?;
+
+    if options.with_qemu {
+        add_qemu(&mut host, &files.qemu)?;
+    }
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?,
+    );
+    host.write_cpio(&mut file)
+        .and_then(|()| file.flush())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))
+}
+
+/// QEMU, the shared libraries `ldd` lists for it (at their real paths), and the microvm firmware.
+fn add_qemu(host: &mut Initramfs, qemu: &Path) -> Result<(), String> {
+    let ldd = Command::new("ldd")
+        .arg(qemu)
+        .output()
+        .map_err(|e| format!("cannot run ldd: {e}"))?;
+    let mut libs: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
+    for lib in libs {
+        // Keep the name ldd printed (often a symlink); store the file it points to.
+        let real = std::fs::canonicalize(&lib).map_err(|err| format!("{}: {err}", lib.display()))?;
+        let bytes = std::fs::read(&real).map_err(|err| format!("{}: {err}", real.display()))?;
+        host.add(&lib.to_string_lossy(), 0o755, Node::File(bytes)).map_err(e)?;
+    }
+    host.add_from_host(qemu, paths::QEMU).map_err(e)?;
+    for firmware in ["bios-microvm.bin", "linuxboot_dma.bin", "kvmvapic.bin"] {
+        let path = Path::new("/usr/share/qemu").join(firmware);
+        if path.exists() {
+            let real = std::fs::canonicalize(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            host.add_from_host(&real, &path.to_string_lossy()).map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<Self, String> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The host shared by every test of one test binary, booted by the first test that needs it.
+pub struct SharedHost(MutexGuard<'static, Option<Result<TestHost, String>>>);
+
+impl Deref for SharedHost {
+    type Target = TestHost;
+    fn deref(&self) -> &TestHost {
+        match self.0.as_ref() {
+            Some(Ok(host)) => host,
+            _ => unreachable!("SharedHost is only made around a booted host"),
+        }
+    }
+}
+
+impl DerefMut for SharedHost {
+    fn deref_mut(&mut self) -> &mut TestHost {
+        match self.0.as_mut() {
+            Some(Ok(host)) => host,
+            _ => unreachable!("SharedHost is only made around a booted host"),
+        }
+    }
+}
+
+/// The shared test host, or `None` after printing `SKIPPED <test>: <why>` when this machine
+/// lacks something it needs. Panics when the host should boot but does not.
+pub fn shared(test: &str) -> Option<SharedHost> {
+    static HOST: Mutex<Option<Result<TestHost, String>>> = Mutex::new(None);
+    let files = match HostFiles::find(&crate::bin_dir()) {
+        Ok(files) => files,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+    };
+    let mut guard = HOST.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_none() {
+        *guard = Some(TestHost::boot(&files, &HostOptions::default()));
+    }
+    if let Some(Err(why)) = guard.as_ref() {
+        panic!("the test host did not boot: {why}");
+    }
+    Some(SharedHost(guard))
+}
