@@ -6,7 +6,7 @@
 //! the cached microvm kernel (at the default place under `/root/.cache/tessera`, so `tessera run
 //! -- CMD` works there exactly as for a user), a guest initramfs (tessera-init + busybox), Debian's
 //! vmlinuz and, for benchmarks, QEMU itself. Its `/init` answers commands on the second serial
-//! port: one line in, the command's output and `@@TH-DONE <id> <status>` out. The first serial
+//! port: `<id> <timeout s> <command>` in, its output and `@@TH-DONE <id> <status>` out. The first serial
 //! port carries the host's console, kept in a log file. One boot serves many commands.
 
 use std::io::{BufRead, BufReader, Write};
@@ -147,6 +147,8 @@ pub struct HostOptions {
     pub with_qemu: bool,
     /// Host memory in MiB.
     pub memory_mib: u32,
+    /// More host files to pack: (file on this machine, absolute path in the host).
+    pub extra_files: Vec<(PathBuf, String)>,
 }
 
 impl Default for HostOptions {
@@ -154,6 +156,7 @@ impl Default for HostOptions {
         Self {
             with_qemu: false,
             memory_mib: 2048,
+            extra_files: Vec::new(),
         }
     }
 }
@@ -256,7 +259,8 @@ impl TestHost {
         Ok(host)
     }
 
-    /// Runs `command` with the host's `sh -c`, returning its merged stdout/stderr and status.
+    /// Runs `command` with the host's `sh -c`, returning its merged stdout/stderr and status;
+    /// the host kills it with SIGKILL (status 137) after `timeout`.
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<HostOutput, String> {
         if let Some(why) = &self.broken {
             return Err(format!("the test host is unusable: {why}"));
@@ -266,10 +270,13 @@ impl TestHost {
         }
         self.next_id += 1;
         let id = self.next_id;
-        writeln!(self.commands, "{id} {command}")
+        // The host kills the command at `timeout` (status 137), so a hung guest costs one test,
+        // not the host; this side waits a little longer for that to arrive.
+        let limit = timeout.as_secs().max(1);
+        writeln!(self.commands, "{id} {limit} {command}")
             .and_then(|()| self.commands.flush())
             .map_err(|e| format!("cannot send a command to the host: {e}"))?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout + Duration::from_secs(30);
         let done = format!("@@TH-DONE {id} ");
         let mut output = String::new();
         loop {
@@ -374,12 +381,9 @@ if [ -c /dev/kvm ]; then
 else
     echo "@@TH-FAILED no /dev/kvm in the test host: $(cat /tmp/init-errors 2>/dev/null) $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' ')"
 fi
-while IFS= read -r line; do
-    id=${line%% *}
-    sh -c "${line#* }" </dev/null >/tmp/out 2>&1
-    status=$?
-    cat /tmp/out
-    printf '\n@@TH-DONE %s %s\n' "$id" "$status"
+while read -r id limit command; do
+    timeout -s KILL "$limit" sh -c "$command" </dev/null 2>&1
+    printf '\n@@TH-DONE %s %s\n' "$id" "$?"
 done
 poweroff -f
 "#;
@@ -406,6 +410,9 @@ fn build_host_initramfs(files: &HostFiles, options: &HostOptions, out: &Path) ->
 
     if options.with_qemu {
         add_qemu(&mut host, &files.qemu)?;
+    }
+    for (src, dest) in &options.extra_files {
+        host.add_from_host(src, dest).map_err(e)?;
     }
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?,
@@ -436,7 +443,7 @@ fn add_qemu(host: &mut Initramfs, qemu: &Path) -> Result<(), String> {
         host.add(&lib.to_string_lossy(), 0o755, Node::File(bytes)).map_err(e)?;
     }
     host.add_from_host(qemu, paths::QEMU).map_err(e)?;
-    for firmware in ["bios-microvm.bin", "linuxboot_dma.bin", "kvmvapic.bin"] {
+    for firmware in ["bios-microvm.bin", "pvh.bin", "linuxboot_dma.bin", "kvmvapic.bin"] {
         let path = Path::new("/usr/share/qemu").join(firmware);
         if path.exists() {
             let real = std::fs::canonicalize(&path).map_err(|err| format!("{}: {err}", path.display()))?;

@@ -18,6 +18,8 @@ const COMMAND: u64 = 4; // port 0x64
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 const STATUS_LAST_WAS_COMMAND: u8 = 0x08;
+/// Keyboard not inhibited (no "keylock"): without it Linux warns at probe.
+const STATUS_UNLOCKED: u8 = 0x10;
 
 // Controller configuration byte bits.
 const CONFIG_KBD_INTERRUPT: u8 = 0x01;
@@ -60,7 +62,7 @@ impl I8042 {
             reset_evt,
             kbd_irq,
             config: CONFIG_KBD_INTERRUPT | CONFIG_SYSTEM_FLAG,
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             pending: None,
             output: VecDeque::with_capacity(OUTPUT_CAPACITY),
         }
@@ -132,7 +134,14 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
-            DATA => self.output.pop_front().unwrap_or(0),
+            DATA => {
+                let byte = self.output.pop_front().unwrap_or(0);
+                // Linux reads one byte per (edge-triggered) interrupt: ask again for the rest.
+                if !self.output.is_empty() {
+                    self.raise_keyboard_irq();
+                }
+                byte
+            }
             COMMAND if self.output.is_empty() => self.status,
             COMMAND => self.status | STATUS_OUTPUT_FULL,
             _ => 0xff,
@@ -180,12 +189,14 @@ mod tests {
         let (mut dev, _, irq) = controller();
         assert_eq!(read(&mut dev, COMMAND) & STATUS_OUTPUT_FULL, 0);
         dev.send_ctrl_alt_del().unwrap();
-        assert_eq!(irq.read().unwrap(), 1);
+        // One interrupt per byte, as an interrupt handler reading one byte each time needs.
         let mut got = vec![];
-        while read(&mut dev, COMMAND) & STATUS_OUTPUT_FULL != 0 {
+        while irq.read().is_ok() {
+            assert_ne!(read(&mut dev, COMMAND) & STATUS_OUTPUT_FULL, 0);
             got.push(read(&mut dev, DATA));
         }
         assert_eq!(got, CTRL_ALT_DEL_SCANCODES);
+        assert_eq!(read(&mut dev, COMMAND) & STATUS_OUTPUT_FULL, 0);
     }
 
     #[test]

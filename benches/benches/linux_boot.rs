@@ -1,0 +1,83 @@
+//! Boot -> guest init of the microvm kernel with tessera-init, under tessera and under Debian's
+//! QEMU (`-M microvm -accel kvm`), side by side in one nested test host.
+//!
+//!   cargo build --release --workspace --bins && cargo bench -p benches --bench linux_boot
+//!   LINUX_BOOT_RUNS=10 (default)
+//!
+//! Both VMMs get the same kernel (ELF vmlinux, PVH entry), the same initramfs, the same
+//! command line, 1 vCPU and 128 MiB; the guest runs `true`. The time is from spawning the VMM to
+//! the moment tessera-init's boot-done write to port 0x3f0 is seen outside it (tessera logs it;
+//! QEMU passes it on through an isa-debugcon at that port), taken by `boot-time` in the host.
+//! Timings in the TCG-emulated host are not real-hardware timings: only the ratio carries over.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use benches::median;
+use tests::test_host::{paths, HostFiles, HostOptions, TestHost};
+
+const CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
+                       i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+const BOOT_TIME: &str = "/opt/tessera/bin/boot-time";
+
+fn main() {
+    let runs: usize = std::env::var("LINUX_BOOT_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let bin_dir = tests::bin_dir();
+    let files = match HostFiles::find(&bin_dir) {
+        Ok(files) => files,
+        Err(why) => {
+            eprintln!("SKIPPED linux_boot: {why}");
+            return;
+        }
+    };
+    let options = HostOptions {
+        with_qemu: true,
+        extra_files: vec![(PathBuf::from(&bin_dir).join("boot-time"), BOOT_TIME.into())],
+        ..HostOptions::default()
+    };
+    let mut host = TestHost::boot(&files, &options).unwrap_or_else(|e| panic!("test host: {e}"));
+
+    let tessera = format!(
+        "{BOOT_TIME} 'guest boot-done' -- tessera --log-level info run --memory 128 --console-output /dev/null \
+         --kernel {} --initrd {} --cmdline '{CMDLINE}' -- true",
+        paths::VMLINUX,
+        paths::GUEST_INITRAMFS
+    );
+    // The same parameters tessera appends for `-- true` (guest_init::task encoding).
+    let qemu = format!(
+        "{BOOT_TIME} '~' -- {} -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -smp 1 -m 128 \
+         -nodefaults -no-user-config -display none -no-reboot -monitor none \
+         -kernel {} -initrd {} -append '{CMDLINE} tessera.argv=true' -serial file:/dev/null \
+         -chardev stdio,id=bootdone -device isa-debugcon,iobase=0x3f0,chardev=bootdone",
+        paths::QEMU,
+        paths::VMLINUX,
+        paths::GUEST_INITRAMFS
+    );
+
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        for (i, command) in [&tessera, &qemu].into_iter().enumerate() {
+            let out = host
+                .run(command, Duration::from_secs(300))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let ms = out
+                .output
+                .split("boot_ms=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|ms| ms.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no boot time from `{command}`\n{out}"));
+            times[i].push(ms);
+            eprintln!("run {run}: {} {ms:.1} ms", ["tessera", "qemu"][i]);
+        }
+    }
+    let tessera_ms = median(&mut times[0]);
+    let qemu_ms = median(&mut times[1]);
+    println!("linux boot -> tessera-init, nested test host, median of {runs}:");
+    println!("  tessera            {tessera_ms:8.1} ms");
+    println!("  qemu -M microvm    {qemu_ms:8.1} ms");
+    println!("  ratio tessera/qemu {:8.2}", tessera_ms / qemu_ms);
+}

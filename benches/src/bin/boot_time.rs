@@ -1,0 +1,90 @@
+//! `boot-time NEEDLE -- CMD ARGS...`: starts CMD, and prints how long after the spawn NEEDLE
+//! first appeared on its stdout or stderr, then its exit status:
+//!
+//!   boot_ms=1234.567 status=0        (boot_ms=none when NEEDLE never appeared)
+//!
+//! Runs inside the nested test host so that tessera (needle: its boot-done log line) and QEMU
+//! (needle: the boot-done byte its isa-debugcon at port 0x3f0 passes to stdout) are timed alike.
+
+use std::io::Read;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (needle, command) = match args.split_first() {
+        Some((needle, rest)) if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 => {
+            (needle.as_bytes().to_vec(), &rest[1..])
+        }
+        _ => {
+            eprintln!("usage: boot-time NEEDLE -- CMD ARGS...");
+            return ExitCode::from(2);
+        }
+    };
+    let start = Instant::now();
+    let mut child = match Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("boot-time: cannot start {}: {e}", command[0]);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let streams: [Box<dyn Read + Send>; 2] = match (child.stdout.take(), child.stderr.take()) {
+        (Some(out), Some(err)) => [Box::new(out), Box::new(err)],
+        _ => return ExitCode::FAILURE,
+    };
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            let (tx, needle) = (tx.clone(), needle.clone());
+            std::thread::spawn(move || {
+                // Keep the tail of what was read so a needle split across reads is still found.
+                let mut window = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut found = false;
+                let mut kept = Vec::new();
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if !found {
+                        window.extend_from_slice(&buf[..n]);
+                        if window.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                            found = true;
+                            let _ = tx.send(start.elapsed());
+                        }
+                        let keep = window.len().saturating_sub(needle.len());
+                        window.drain(..keep);
+                    }
+                    kept.extend_from_slice(&buf[..n]);
+                }
+                kept
+            })
+        })
+        .collect();
+    drop(tx);
+    let boot = rx.recv_timeout(TIMEOUT).ok();
+    let status = child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
+    let output: Vec<u8> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap_or_default())
+        .collect();
+    match boot {
+        Some(elapsed) => println!("boot_ms={:.3} status={status}", elapsed.as_secs_f64() * 1e3),
+        None => {
+            println!("boot_ms=none status={status}");
+            eprintln!("{}", String::from_utf8_lossy(&output));
+        }
+    }
+    ExitCode::SUCCESS
+}
