@@ -111,7 +111,9 @@ impl RunArgs {
             .env
             .iter()
             .map(|item| match item.split_once('=') {
-                Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+                Some((name, value)) if !name.is_empty() => {
+                    Ok((name.to_string(), value.to_string()))
+                }
                 _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
             })
             .collect::<Result<_, _>>()?;
@@ -122,7 +124,10 @@ impl RunArgs {
             hostname: self.hostname.clone(),
         };
         let encoded = task.to_cmdline().map_err(|e| format!("command: {e}"))?;
-        let base = self.cmdline.as_deref().unwrap_or(guest_image::COMMAND_CMDLINE);
+        let base = self
+            .cmdline
+            .as_deref()
+            .unwrap_or(guest_image::COMMAND_CMDLINE);
         let kernel = match &self.kernel {
             Some(kernel) => kernel.clone(),
             None => guest_image::default_kernel()?,

@@ -55,7 +55,11 @@ impl Initramfs {
             // These names are valid and distinct: adding them cannot fail.
             let _ = archive.add(dir, 0o755, Node::Dir);
         }
-        let _ = archive.add("dev/console", 0o600, Node::CharDevice { major: 5, minor: 1 });
+        let _ = archive.add(
+            "dev/console",
+            0o600,
+            Node::CharDevice { major: 5, minor: 1 },
+        );
         archive
     }
 
@@ -102,7 +106,11 @@ impl Initramfs {
         let mode = meta.permissions().mode();
         if meta.file_type().is_symlink() {
             let target = fs::read_link(src).map_err(read_err)?;
-            self.add(dest, 0o777, Node::Symlink(target.to_string_lossy().into_owned()))
+            self.add(
+                dest,
+                0o777,
+                Node::Symlink(target.to_string_lossy().into_owned()),
+            )
         } else if meta.is_file() {
             self.add(dest, mode, Node::File(fs::read(src).map_err(read_err)?))
         } else if meta.is_dir() {
@@ -137,7 +145,10 @@ impl Initramfs {
             })?;
         if !list.status.success() {
             return Err(InitramfsError::Unsupported {
-                path: format!("{} (`--list-full` failed: not a busybox?)", busybox.display()),
+                path: format!(
+                    "{} (`--list-full` failed: not a busybox?)",
+                    busybox.display()
+                ),
             });
         }
         self.add_from_host(busybox, "bin/busybox")?;
@@ -157,7 +168,10 @@ impl Initramfs {
 
     /// Writes the archive as an uncompressed newc cpio.
     pub fn write_cpio(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut out = CountingWriter { inner: out, written: 0 };
+        let mut out = CountingWriter {
+            inner: out,
+            written: 0,
+        };
         for (ino, (path, (mode, node))) in self.entries.iter().enumerate() {
             let (kind, data, rdev): (u32, &[u8], (u32, u32)) = match node {
                 Node::Dir => (0o040000, &[], (0, 0)),
@@ -204,7 +218,9 @@ fn normalize(path: &str) -> Result<String, InitramfsError> {
     let trimmed = path.trim_start_matches('/').trim_end_matches('/');
     let bad = trimmed.is_empty()
         || trimmed.contains('\0')
-        || trimmed.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || trimmed
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(InitramfsError::BadPath(path.to_string()));
     }
@@ -280,18 +296,27 @@ impl<W: Write> Write for CountingWriter<W> {
 mod tests {
     use super::*;
 
-    /// Parses a newc archive back into (name, mode, rdev, data), checking framing as it goes.
-    fn parse(mut bytes: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// An archive entry read back: name, mode, (rdev major, minor), data.
+    type Parsed = (String, u32, (u32, u32), Vec<u8>);
+
+    /// Parses a newc archive back into entries, checking framing as it goes.
+    fn parse(mut bytes: &[u8]) -> Vec<Parsed> {
         let mut out = Vec::new();
         let start_len = bytes.len();
         loop {
             assert_eq!(&bytes[..6], b"070701");
             let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
-                    .unwrap()
+                u32::from_str_radix(
+                    std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).unwrap(),
+                    16,
+                )
+                .unwrap()
             };
-            let (mode, size, rdev, namesize) = (field(1), field(6), (field(9), field(10)), field(11));
-            let name = std::str::from_utf8(&bytes[110..110 + namesize as usize - 1]).unwrap().to_string();
+            let (mode, size, rdev, namesize) =
+                (field(1), field(6), (field(9), field(10)), field(11));
+            let name = std::str::from_utf8(&bytes[110..110 + namesize as usize - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(bytes[110 + namesize as usize - 1], 0);
             let data_start = (110 + namesize as usize).div_ceil(4) * 4;
             let data = bytes[data_start..data_start + size as usize].to_vec();
@@ -309,16 +334,35 @@ mod tests {
     #[test]
     fn writes_parents_first_with_modes_and_devices() {
         let mut archive = Initramfs::with_base_layout();
-        archive.add("/init", 0o755, Node::File(b"#!x".to_vec())).unwrap();
-        archive.add("usr/bin/tool", 0o700, Node::File(vec![7; 5])).unwrap();
-        archive.add("bin", 0o777, Node::Symlink("usr/bin".into())).unwrap();
+        archive
+            .add("/init", 0o755, Node::File(b"#!x".to_vec()))
+            .unwrap();
+        archive
+            .add("usr/bin/tool", 0o700, Node::File(vec![7; 5]))
+            .unwrap();
+        archive
+            .add("bin", 0o777, Node::Symlink("usr/bin".into()))
+            .unwrap();
         let mut bytes = Vec::new();
         archive.write_cpio(&mut bytes).unwrap();
         let entries = parse(&bytes);
         let names: Vec<_> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
             names,
-            ["bin", "dev", "dev/console", "init", "proc", "root", "run", "sys", "tmp", "usr", "usr/bin", "usr/bin/tool"]
+            [
+                "bin",
+                "dev",
+                "dev/console",
+                "init",
+                "proc",
+                "root",
+                "run",
+                "sys",
+                "tmp",
+                "usr",
+                "usr/bin",
+                "usr/bin/tool"
+            ]
         );
         let get = |n: &str| entries.iter().find(|e| e.0 == n).unwrap().clone();
         assert_eq!(get("dev/console").1, 0o020600);
@@ -344,18 +388,32 @@ mod tests {
         assert_eq!(&gz[..2], &[0x1f, 0x8b]);
         let mut plain = Vec::new();
         io::copy(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
-        assert!(parse(&plain).iter().any(|e| e.0 == "init" && e.3 == [1, 2, 3]));
+        assert!(parse(&plain)
+            .iter()
+            .any(|e| e.0 == "init" && e.3 == [1, 2, 3]));
     }
 
     #[test]
     fn refuses_bad_paths_and_duplicates() {
         let mut a = Initramfs::new();
         for bad in ["", "/", "a/../b", "a//b", "./a", "a\0b"] {
-            assert!(matches!(a.add(bad, 0o644, Node::Dir), Err(InitramfsError::BadPath(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    a.add(bad, 0o644, Node::Dir),
+                    Err(InitramfsError::BadPath(_))
+                ),
+                "{bad:?}"
+            );
         }
         a.add("x/y", 0o644, Node::File(vec![])).unwrap();
-        assert!(matches!(a.add("x/y", 0o644, Node::Dir), Err(InitramfsError::Duplicate(_))));
-        assert!(matches!(a.add("x/y/z", 0o644, Node::Dir), Err(InitramfsError::NotADirectory(_))));
+        assert!(matches!(
+            a.add("x/y", 0o644, Node::Dir),
+            Err(InitramfsError::Duplicate(_))
+        ));
+        assert!(matches!(
+            a.add("x/y/z", 0o644, Node::Dir),
+            Err(InitramfsError::NotADirectory(_))
+        ));
         a.add("x", 0o700, Node::Dir).unwrap();
         assert_eq!(a.entries["x"].0, 0o700);
     }
@@ -371,7 +429,12 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(a.entries["opt/t/sub/f"].1, Node::File(b"data".to_vec()));
         assert_eq!(a.entries["opt/t/link"].1, Node::Symlink("sub/f".into()));
-        let missing = a.add_from_host(Path::new("/nonexistent/x"), "y").unwrap_err();
-        assert_eq!(missing.to_string().split(':').next(), Some("cannot read /nonexistent/x"));
+        let missing = a
+            .add_from_host(Path::new("/nonexistent/x"), "y")
+            .unwrap_err();
+        assert_eq!(
+            missing.to_string().split(':').next(),
+            Some("cannot read /nonexistent/x")
+        );
     }
 }

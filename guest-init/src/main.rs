@@ -22,7 +22,10 @@ use guest_init::task::{Task, DEFAULT_HOSTNAME};
 
 /// Environment every command starts with; the task's own variables override it.
 const BASE_ENV: [(&str, &str); 3] = [
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("HOME", "/root"),
     ("TERM", "linux"),
 ];
@@ -76,7 +79,9 @@ fn run() -> Result<u8, Failure> {
     // SAFETY: the pointer and length describe a live byte slice.
     if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
         let e = io::Error::last_os_error();
-        return Err(Failure::init(format!("cannot set hostname {hostname:?}: {e}")));
+        return Err(Failure::init(format!(
+            "cannot set hostname {hostname:?}: {e}"
+        )));
     }
     forward_ctrl_alt_del()?;
 
@@ -103,7 +108,11 @@ fn run() -> Result<u8, Failure> {
     COMMAND_PID.store(pid, Ordering::SeqCst);
     let status = reap_until(pid);
     if status > 128 && status - 128 < 65 {
-        eprintln!("tessera-init: {:?} killed by signal {}", task.argv[0], status - 128);
+        eprintln!(
+            "tessera-init: {:?} killed by signal {}",
+            task.argv[0],
+            status - 128
+        );
     }
     Ok(status)
 }
@@ -114,10 +123,30 @@ fn mount_kernel_filesystems() -> Result<(), Failure> {
         ("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
         ("sysfs", "/sys", NOSUID_NODEV_NOEXEC, ""),
         ("devtmpfs", "/dev", libc::MS_NOSUID, "mode=0755"),
-        ("devpts", "/dev/pts", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0620,ptmxmode=0666"),
-        ("tmpfs", "/dev/shm", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
-        ("tmpfs", "/tmp", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
-        ("tmpfs", "/run", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755"),
+        (
+            "devpts",
+            "/dev/pts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0620,ptmxmode=0666",
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        ),
         ("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
     ];
     for (fstype, target, flags, data) in mounts {
@@ -138,7 +167,9 @@ fn mount_kernel_filesystems() -> Result<(), Failure> {
         let err = io::Error::last_os_error();
         // EBUSY: the kernel mounted it already (devtmpfs.mount=1).
         if rc != 0 && err.raw_os_error() != Some(libc::EBUSY) {
-            return Err(Failure::init(format!("cannot mount {fstype} on {target}: {err}")));
+            return Err(Failure::init(format!(
+                "cannot mount {fstype} on {target}: {err}"
+            )));
         }
     }
     Ok(())
@@ -147,7 +178,9 @@ fn mount_kernel_filesystems() -> Result<(), Failure> {
 /// Gives fds 0-2 the console when the kernel could not (no /dev/console in the initramfs).
 fn ensure_stdio() {
     // SAFETY: fcntl(F_GETFD) only queries the fd table.
-    let missing: Vec<i32> = (0..3).filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1).collect();
+    let missing: Vec<i32> = (0..3)
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1)
+        .collect();
     if missing.is_empty() {
         return;
     }
@@ -179,7 +212,9 @@ fn forward_ctrl_alt_del() -> Result<(), Failure> {
     // SAFETY: a plain reboot(2) command with no pointer arguments.
     if unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) } != 0 {
         let e = io::Error::last_os_error();
-        return Err(Failure::init(format!("cannot turn Ctrl-Alt-Del into a signal: {e}")));
+        return Err(Failure::init(format!(
+            "cannot turn Ctrl-Alt-Del into a signal: {e}"
+        )));
     }
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only reads an atomic and calls kill, both async-signal-safe.
@@ -268,7 +303,9 @@ impl Ports {
     fn write(self, port: u16, value: u8) {
         if self.usable {
             // SAFETY: ioperm granted this port; an OUT to it has no effect on our memory.
-            unsafe { std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+            unsafe {
+                std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+            };
         }
     }
 }

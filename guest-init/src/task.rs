@@ -76,12 +76,20 @@ impl Task {
         if self.argv.first().is_none_or(String::is_empty) {
             return Err(TaskError::EmptyCommand);
         }
-        let all = self.argv.iter().chain(self.cwd.iter()).chain(self.hostname.iter());
+        let all = self
+            .argv
+            .iter()
+            .chain(self.cwd.iter())
+            .chain(self.hostname.iter());
         let env = self.env.iter().flat_map(|(k, v)| [k, v]);
         if all.chain(env).any(|s| s.contains('\0')) {
             return Err(TaskError::NulByte);
         }
-        if let Some((name, _)) = self.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
+        if let Some((name, _)) = self
+            .env
+            .iter()
+            .find(|(k, _)| k.is_empty() || k.contains('='))
+        {
             return Err(TaskError::BadEnvName(name.clone()));
         }
         let list = |items: &mut dyn Iterator<Item = String>| {
@@ -151,8 +159,15 @@ impl Task {
             cwd: single(CWD, cwd)?,
             hostname: single(HOSTNAME, hostname)?,
         };
-        let all = task.argv.iter().chain(task.cwd.iter()).chain(task.hostname.iter());
-        if all.chain(task.env.iter().flat_map(|(k, v)| [k, v])).any(|s| s.contains('\0')) {
+        let all = task
+            .argv
+            .iter()
+            .chain(task.cwd.iter())
+            .chain(task.hostname.iter());
+        if all
+            .chain(task.env.iter().flat_map(|(k, v)| [k, v]))
+            .any(|s| s.contains('\0'))
+        {
             return Err(TaskError::NulByte);
         }
         Ok(task)
@@ -197,12 +212,18 @@ mod tests {
     fn round_trips_awkward_values() {
         let task = Task {
             argv: s(&["sh", "-c", "echo \"a, b\" 100% 'x'\ty\n", "", "é"]),
-            env: vec![("A".into(), "1=2, 3".into()), ("EMPTY".into(), String::new())],
+            env: vec![
+                ("A".into(), "1=2, 3".into()),
+                ("EMPTY".into(), String::new()),
+            ],
             cwd: Some("/tmp/a dir".into()),
             hostname: Some("box-1".into()),
         };
         let line = task.to_cmdline().unwrap();
-        assert!(!line.trim().contains('"') && line.split(' ').count() == 5, "{line}");
+        assert!(
+            !line.trim().contains('"') && line.split(' ').count() == 5,
+            "{line}"
+        );
         let full = format!("console=ttyS0 quiet{line} -- init-arg");
         assert_eq!(Task::from_cmdline(&full).unwrap(), task);
     }
@@ -219,13 +240,19 @@ mod tests {
     #[test]
     fn rejects_bad_command_lines() {
         assert_eq!(Task::from_cmdline("quiet"), Err(TaskError::NoCommand));
-        assert_eq!(Task::from_cmdline("tessera.argv="), Err(TaskError::EmptyCommand));
+        assert_eq!(
+            Task::from_cmdline("tessera.argv="),
+            Err(TaskError::EmptyCommand)
+        );
         assert_eq!(
             Task::from_cmdline("tessera.argv=a tessera.argv=b"),
             Err(TaskError::Repeated("tessera.argv"))
         );
         for bad in ["tessera.argv=a%", "tessera.argv=a%zz", "tessera.argv=%ff"] {
-            assert!(matches!(Task::from_cmdline(bad), Err(TaskError::BadEncoding { .. })), "{bad}");
+            assert!(
+                matches!(Task::from_cmdline(bad), Err(TaskError::BadEncoding { .. })),
+                "{bad}"
+            );
         }
         assert_eq!(
             Task::from_cmdline("tessera.argv=a tessera.env=NOEQUALS"),
@@ -235,13 +262,19 @@ mod tests {
             Task::from_cmdline("tessera.argv=a tessera.env==v"),
             Err(TaskError::BadEnvName(_))
         ));
-        assert_eq!(Task::from_cmdline("tessera.argv=a%00"), Err(TaskError::NulByte));
+        assert_eq!(
+            Task::from_cmdline("tessera.argv=a%00"),
+            Err(TaskError::NulByte)
+        );
     }
 
     #[test]
     fn refuses_to_encode_what_cannot_be_run() {
         assert_eq!(Task::new(vec![]).to_cmdline(), Err(TaskError::EmptyCommand));
-        assert_eq!(Task::new(s(&["a\0b"])).to_cmdline(), Err(TaskError::NulByte));
+        assert_eq!(
+            Task::new(s(&["a\0b"])).to_cmdline(),
+            Err(TaskError::NulByte)
+        );
         let mut task = Task::new(s(&["env"]));
         task.env.push(("A=B".into(), "c".into()));
         assert!(matches!(task.to_cmdline(), Err(TaskError::BadEnvName(_))));

@@ -110,7 +110,9 @@ fn cache_dir() -> Result<PathBuf, String> {
 /// The KVM modules matching `vmlinuz`, from the same linux-image package tree
 /// (`<root>/boot/vmlinuz-V` and `<root>/lib/modules/V/kernel/...`).
 fn host_modules(vmlinuz: &Path) -> Result<Vec<PathBuf>, String> {
-    let name = vmlinuz.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = vmlinuz
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     let version = name
         .as_deref()
         .and_then(|n| n.strip_prefix("vmlinuz-"))
@@ -199,14 +201,28 @@ impl TestHost {
 
         let mut command = Command::new(&files.qemu);
         command
-            .args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt", "-smp", "2"])
+            .args([
+                "-accel",
+                "tcg,thread=multi",
+                "-cpu",
+                "EPYC,+svm,+npt",
+                "-smp",
+                "2",
+            ])
             .args(["-m", &options.memory_mib.to_string()])
             .arg("-kernel")
             .arg(&files.debian_vmlinuz)
             .arg("-initrd")
             .arg(&initramfs)
             .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .args(["-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none"])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-monitor",
+                "none",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console_log.display()))
             .args(["-serial", "stdio"])
@@ -252,7 +268,12 @@ impl TestHost {
                     return Err(format!("{}\n{}", line.trim(), host.console_tail()));
                 }
                 Ok(_) => {}
-                Err(why) => return Err(format!("host did not come up: {why}\n{}", host.console_tail())),
+                Err(why) => {
+                    return Err(format!(
+                        "host did not come up: {why}\n{}",
+                        host.console_tail()
+                    ))
+                }
             }
         }
         eprintln!("test host up in {:.1} s", started.elapsed().as_secs_f64());
@@ -290,7 +311,10 @@ impl TestHost {
                 if output.ends_with('\n') {
                     output.pop();
                 }
-                let status = status.trim().parse().map_err(|_| format!("bad marker {line:?}"))?;
+                let status = status
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad marker {line:?}"))?;
                 return Ok(HostOutput { status, output });
             }
             output.push_str(&line);
@@ -388,25 +412,40 @@ done
 poweroff -f
 "#;
 
-fn build_host_initramfs(files: &HostFiles, options: &HostOptions, out: &Path) -> Result<(), String> {
+fn build_host_initramfs(
+    files: &HostFiles,
+    options: &HostOptions,
+    out: &Path,
+) -> Result<(), String> {
     let mut host = Initramfs::with_base_layout();
     let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
-    host.add("init", 0o755, Node::File(HOST_INIT.as_bytes().to_vec())).map_err(e)?;
+    host.add("init", 0o755, Node::File(HOST_INIT.as_bytes().to_vec()))
+        .map_err(e)?;
     host.add_busybox(&files.busybox).map_err(e)?;
     for (name, path) in KVM_MODULES.iter().zip(&files.modules) {
-        host.add_from_host(path, &format!("lib/modules/{name}.ko")).map_err(e)?;
+        host.add_from_host(path, &format!("lib/modules/{name}.ko"))
+            .map_err(e)?;
     }
-    host.add_from_host(&files.bin_dir.join("tessera"), paths::TESSERA).map_err(e)?;
-    host.add_from_host(&files.microvm_dir.join("vmlinux"), paths::VMLINUX).map_err(e)?;
-    host.add_from_host(&files.microvm_dir.join("bzImage"), paths::BZIMAGE).map_err(e)?;
-    host.add_from_host(&files.debian_vmlinuz, paths::DEBIAN_VMLINUZ).map_err(e)?;
+    host.add_from_host(&files.bin_dir.join("tessera"), paths::TESSERA)
+        .map_err(e)?;
+    host.add_from_host(&files.microvm_dir.join("vmlinux"), paths::VMLINUX)
+        .map_err(e)?;
+    host.add_from_host(&files.microvm_dir.join("bzImage"), paths::BZIMAGE)
+        .map_err(e)?;
+    host.add_from_host(&files.debian_vmlinuz, paths::DEBIAN_VMLINUZ)
+        .map_err(e)?;
 
     let mut guest = Initramfs::with_base_layout();
-    guest.add_from_host(&files.bin_dir.join("tessera-init"), "init").map_err(e)?;
+    guest
+        .add_from_host(&files.bin_dir.join("tessera-init"), "init")
+        .map_err(e)?;
     guest.add_busybox(&files.busybox).map_err(e)?;
     let mut guest_bytes = Vec::new();
-    guest.write_cpio(&mut guest_bytes).map_err(|e| e.to_string())?;
-    host.add(paths::GUEST_INITRAMFS, 0o644, Node::File(guest_bytes)).map_err(e)?;
+    guest
+        .write_cpio(&mut guest_bytes)
+        .map_err(|e| e.to_string())?;
+    host.add(paths::GUEST_INITRAMFS, 0o644, Node::File(guest_bytes))
+        .map_err(e)?;
 
     if options.with_qemu {
         add_qemu(&mut host, &files.qemu)?;
@@ -438,16 +477,25 @@ fn add_qemu(host: &mut Initramfs, qemu: &Path) -> Result<(), String> {
     let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
     for lib in libs {
         // Keep the name ldd printed (often a symlink); store the file it points to.
-        let real = std::fs::canonicalize(&lib).map_err(|err| format!("{}: {err}", lib.display()))?;
+        let real =
+            std::fs::canonicalize(&lib).map_err(|err| format!("{}: {err}", lib.display()))?;
         let bytes = std::fs::read(&real).map_err(|err| format!("{}: {err}", real.display()))?;
-        host.add(&lib.to_string_lossy(), 0o755, Node::File(bytes)).map_err(e)?;
+        host.add(&lib.to_string_lossy(), 0o755, Node::File(bytes))
+            .map_err(e)?;
     }
     host.add_from_host(qemu, paths::QEMU).map_err(e)?;
-    for firmware in ["bios-microvm.bin", "pvh.bin", "linuxboot_dma.bin", "kvmvapic.bin"] {
+    for firmware in [
+        "bios-microvm.bin",
+        "pvh.bin",
+        "linuxboot_dma.bin",
+        "kvmvapic.bin",
+    ] {
         let path = Path::new("/usr/share/qemu").join(firmware);
         if path.exists() {
-            let real = std::fs::canonicalize(&path).map_err(|err| format!("{}: {err}", path.display()))?;
-            host.add_from_host(&real, &path.to_string_lossy()).map_err(e)?;
+            let real =
+                std::fs::canonicalize(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            host.add_from_host(&real, &path.to_string_lossy())
+                .map_err(e)?;
         }
     }
     Ok(())
@@ -461,7 +509,8 @@ impl TempDir {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         Ok(Self(dir))
     }
 }

@@ -95,3 +95,61 @@ fn help_explains_every_flag() {
         assert!(described, "{flag} has no description\n{help}");
     }
 }
+
+/// `tessera run` with the given environment and arguments (no --kernel), expecting one error line.
+fn defaults_error(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(tests::tessera_bin());
+    cmd.arg("run").args(args).stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run tessera");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line of error\n{stderr}");
+    (out.status.code(), lines[0].to_owned())
+}
+
+#[test]
+fn a_command_without_a_cached_guest_says_how_to_build_it() {
+    let empty = std::env::temp_dir().join(format!("tessera-empty-cache-{}", std::process::id()));
+    let cache = empty.to_str().unwrap();
+    let (code, msg) = defaults_error(&[("TESSERA_CACHE", cache)], &["--", "echo", "hi"]);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "tessera: error: no guest kernel at {cache}/kernel/microvm/vmlinux"
+        )) && msg.contains("kernel-configs/build"),
+        "{msg}"
+    );
+    // A kernel given, the default initramfs missing: named with its set-up command too.
+    let kernel = tiny_guest("reset64");
+    let (code, msg) = defaults_error(
+        &[("TESSERA_CACHE", cache)],
+        &["--kernel", kernel.to_str().unwrap(), "--", "true"],
+    );
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(
+        msg.contains("no tessera-init initramfs at") && msg.contains("scripts/setup"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn nothing_to_boot_and_bad_task_options_are_refused() {
+    let (code, msg) = defaults_error(&[], &[]);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(
+        msg.contains("nothing to boot: give --kernel PATH, or a command after `--`"),
+        "{msg}"
+    );
+    let (code, msg) = defaults_error(&[], &["--env", "NOEQUALS", "--", "true"]);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(
+        msg.contains("--env \"NOEQUALS\": expected NAME=VALUE"),
+        "{msg}"
+    );
+    // --env without a command makes no sense: a usage error.
+    let (code, msg) = defaults_error(&[], &["--env", "A=1", "--kernel", "x"]);
+    assert_eq!(code, Some(2), "{msg}");
+}

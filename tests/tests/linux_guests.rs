@@ -21,7 +21,10 @@ fn in_host(test: &str, command: &str) -> Option<HostOutput> {
 #[test]
 fn microvm_kernel_runs_echo_under_tessera_init() {
     let test = "microvm_kernel_runs_echo_under_tessera_init";
-    let Some(out) = in_host(test, "tessera --log-level info run -- echo hello from the guest") else {
+    let Some(out) = in_host(
+        test,
+        "tessera --log-level info run -- echo hello from the guest",
+    ) else {
         return;
     };
     assert_eq!(out.status, 0, "{out}");
@@ -55,7 +58,8 @@ fn missing_and_unexecutable_commands_are_reported() {
     };
     assert_eq!(out.status, 127, "{out}");
     assert!(
-        out.output.contains("tessera-init: error: cannot run \"/no/such/binary\""),
+        out.output
+            .contains("tessera-init: error: cannot run \"/no/such/binary\""),
         "{out}"
     );
     let Some(out) = in_host(test, "tessera run -- /proc/cmdline") else {
@@ -84,7 +88,8 @@ fn guest_sees_two_cpus_with_two_vcpus() {
 #[test]
 fn guest_sees_the_memory_it_was_given() {
     let test = "guest_sees_the_memory_it_was_given";
-    let command = "tessera run --memory 256 -- sh -c 'dmesg | grep \"Memory:\"; grep MemTotal /proc/meminfo'";
+    let command =
+        "tessera run --memory 256 -- sh -c 'dmesg | grep \"Memory:\"; grep MemTotal /proc/meminfo'";
     let Some(out) = in_host(test, command) else {
         return;
     };
@@ -161,7 +166,10 @@ fn sigterm_reaches_the_command_through_ctrl_alt_del() {
 #[test]
 fn bzimage_of_the_same_kernel_boots() {
     let test = "bzimage_of_the_same_kernel_boots";
-    let command = format!("tessera run --kernel {} -- echo booted from bzImage", paths::BZIMAGE);
+    let command = format!(
+        "tessera run --kernel {} -- echo booted from bzImage",
+        paths::BZIMAGE
+    );
     let Some(out) = in_host(test, &command) else {
         return;
     };
@@ -183,14 +191,18 @@ fn debian_stock_vmlinuz_reaches_its_console() {
     assert!(out.output.contains("Linux version 6.1"), "{out}");
     assert!(out.output.contains("Command line: console=ttyS0"), "{out}");
     assert_eq!(out.status, 0, "{out}");
-    assert!(out.output.contains("debian kernel ran the command"), "{out}");
+    assert!(
+        out.output.contains("debian kernel ran the command"),
+        "{out}"
+    );
 }
 
 #[test]
 fn guest_kernel_panic_ends_the_vm_with_a_clear_message() {
     let test = "guest_kernel_panic_ends_the_vm_with_a_clear_message";
     // No usable init in the initramfs and no root disk: the kernel panics.
-    let command = "tessera run --cmdline 'console=ttyS0 quiet reboot=k panic=-1 rdinit=/missing' -- true";
+    let command =
+        "tessera run --cmdline 'console=ttyS0 quiet reboot=k panic=-1 rdinit=/missing' -- true";
     let Some(out) = in_host(test, command) else {
         return;
     };

@@ -11,8 +11,8 @@ use std::thread;
 use std::time::Instant;
 
 use devices::legacy::{
-    GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN, GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
-    SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN,
+    GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use devices::{Bus, BusError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -334,7 +334,11 @@ impl LegacyDevices {
         let mut bus = Bus::new();
         bus.insert(self.serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
         bus.insert(self.i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
-        bus.insert(self.guest_report.clone(), GUEST_REPORT_PORT, GUEST_REPORT_LEN)?;
+        bus.insert(
+            self.guest_report.clone(),
+            GUEST_REPORT_PORT,
+            GUEST_REPORT_LEN,
+        )?;
         Ok(bus)
     }
 }
@@ -462,7 +466,10 @@ impl RunningVm {
     /// Refines a guest-initiated ending with what the guest reported: a kernel panic seen on
     /// the console, or the exit status tessera-init wrote before rebooting.
     fn explain(&self, exit: VmExit) -> VmExit {
-        if !matches!(exit, VmExit::Reset | VmExit::TripleFault { .. } | VmExit::Halted { .. }) {
+        if !matches!(
+            exit,
+            VmExit::Reset | VmExit::TripleFault { .. } | VmExit::Halted { .. }
+        ) {
             return exit;
         }
         if let Some(message) = self.panic_reason.get() {

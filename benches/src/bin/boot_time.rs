@@ -16,7 +16,9 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (needle, command) = match args.split_first() {
-        Some((needle, rest)) if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 => {
+        Some((needle, rest))
+            if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 =>
+        {
             (needle.as_bytes().to_vec(), &rest[1..])
         }
         _ => {

@@ -77,7 +77,10 @@ mod tests {
             out.write_all(chunk).unwrap();
         }
         assert_eq!(out.inner, text.as_bytes());
-        assert_eq!(reason.get().as_deref(), Some("VFS: Unable to mount root fs"));
+        assert_eq!(
+            reason.get().as_deref(),
+            Some("VFS: Unable to mount root fs")
+        );
     }
 
     #[test]
@@ -85,7 +88,8 @@ mod tests {
         let reason = PanicReason::default();
         let mut out = PanicWatch::new(io::sink(), reason.clone());
         out.write_all(&vec![b'x'; 10 * MAX_LINE]).unwrap();
-        out.write_all(b"Kernel panic - not syncing: late\n").unwrap();
+        out.write_all(b"Kernel panic - not syncing: late\n")
+            .unwrap();
         out.write_all(b"echo Kernel panic\n").unwrap();
         assert_eq!(reason.get(), None);
     }

@@ -61,7 +61,9 @@ fn build(args: &Args) -> Result<(), String> {
         .add_from_host(&init, "init")
         .map_err(|e| format!("{e} (build it with `cargo build --release -p guest-init`)"))?;
     if let Some(busybox) = &args.busybox {
-        archive.add_busybox(busybox).map_err(|e| format!("--busybox: {e}"))?;
+        archive
+            .add_busybox(busybox)
+            .map_err(|e| format!("--busybox: {e}"))?;
     }
     for item in &args.add {
         let (src, dest) = item
