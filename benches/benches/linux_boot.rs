@@ -51,7 +51,7 @@ fn main() {
         "{BOOT_TIME} '~' -- {} -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -smp 1 -m 128 \
          -nodefaults -no-user-config -display none -no-reboot -monitor none \
          -kernel {} -initrd {} -append '{CMDLINE} tessera.argv=true' -serial file:/dev/null \
-         -chardev stdio,id=bootdone -device isa-debugcon,iobase=0x3f0,chardev=bootdone",
+         -chardev file,id=bootdone,path=/dev/stdout -device isa-debugcon,iobase=0x3f0,chardev=bootdone",
         paths::QEMU,
         paths::VMLINUX,
         paths::GUEST_INITRAMFS
