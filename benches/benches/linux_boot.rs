@@ -7,7 +7,8 @@
 //! Both VMMs get the same kernel (ELF vmlinux, PVH entry), the same initramfs, the same
 //! command line, 1 vCPU and 128 MiB; the guest runs `true`. The time is from spawning the VMM to
 //! the moment tessera-init's boot-done write to port 0x3f0 is seen outside it (tessera logs it;
-//! QEMU passes it on through an isa-debugcon at that port), taken by `boot-time` in the host.
+//! QEMU writes it to a file through an isa-debugcon at that port, polled every 0.2 ms), taken by
+//! `boot-time` in the host.
 //! Timings in the TCG-emulated host are not real-hardware timings: only the ratio carries over.
 
 use std::path::PathBuf;
@@ -48,10 +49,10 @@ fn main() {
     );
     // The same parameters tessera appends for `-- true` (guest_init::task encoding).
     let qemu = format!(
-        "{BOOT_TIME} '~' -- {} -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -smp 1 -m 128 \
+        "rm -f /tmp/bootdone; {BOOT_TIME} --watch /tmp/bootdone '~' -- {} -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -smp 1 -m 128 \
          -nodefaults -no-user-config -display none -no-reboot -monitor none \
          -kernel {} -initrd {} -append '{CMDLINE} tessera.argv=true' -serial file:/dev/null \
-         -chardev file,id=bootdone,path=/dev/stdout -device isa-debugcon,iobase=0x3f0,chardev=bootdone",
+         -chardev file,id=bootdone,path=/tmp/bootdone -device isa-debugcon,iobase=0x3f0,chardev=bootdone",
         paths::QEMU,
         paths::VMLINUX,
         paths::GUEST_INITRAMFS

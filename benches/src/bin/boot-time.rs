@@ -4,6 +4,9 @@
 //!
 //!   boot_ms=1234.567                 (boot_ms=none when NEEDLE never appeared)
 //!
+//! `boot-time --watch FILE NEEDLE -- CMD...` looks for NEEDLE in FILE instead (polled every
+//! 0.2 ms): QEMU's file chardev does not write to a pipe.
+//!
 //! Runs inside the nested test host so that tessera (needle: its boot-done log line) and QEMU
 //! (needle: the boot-done byte its isa-debugcon at port 0x3f0 passes to stdout) are timed alike.
 
@@ -15,7 +18,14 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let watch = if args.first().map(String::as_str) == Some("--watch") && args.len() > 1 {
+        let file = args.remove(1);
+        args.remove(0);
+        Some(file)
+    } else {
+        None
+    };
     let (needle, command) = match args.split_first() {
         Some((needle, rest))
             if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 =>
@@ -75,7 +85,21 @@ fn main() -> ExitCode {
             })
         })
         .collect();
-    drop(tx);
+    if let Some(file) = watch {
+        let needle = needle.clone();
+        std::thread::spawn(move || {
+            while start.elapsed() < TIMEOUT {
+                let data = std::fs::read(&file).unwrap_or_default();
+                if data.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    let _ = tx.send(start.elapsed());
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+    } else {
+        drop(tx);
+    }
     let boot = rx.recv_timeout(TIMEOUT).ok();
     let _ = child.kill();
     let _ = child.wait();
