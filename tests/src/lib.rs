@@ -150,9 +150,7 @@ pub fn debian_vmlinuz() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("TESSERA_DEBIAN_VMLINUZ") {
         return Some(PathBuf::from(path));
     }
-    let cache = std::env::var_os("TESSERA_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tessera")))?;
+    let cache = test_host::cache_dir().ok()?;
     let dirs = [cache.join("debian-kernel"), PathBuf::from("/")];
     dirs.iter().find_map(|dir| {
         let candidates = std::fs::read_dir(dir)

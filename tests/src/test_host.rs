@@ -99,7 +99,8 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn cache_dir() -> Result<PathBuf, String> {
+/// `$TESSERA_CACHE`, else `~/.cache/tessera`, as the set-up scripts use it.
+pub fn cache_dir() -> Result<PathBuf, String> {
     std::env::var_os("TESSERA_CACHE")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)

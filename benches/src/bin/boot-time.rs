@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             (needle.as_bytes().to_vec(), &rest[1..])
         }
         _ => {
-            eprintln!("usage: boot-time NEEDLE -- CMD ARGS...");
+            eprintln!("usage: boot-time [--watch FILE] NEEDLE -- CMD ARGS... (NEEDLE not empty)");
             return ExitCode::from(2);
         }
     };
