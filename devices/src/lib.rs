@@ -1,10 +1,14 @@
 //! Tessera device models.
 //!
 //! `bus` maps guest port and MMIO ranges to devices; `legacy` holds the PC devices a microVM
-//! still needs (8250 serial, the i8042 reset line, the guest report ports).
+//! still needs (8250 serial, the i8042 reset line, the guest report ports); `virtio` holds the
+//! virtio-mmio transport and the block, net, vsock and rng devices; `rate_limiter` is the token
+//! bucket they share.
 
 pub mod bus;
 pub mod clock;
 pub mod legacy;
+pub mod rate_limiter;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,182 @@
+//! Virtio 1.x devices over the MMIO transport.
+//!
+//! A device model implements [`VirtioDevice`] (what the transport needs: type, queues, features,
+//! config space, activation, reset) and `event_manager::MutEventSubscriber` (how it runs: it
+//! registers its queue eventfds and backend fds once, in `init`, and does its work in `process`
+//! on the VMM event loop thread). The transport ([`mmio::MmioTransport`]) sits on the MMIO bus
+//! and is driven by vCPU threads; it hands the device its queues with [`Activation`] when the
+//! driver sets DRIVER_OK and calls [`VirtioDevice::reset`] when the driver writes status 0.
+//!
+//! Queue notifications reach the device through its queue eventfds (bound to the QueueNotify
+//! register with KVM ioeventfds); interrupts leave through [`Interrupt`] (a KVM irqfd).
+
+pub mod block;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod mmio;
+pub mod net;
+pub mod rng;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+// pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+
+/// Guest memory as devices see it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Device IDs (virtio 1.2, section 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bits every device offers through the transport.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// Interrupt status bits (InterruptStatus / InterruptACK registers).
+pub const INTERRUPT_USED_RING: u32 = 1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
+/// The device's interrupt line: a status word the transport exposes and an irqfd that raises
+/// the GSI. Cloned freely between the transport and the device.
+#[derive(Clone)]
+pub struct Interrupt {
+    shared: Arc<InterruptShared>,
+}
+
+struct InterruptShared {
+    status: AtomicU32,
+    config_generation: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt raised by writing to `irqfd` (registered with KVM_IRQFD by the VMM).
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            shared: Arc::new(InterruptShared {
+                status: AtomicU32::new(0),
+                config_generation: AtomicU32::new(0),
+                irqfd,
+            }),
+        }
+    }
+
+    /// Tells the driver that a queue has new used buffers.
+    pub fn signal_used_queue(&self) {
+        self.raise(INTERRUPT_USED_RING);
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config_change(&self) {
+        self.shared.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(INTERRUPT_CONFIG_CHANGE);
+    }
+
+    /// Signals the driver about `queue` if the driver asked to be told (event index or flags).
+    pub fn notify_queue(&self, queue: &mut Queue, mem: &GuestMemory) {
+        // A guest that corrupted its own ring gets the interrupt anyway: it is the safe side.
+        if queue.needs_notification(mem).unwrap_or(true) {
+            self.signal_used_queue();
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.shared.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.shared.irqfd.write(1) {
+            log::error!("virtio: cannot raise interrupt: {e}");
+        }
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.shared.status.load(Ordering::SeqCst)
+    }
+
+    /// The InterruptACK register: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.shared.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.shared.config_generation.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn clear(&self) {
+        self.shared.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for registering with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.shared.irqfd
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK: guest memory, its configured queues (in
+/// queue index order, event index already set as negotiated), the interrupt and the features
+/// the driver accepted.
+pub struct Activation {
+    pub mem: GuestMemory,
+    pub queues: Vec<Queue>,
+    pub interrupt: Interrupt,
+    pub acked_features: u64,
+}
+
+/// Why a device refused to start; the transport then sets DEVICE_NEEDS_RESET.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ActivateError {
+    /// the driver configured {got} queues; the device needs {want}
+    QueueCount { got: usize, want: usize },
+    /// {0}
+    Backend(String),
+}
+
+/// A virtio device model, as the MMIO transport sees it.
+///
+/// Implementors are also `event_manager::MutEventSubscriber`s: they register their
+/// [`queue_events`](Self::queue_events) and backend fds in `init` (backends edge-triggered, so an
+/// inactive device is not woken in a loop) and ignore events while not activated.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`TYPE_*`).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; the driver may pick smaller powers of two.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// One eventfd per queue, written when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Device feature bits; the transport adds `VIRTIO_F_VERSION_1` and event index.
+    fn avail_features(&self) -> u64;
+    /// Reads the device configuration space at `offset`; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space; read-only by default.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::warn!(
+            "virtio device type {}: ignored a {}-byte config write at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
+    }
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops the device and drops its queues; it can be activated again afterwards.
+    fn reset(&mut self);
+}
+
+/// Copies `src` into `data` as if `src` were a config space read at `offset`: out-of-range
+/// bytes read as zero. Shared by the devices' `read_config`.
+pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(offset) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(tail) = src.get(offset..) {
+        let n = tail.len().min(data.len());
+        data[..n].copy_from_slice(&tail[..n]);
+    }
+}
