@@ -11,6 +11,7 @@ use vmm::config::{BootSource, ConsoleOutput, MachineConfig, DEFAULT_CMDLINE};
 use vmm::exit::EXIT_NO_STATUS;
 use vmm::{Vm, VmExit};
 
+mod device_args;
 mod guest_image;
 
 /// Exit code for an error before or while running the VM (see `vmm::exit`).
@@ -90,6 +91,25 @@ struct RunArgs {
     /// Append the guest console to FILE instead of stdout; the guest then gets no input.
     #[arg(long, value_name = "FILE")]
     console_output: Option<PathBuf>,
+
+    /// Add a virtio-blk disk backed by a raw file (repeatable; the first is /dev/vda):
+    /// PATH[,ro][,root][,cache=unsafe|writeback][,id=NAME][,bw=BYTES_PER_S][,iops=N].
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<String>,
+
+    /// Add a virtio-net interface on a host TAP device (repeatable): tap=NAME[,mac=MAC][,id=NAME].
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<String>,
+
+    /// Add a virtio-vsock device whose host side is a unix socket: cid=N,uds=PATH. Host
+    /// programs connect to PATH and send "CONNECT <port>\n"; the guest's connections to port P
+    /// reach PATH_P.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
+
+    /// Add a virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    entropy: bool,
 
     /// The command to run in the guest, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -209,9 +229,17 @@ fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
         .console_output
         .map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
 
+    let devices = device_args::DeviceArgs {
+        disks: &args.disk,
+        nets: &args.net,
+        vsock: args.vsock.as_deref(),
+        entropy: args.entropy,
+    }
+    .to_config()?;
+
     let vm = Vm::create(machine).map_err(|e| e.to_string())?;
     let running = vm
-        .boot(&boot, &console, process_start)
+        .boot(&boot, &devices, &console, process_start)
         .map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
     if runs_command && matches!(exit, VmExit::Reset | VmExit::Halted { .. }) {

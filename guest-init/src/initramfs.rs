@@ -96,6 +96,11 @@ impl Initramfs {
         Ok(())
     }
 
+    /// True when the archive already holds `path` (leading `/` ignored).
+    pub fn contains(&self, path: &str) -> bool {
+        normalize(path).is_ok_and(|p| self.entries.contains_key(&p))
+    }
+
     /// Adds the host file, symlink or directory tree at `src` as `dest`, keeping permission bits.
     pub fn add_from_host(&mut self, src: &Path, dest: &str) -> Result<(), InitramfsError> {
         let read_err = |source| InitramfsError::Read {

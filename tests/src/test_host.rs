@@ -32,12 +32,15 @@ pub mod paths {
     pub const GUEST_INITRAMFS: &str = "/root/.cache/tessera/initramfs/tessera-init.cpio";
     /// Debian's stock vmlinuz, the host's own kernel.
     pub const DEBIAN_VMLINUZ: &str = "/opt/tessera/debian-vmlinuz";
+    /// The stream tool (tests/src/bin/iotool.rs); also /usr/bin/iotool in the guest initramfs.
+    pub const IOTOOL: &str = "/opt/tessera/bin/iotool";
     /// QEMU, when the host was built with it.
     pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 }
 
 const HOST_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-const KVM_MODULES: [&str; 4] = ["irqbypass", "kvm", "ccp", "kvm-amd"];
+/// Loaded in this order at host boot: KVM for the guests, tun for their TAP devices.
+const HOST_MODULES: [&str; 5] = ["irqbypass", "kvm", "ccp", "kvm-amd", "tun"];
 
 /// What the host is built from, all found on this machine.
 #[derive(Debug, Clone)]
@@ -46,6 +49,8 @@ pub struct HostFiles {
     pub busybox: PathBuf,
     pub debian_vmlinuz: PathBuf,
     pub modules: Vec<PathBuf>,
+    /// `mke2fs` and `debugfs`, to make and inspect guest disks in the host.
+    pub e2fsprogs: Vec<PathBuf>,
     pub microvm_dir: PathBuf,
     /// Directory holding `tessera` and `tessera-init` of the build to test.
     pub bin_dir: PathBuf,
@@ -73,7 +78,14 @@ impl HostFiles {
                 microvm_dir.display()
             ));
         }
-        for bin in ["tessera", "tessera-init"] {
+        let e2fsprogs = ["mke2fs", "debugfs"]
+            .iter()
+            .map(|tool| {
+                which(tool).or_else(|| Some(Path::new("/usr/sbin").join(tool)).filter(|p| p.is_file()))
+                    .ok_or(format!("{tool} is not installed (scripts/setup installs Debian's e2fsprogs)"))
+            })
+            .collect::<Result<_, _>>()?;
+        for bin in ["tessera", "tessera-init", "iotool"] {
             if !bin_dir.join(bin).is_file() {
                 return Err(format!(
                     "{} is not built (cargo build --workspace --bins)",
@@ -86,6 +98,7 @@ impl HostFiles {
             busybox,
             debian_vmlinuz,
             modules,
+            e2fsprogs,
             microvm_dir,
             bin_dir: bin_dir.to_path_buf(),
         })
@@ -128,6 +141,7 @@ fn host_modules(vmlinuz: &Path) -> Result<Vec<PathBuf>, String> {
         "arch/x86/kvm/kvm.ko",
         "drivers/crypto/ccp/ccp.ko",
         "arch/x86/kvm/kvm-amd.ko",
+        "drivers/net/tun.ko",
     ];
     wanted
         .iter()
@@ -394,7 +408,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-for m in irqbypass kvm ccp kvm-amd; do
+for m in irqbypass kvm ccp kvm-amd tun; do
     insmod /lib/modules/$m.ko || echo "insmod $m failed" >> /tmp/init-errors
 done
 exec </dev/ttyS1 >/dev/ttyS1 2>&1
@@ -423,7 +437,7 @@ fn build_host_initramfs(
     host.add("init", 0o755, Node::File(HOST_INIT.as_bytes().to_vec()))
         .map_err(e)?;
     host.add_busybox(&files.busybox).map_err(e)?;
-    for (name, path) in KVM_MODULES.iter().zip(&files.modules) {
+    for (name, path) in HOST_MODULES.iter().zip(&files.modules) {
         host.add_from_host(path, &format!("lib/modules/{name}.ko"))
             .map_err(e)?;
     }
@@ -435,12 +449,20 @@ fn build_host_initramfs(
         .map_err(e)?;
     host.add_from_host(&files.debian_vmlinuz, paths::DEBIAN_VMLINUZ)
         .map_err(e)?;
+    host.add_from_host(&files.bin_dir.join("iotool"), paths::IOTOOL)
+        .map_err(e)?;
+    for tool in &files.e2fsprogs {
+        add_dynamic(&mut host, tool, &tool.to_string_lossy())?;
+    }
 
     let mut guest = Initramfs::with_base_layout();
     guest
         .add_from_host(&files.bin_dir.join("tessera-init"), "init")
         .map_err(e)?;
     guest.add_busybox(&files.busybox).map_err(e)?;
+    guest
+        .add_from_host(&files.bin_dir.join("iotool"), "usr/bin/iotool")
+        .map_err(e)?;
     let mut guest_bytes = Vec::new();
     guest
         .write_cpio(&mut guest_bytes)
@@ -462,29 +484,10 @@ fn build_host_initramfs(
         .map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
-/// QEMU, the shared libraries `ldd` lists for it (at their real paths), and the microvm firmware.
+/// QEMU with its libraries, and the microvm firmware.
 fn add_qemu(host: &mut Initramfs, qemu: &Path) -> Result<(), String> {
-    let ldd = Command::new("ldd")
-        .arg(qemu)
-        .output()
-        .map_err(|e| format!("cannot run ldd: {e}"))?;
-    let mut libs: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect();
-    libs.sort();
-    libs.dedup();
     let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
-    for lib in libs {
-        // Keep the name ldd printed (often a symlink); store the file it points to.
-        let real =
-            std::fs::canonicalize(&lib).map_err(|err| format!("{}: {err}", lib.display()))?;
-        let bytes = std::fs::read(&real).map_err(|err| format!("{}: {err}", real.display()))?;
-        host.add(&lib.to_string_lossy(), 0o755, Node::File(bytes))
-            .map_err(e)?;
-    }
-    host.add_from_host(qemu, paths::QEMU).map_err(e)?;
+    add_dynamic(host, qemu, paths::QEMU)?;
     for firmware in [
         "bios-microvm.bin",
         "pvh.bin",
@@ -500,6 +503,35 @@ fn add_qemu(host: &mut Initramfs, qemu: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A dynamically linked program at `dest`, with the shared libraries `ldd` lists for it at
+/// their real paths (libraries already packed are kept).
+fn add_dynamic(host: &mut Initramfs, program: &Path, dest: &str) -> Result<(), String> {
+    let ldd = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| format!("cannot run ldd: {e}"))?;
+    let mut libs: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
+    for lib in libs {
+        let name = lib.to_string_lossy();
+        if host.contains(&name) {
+            continue;
+        }
+        // Keep the name ldd printed (often a symlink); store the file it points to.
+        let real =
+            std::fs::canonicalize(&lib).map_err(|err| format!("{}: {err}", lib.display()))?;
+        let bytes = std::fs::read(&real).map_err(|err| format!("{}: {err}", real.display()))?;
+        host.add(&name, 0o755, Node::File(bytes)).map_err(e)?;
+    }
+    host.add_from_host(program, dest).map_err(e)
 }
 
 /// A directory removed on drop.

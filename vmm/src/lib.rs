@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod console_input;
+pub mod device_config;
+pub mod device_manager;
 pub mod exit;
 pub mod kvm;
 pub mod loader;
@@ -15,5 +17,6 @@ pub mod vm;
 pub mod x86_64;
 
 pub use config::{BootSource, ConsoleOutput, MachineConfig};
+pub use device_config::DevicesConfig;
 pub use exit::VmExit;
 pub use vm::{RunningVm, Vm, VmError};

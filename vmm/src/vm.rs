@@ -24,7 +24,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{BootSource, ConsoleOutput, MachineConfig};
+use crate::config::{self as vm_config, BootSource, ConfigError, ConsoleOutput, MachineConfig};
+use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
+use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber};
 use crate::console_input::ConsoleInput;
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
@@ -36,7 +38,6 @@ use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 use crate::x86_64::mptable::{self, MpTableError};
 use crate::x86_64::regs::{self, EntryPoint, RegsError};
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 type EventLoop = EventManager<Subscriber>;
 
 /// Three pages KVM needs for the real-mode TSS on Intel, inside the MMIO gap.
@@ -74,6 +75,12 @@ pub enum VmError {
     },
     /// VMM event loop failed: {0}
     EventLoop(event_manager::Error),
+    /// {0}
+    DeviceConfig(#[from] DeviceConfigError),
+    /// {0}
+    Devices(#[from] DeviceManagerError),
+    /// with the virtio devices added, {0}
+    Cmdline(#[from] ConfigError),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -131,21 +138,27 @@ impl Vm {
         &self.memory
     }
 
-    /// Loads the boot source, builds the devices and starts the vCPU threads.
+    /// Builds the devices, loads the boot source and starts the vCPU threads.
     pub fn boot(
         mut self,
         boot: &BootSource,
+        virtio: &DevicesConfig,
         console: &ConsoleOutput,
         process_start: Instant,
     ) -> Result<RunningVm, VmError> {
         let started = Instant::now();
-        let entry = self.load(boot)?;
-        log::debug!("boot source loaded in {:?}", started.elapsed());
+        let settings = virtio.settings()?;
+        let mut device_manager = DeviceManager::new();
+        device_manager.add_configured(&self.vm_fd, &self.memory, &settings)?;
+        let boot = with_device_args(boot, &device_manager, &settings)?;
+        let entry = self.load(&boot)?;
+        log::debug!("devices built, boot source loaded in {:?}", started.elapsed());
         regs::setup_boot_vcpu(&self.vcpus[0].fd, &self.memory, &entry)?;
         let devices = LegacyDevices::new(&self.vm_fd, console, process_start)?;
+        let (mmio_bus, virtio_subscribers) = device_manager.into_parts();
         let buses = Buses {
             pio: Arc::new(devices.pio_bus()?),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(mmio_bus),
         };
 
         let guest_report = (
@@ -162,6 +175,9 @@ impl Vm {
             devices.i8042,
         )?));
         event_manager.add_subscriber(control.clone() as Subscriber);
+        for subscriber in virtio_subscribers {
+            event_manager.add_subscriber(subscriber);
+        }
         if *console == ConsoleOutput::Stdio {
             let input = ConsoleInput::new(io::stdin(), devices.serial, devices.input_room_evt);
             event_manager.add_subscriber(Arc::new(Mutex::new(input)) as Subscriber);
@@ -226,6 +242,32 @@ impl Vm {
         }
         Ok(kernel.entry)
     }
+}
+
+/// The boot source with the virtio devices' `virtio_mmio.device=` entries (and `root=` for a
+/// root drive) added before any ` -- ` that starts init's arguments.
+fn with_device_args(
+    boot: &BootSource,
+    devices: &DeviceManager,
+    settings: &DeviceSettings,
+) -> Result<BootSource, VmError> {
+    let mut extra = devices.cmdline_suffix();
+    if let Some((disk, read_only)) = &settings.root_device {
+        extra.push_str(&format!(" root={disk} {}", if *read_only { "ro" } else { "rw" }));
+    }
+    if extra.is_empty() {
+        return Ok(boot.clone());
+    }
+    let args = &boot.boot_args;
+    let boot_args = match args.find(" -- ") {
+        Some(at) => format!("{}{extra}{}", &args[..at], &args[at..]),
+        None => format!("{args}{extra}"),
+    };
+    vm_config::validate_cmdline(&boot_args)?;
+    Ok(BootSource {
+        boot_args,
+        ..boot.clone()
+    })
 }
 
 /// The KVM VM with guest memory, memslots, in-kernel IRQ chip and PIT.

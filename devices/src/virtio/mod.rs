@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod tap;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-// pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 /// Guest memory as devices see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

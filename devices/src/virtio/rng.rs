@@ -1,1 +1,337 @@
-//! TODO
+//! virtio-rng (virtio 1.2, section 5.4): fills the guest's buffers from the host's getrandom.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice, TYPE_RNG};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
+
+const QUEUE_SIZE: u16 = 256;
+/// The most entropy one request gets; Linux asks for at most a page or so at a time.
+const MAX_REQUEST: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum RngError {
+    /// entropy device: {0}
+    RateLimiter(#[from] RateLimiterError),
+    /// entropy device: cannot create an eventfd: {0}
+    EventFd(io::Error),
+}
+
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    interrupt: Interrupt,
+}
+
+/// The entropy device.
+pub struct Rng {
+    queue_events: [EventFd; 1],
+    rate_limiter: RateLimiter,
+    active: Option<Active>,
+    buffer: Vec<u8>,
+}
+
+impl Rng {
+    pub fn new(rate_limiter: RateLimiterConfig) -> Result<Self, RngError> {
+        Ok(Self {
+            queue_events: [EventFd::new(EFD_NONBLOCK).map_err(RngError::EventFd)?],
+            rate_limiter: RateLimiter::new(rate_limiter)?,
+            active: None,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Serves every available request the rate limiter allows.
+    fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut used_any = false;
+        'outer: loop {
+            if active.queue.disable_notification(mem).is_err() {
+                break;
+            }
+            while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let mut writer = match chain.writer(mem) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        log::warn!("virtio-rng: bad descriptor chain: {e}");
+                        let _ = active.queue.add_used(mem, head, 0);
+                        used_any = true;
+                        continue;
+                    }
+                };
+                let want = writer.available_bytes().min(MAX_REQUEST);
+                if want > 0 && !self.rate_limiter.consume(want as u64) {
+                    // Put the chain back: it is served when the limiter allows.
+                    let next = active.queue.next_avail().wrapping_sub(1);
+                    active.queue.set_next_avail(next);
+                    break 'outer;
+                }
+                let written = fill_random(&mut self.buffer, want)
+                    .and_then(|bytes| writer.write_all(bytes))
+                    .map(|()| writer.bytes_written());
+                let len = written.unwrap_or_else(|e| {
+                    log::warn!("virtio-rng: request not served: {e}");
+                    0
+                });
+                let _ = active.queue.add_used(mem, head, len as u32);
+                used_any = true;
+            }
+            if !active.queue.enable_notification(mem).unwrap_or(false) {
+                break;
+            }
+        }
+        if used_any {
+            active.interrupt.notify_queue(&mut active.queue, mem);
+        }
+    }
+
+    #[cfg(test)]
+    fn activate_for_test(&mut self, mem: GuestMemory, queue: Queue) -> EventFd {
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let interrupt = Interrupt::new(irq.try_clone().expect("clone eventfd"));
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        irq
+    }
+}
+
+/// `len` bytes from getrandom(2), in a buffer reused across requests.
+fn fill_random(buffer: &mut Vec<u8>, len: usize) -> io::Result<&[u8]> {
+    buffer.resize(len, 0);
+    let mut filled = 0;
+    while filled < len {
+        let rest = &mut buffer[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into the valid, owned `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(&buffer[..len])
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn avail_features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let got = activation.queues.len();
+        let queue = activation
+            .queues
+            .into_iter()
+            .next()
+            .filter(|_| got == 1)
+            .ok_or(ActivateError::QueueCount { got, want: 1 })?;
+        self.active = Some(Active {
+            mem: activation.mem,
+            queue,
+            interrupt: activation.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn init(&mut self, ops: &mut EventOps) {
+        let fds = [
+            self.queue_events[0].as_raw_fd(),
+            self.rate_limiter.as_raw_fd(),
+        ];
+        for fd in fds {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("virtio-rng: cannot watch fd {fd}: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.queue_events[0].as_raw_fd() {
+            let _ = self.queue_events[0].read();
+            if !self.rate_limiter.is_blocked() {
+                self.process_queue();
+            }
+        } else if events.fd() == self.rate_limiter.as_raw_fd() {
+            self.rate_limiter.timer_fired();
+            self.process_queue();
+        }
+    }
+}
+
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8]) {
+    use super::fuzzing;
+    let mem = fuzzing::guest_memory();
+    let mut bytes = fuzzing::FuzzBytes::new(data);
+    let queue = fuzzing::fuzzed_queue(&mem, &mut bytes, 0, 16);
+    fuzzing::fill_data(&mem, &mut bytes);
+    let Ok(mut rng) = Rng::new(RateLimiterConfig::default()) else {
+        return;
+    };
+    let interrupt = Interrupt::new(match EventFd::new(EFD_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(_) => return,
+    });
+    rng.active = Some(Active {
+        mem,
+        queue,
+        interrupt,
+    });
+    rng.process_queue();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limiter::TokenBucketConfig;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    fn used_len(mem: &GuestMemory, q: &MockSplitQueue<GuestMemory>, slot: u64) -> u32 {
+        // Used ring: flags u16, idx u16, then (id u32, len u32) entries.
+        mem.read_obj(q.used_addr().unchecked_add(4 + slot * 8 + 4))
+            .unwrap()
+    }
+
+    #[test]
+    fn fills_a_writable_buffer_with_random_bytes() {
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        q.build_desc_chain(&[desc(0x8000, 64, VRING_DESC_F_WRITE, 0)])
+            .unwrap();
+        let mut rng = Rng::new(RateLimiterConfig::default()).unwrap();
+        let irq = rng.activate_for_test(mem.clone(), q.create_queue().unwrap());
+        rng.process_queue();
+        assert_eq!(used_len(&mem, &q, 0), 64);
+        let mut buf = [0u8; 64];
+        mem.read_slice(&mut buf, GuestAddress(0x8000)).unwrap();
+        assert!(buf.iter().any(|&b| b != 0));
+        assert_eq!(irq.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn read_only_or_out_of_memory_buffers_get_nothing() {
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        q.build_multiple_desc_chains(&[
+            desc(0x8000, 64, 0, 0),
+            desc(0xfff_0000, 64, VRING_DESC_F_WRITE, 0),
+            desc(0x8000, u32::MAX, VRING_DESC_F_WRITE, 0),
+        ])
+        .unwrap();
+        let mut rng = Rng::new(RateLimiterConfig::default()).unwrap();
+        rng.activate_for_test(mem.clone(), q.create_queue().unwrap());
+        rng.process_queue();
+        let used_idx: u16 = mem.read_obj(q.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 3);
+        for slot in 0..3 {
+            assert_eq!(used_len(&mem, &q, slot), 0, "chain {slot}");
+        }
+    }
+
+    #[test]
+    fn a_looping_chain_is_returned_without_hanging() {
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        // Two descriptors pointing at each other.
+        q.add_desc_chains(
+            &[
+                desc(0x8000, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+                desc(0x9000, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut rng = Rng::new(RateLimiterConfig::default()).unwrap();
+        rng.activate_for_test(mem.clone(), q.create_queue().unwrap());
+        rng.process_queue();
+        let used_idx: u16 = mem.read_obj(q.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 1);
+    }
+
+    #[test]
+    fn rate_limiter_defers_requests() {
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        q.build_multiple_desc_chains(&[
+            desc(0x8000, 1000, VRING_DESC_F_WRITE, 0),
+            desc(0x9000, 1000, VRING_DESC_F_WRITE, 0),
+        ])
+        .unwrap();
+        let limit = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 1000,
+                one_time_burst: 0,
+                refill_time_ms: 50,
+            }),
+            ops: None,
+        };
+        let mut rng = Rng::new(limit).unwrap();
+        rng.activate_for_test(mem.clone(), q.create_queue().unwrap());
+        rng.process_queue();
+        let used_idx = |mem: &GuestMemory| -> u16 {
+            mem.read_obj(q.used_addr().unchecked_add(2)).unwrap()
+        };
+        assert_eq!(used_idx(&mem), 1);
+        assert!(rng.rate_limiter.is_blocked());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        rng.rate_limiter.timer_fired();
+        rng.process_queue();
+        assert_eq!(used_idx(&mem), 2);
+    }
+
+    #[test]
+    fn fuzz_replay() {
+        for input in crate::virtio::fuzzing::seeded_inputs(4, 3000, 512) {
+            fuzz_one(&input);
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! 0x0000_6100  PVH memory map           0x0009_fc00  EBDA: MP table; reserved up to 1 MiB
 //! 0x0000_7000  zero page (boot_params)  0x0010_0000  kernel
 //! 0x0000_8ff0  boot stack top           top of low RAM - initrd (page aligned)
-//! 0xc000_0000 .. 0x1_0000_0000  MMIO gap (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000); RAM resumes at 4 GiB
+//! 0xc000_0000 .. 0x1_0000_0000  MMIO gap (virtio-mmio windows from 0xd000_0000, IOAPIC
+//!                               0xfec0_0000, LAPIC 0xfee0_0000); RAM resumes at 4 GiB
 //! ```
 
 pub const GDT_START: u64 = 0x500;
@@ -39,3 +40,9 @@ pub const PAGE_SIZE: u64 = 0x1000;
 /// IRQ lines of the legacy devices (GSIs on the in-kernel IOAPIC).
 pub const KEYBOARD_IRQ: u32 = 1;
 pub const SERIAL_IRQ: u32 = 4;
+
+/// virtio-mmio devices: 4 KiB windows from here, one IRQ each from `VIRTIO_IRQ_FIRST` up to
+/// the last IOAPIC pin.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+pub const VIRTIO_IRQ_LAST: u32 = 23;

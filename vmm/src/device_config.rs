@@ -1,0 +1,384 @@
+//! The devices a user asks for, in Firecracker's config-file shape (`drives`,
+//! `network-interfaces`, `vsock`, `entropy`), checked and turned into device-model settings.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+use devices::virtio::block::{BlockConfig, CacheType};
+use devices::virtio::net::NetConfig;
+use devices::virtio::vsock::VsockConfig;
+use serde::{Deserialize, Serialize};
+
+/// The guest's serial number for a drive (GET_ID) holds at most this many bytes.
+const MAX_ID_LEN: usize = 20;
+/// CIDs 0-2 are reserved (hypervisor, local, host).
+const MIN_GUEST_CID: u32 = 3;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display, PartialEq, Eq)]
+pub enum DeviceConfigError {
+    /// drive id {0:?} is used twice
+    DuplicateDrive(String),
+    /// drive id {0:?} must be 1 to 20 characters of letters, digits, '-' or '_'
+    BadDriveId(String),
+    /// more than one drive is marked as the root device
+    TwoRootDevices,
+    /// network interface id {0:?} is used twice
+    DuplicateInterface(String),
+    /// network interface {iface}: host_dev_name {name:?} must be 1 to 15 bytes without '/' or spaces
+    BadTapName { iface: String, name: String },
+    /// network interface {iface}: guest_mac {mac:?} is not six hex bytes like 06:00:ac:10:00:02
+    BadMac { iface: String, mac: String },
+    /// network interface {iface}: guest_mac {mac} is a multicast address
+    MulticastMac { iface: String, mac: String },
+    /// vsock guest_cid {0} is reserved; use 3 or more
+    BadCid(u32),
+    /// vsock uds_path is empty
+    EmptyUdsPath,
+}
+
+/// One token bucket: `size` tokens refilled over `refill_time` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    pub size: u64,
+    #[serde(default)]
+    pub one_time_burst: u64,
+    pub refill_time: u64,
+}
+
+/// Bandwidth (bytes) and ops buckets; an absent bucket is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    #[serde(default)]
+    pub bandwidth: Option<TokenBucket>,
+    #[serde(default)]
+    pub ops: Option<TokenBucket>,
+}
+
+impl RateLimiter {
+    fn to_config(self) -> RateLimiterConfig {
+        let bucket = |b: TokenBucket| TokenBucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst,
+            refill_time_ms: b.refill_time,
+        };
+        RateLimiterConfig {
+            bandwidth: self.bandwidth.map(bucket),
+            ops: self.ops.map(bucket),
+        }
+    }
+}
+
+/// Host page cache use for a drive, as Firecracker names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DriveCacheType {
+    /// Flush requests are acknowledged without syncing (the guest is not offered FLUSH).
+    #[default]
+    Unsafe,
+    /// The guest is offered FLUSH and each flush is an fdatasync.
+    Writeback,
+}
+
+/// A virtio-blk drive backed by a raw file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    pub drive_id: String,
+    pub path_on_host: PathBuf,
+    #[serde(default)]
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub is_read_only: bool,
+    #[serde(default)]
+    pub cache_type: DriveCacheType,
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// A virtio-net interface on a host TAP device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// The virtio-vsock device and its host unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Accepted for Firecracker compatibility; unused.
+    #[serde(default)]
+    pub vsock_id: Option<String>,
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+/// The virtio-rng device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// Every device of a VM, in the order the guest sees them (drives first, so the root drive
+/// and `/dev/vda` agree with the order given).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    #[serde(default, rename = "network-interfaces")]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default)]
+    pub vsock: Option<Vsock>,
+    #[serde(default)]
+    pub entropy: Option<Entropy>,
+}
+
+/// Device-model settings made from a checked [`DevicesConfig`].
+pub struct DeviceSettings {
+    pub drives: Vec<BlockConfig>,
+    /// `/dev/vdX` of the root drive, when one is marked.
+    pub root_device: Option<(String, bool)>,
+    pub nets: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub entropy: Option<RateLimiterConfig>,
+}
+
+impl DevicesConfig {
+    /// Checks names, ids and addresses (files and TAPs are opened later, by the devices).
+    pub fn settings(&self) -> Result<DeviceSettings, DeviceConfigError> {
+        let mut ids = HashSet::new();
+        let mut root_device = None;
+        let mut drives = Vec::new();
+        for (index, d) in self.drives.iter().enumerate() {
+            let id_ok = (1..=MAX_ID_LEN).contains(&d.drive_id.len())
+                && d.drive_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !id_ok {
+                return Err(DeviceConfigError::BadDriveId(d.drive_id.clone()));
+            }
+            if !ids.insert(d.drive_id.as_str()) {
+                return Err(DeviceConfigError::DuplicateDrive(d.drive_id.clone()));
+            }
+            if d.is_root_device {
+                if root_device.is_some() {
+                    return Err(DeviceConfigError::TwoRootDevices);
+                }
+                root_device = Some((disk_name(index), d.is_read_only));
+            }
+            drives.push(BlockConfig {
+                path: d.path_on_host.clone(),
+                read_only: d.is_read_only,
+                cache_type: match d.cache_type {
+                    DriveCacheType::Unsafe => CacheType::Unsafe,
+                    DriveCacheType::Writeback => CacheType::Writeback,
+                },
+                serial: d.drive_id.clone(),
+                rate_limiter: d.rate_limiter.unwrap_or_default().to_config(),
+            });
+        }
+
+        let mut iface_ids = HashSet::new();
+        let mut nets = Vec::new();
+        for n in &self.network_interfaces {
+            if !iface_ids.insert(n.iface_id.as_str()) {
+                return Err(DeviceConfigError::DuplicateInterface(n.iface_id.clone()));
+            }
+            let name_ok = (1..=15).contains(&n.host_dev_name.len())
+                && !n
+                    .host_dev_name
+                    .contains(|c: char| c == '/' || c.is_whitespace() || c == '\0');
+            if !name_ok {
+                return Err(DeviceConfigError::BadTapName {
+                    iface: n.iface_id.clone(),
+                    name: n.host_dev_name.clone(),
+                });
+            }
+            let mac = n
+                .guest_mac
+                .as_deref()
+                .map(|mac| parse_mac(&n.iface_id, mac))
+                .transpose()?;
+            nets.push(NetConfig {
+                tap: n.host_dev_name.clone(),
+                mac,
+                mtu: None,
+                rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default().to_config(),
+                tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default().to_config(),
+            });
+        }
+
+        let vsock = match &self.vsock {
+            Some(v) if v.guest_cid < MIN_GUEST_CID => {
+                return Err(DeviceConfigError::BadCid(v.guest_cid))
+            }
+            Some(v) if v.uds_path.as_os_str().is_empty() => {
+                return Err(DeviceConfigError::EmptyUdsPath)
+            }
+            Some(v) => Some(VsockConfig {
+                guest_cid: u64::from(v.guest_cid),
+                uds_path: v.uds_path.clone(),
+            }),
+            None => None,
+        };
+        let entropy = self
+            .entropy
+            .map(|e| e.rate_limiter.unwrap_or_default().to_config());
+        Ok(DeviceSettings {
+            drives,
+            root_device,
+            nets,
+            vsock,
+            entropy,
+        })
+    }
+}
+
+/// The name Linux gives the `index`th virtio disk: vda .. vdz, vdaa ...
+fn disk_name(index: usize) -> String {
+    let mut suffix = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    suffix.reverse();
+    format!("/dev/vd{}", String::from_utf8_lossy(&suffix))
+}
+
+fn parse_mac(iface: &str, text: &str) -> Result<[u8; 6], DeviceConfigError> {
+    let bad = || DeviceConfigError::BadMac {
+        iface: iface.to_string(),
+        mac: text.to_string(),
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(DeviceConfigError::MulticastMac {
+            iface: iface.to_string(),
+            mac: text.to_string(),
+        });
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str) -> Drive {
+        Drive {
+            drive_id: id.into(),
+            path_on_host: "/d".into(),
+            is_root_device: false,
+            is_read_only: false,
+            cache_type: DriveCacheType::Unsafe,
+            rate_limiter: None,
+        }
+    }
+
+    #[test]
+    fn firecracker_json_shape_parses() {
+        let json = r#"{
+            "drives": [{"drive_id": "rootfs", "path_on_host": "/img", "is_root_device": true,
+                        "is_read_only": true, "cache_type": "Writeback",
+                        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                    "guest_mac": "06:00:ac:10:00:02"}],
+            "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
+            "entropy": {}
+        }"#;
+        let config: DevicesConfig = serde_json::from_str(json).unwrap();
+        let s = config.settings().unwrap();
+        assert_eq!(s.root_device, Some(("/dev/vda".to_string(), true)));
+        assert_eq!(s.drives[0].serial, "rootfs");
+        assert_eq!(s.drives[0].cache_type, CacheType::Writeback);
+        let bw = s.drives[0].rate_limiter.bandwidth.unwrap();
+        assert_eq!((bw.size, bw.refill_time_ms), (1 << 20, 1000));
+        assert_eq!(s.nets[0].mac, Some([6, 0, 0xac, 0x10, 0, 2]));
+        assert_eq!(s.vsock.unwrap().guest_cid, 3);
+        assert!(s.entropy.is_some());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<DevicesConfig>(r#"{"drives": [{"drive_id": "a", "path_on_host": "/x", "bogus": 1}]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_ids_macs_and_cids_are_refused() {
+        let mut c = DevicesConfig {
+            drives: vec![drive("a"), drive("a")],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.settings().err(),
+            Some(DeviceConfigError::DuplicateDrive("a".into()))
+        );
+        c.drives = vec![drive("a b")];
+        assert!(matches!(c.settings(), Err(DeviceConfigError::BadDriveId(_))));
+        c.drives = vec![drive(&"x".repeat(21))];
+        assert!(matches!(c.settings(), Err(DeviceConfigError::BadDriveId(_))));
+        let mut two_roots = vec![drive("a"), drive("b")];
+        two_roots.iter_mut().for_each(|d| d.is_root_device = true);
+        c.drives = two_roots;
+        assert_eq!(c.settings().err(), Some(DeviceConfigError::TwoRootDevices));
+
+        for mac in ["06:00:ac:10:00", "06:00:ac:10:00:02:03", "zz:00:00:00:00:00", "6:0:0:0:0:0"] {
+            assert!(parse_mac("eth0", mac).is_err(), "{mac}");
+        }
+        assert!(matches!(
+            parse_mac("eth0", "01:00:5e:00:00:01"),
+            Err(DeviceConfigError::MulticastMac { .. })
+        ));
+        let c = DevicesConfig {
+            vsock: Some(Vsock {
+                vsock_id: None,
+                guest_cid: 2,
+                uds_path: "/v".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(c.settings().err(), Some(DeviceConfigError::BadCid(2)));
+        let c = DevicesConfig {
+            network_interfaces: vec![NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "a-name-that-is-too-long".into(),
+                guest_mac: None,
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(c.settings(), Err(DeviceConfigError::BadTapName { .. })));
+    }
+
+    #[test]
+    fn disk_names_follow_linux() {
+        assert_eq!(disk_name(0), "/dev/vda");
+        assert_eq!(disk_name(25), "/dev/vdz");
+        assert_eq!(disk_name(26), "/dev/vdaa");
+    }
+}

@@ -1,0 +1,188 @@
+//! Places virtio-mmio devices: an MMIO window and an IRQ each, KVM ioeventfds for their queue
+//! notifications and an irqfd for their interrupt, and the `virtio_mmio.device=` entries that
+//! tell the guest kernel where they are.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::block::{Block, BlockError};
+use devices::virtio::net::{Net, NetError};
+use devices::virtio::rng::{Rng, RngError};
+use devices::virtio::vsock::{Vsock, VsockError};
+use devices::virtio::{
+    GuestMemory, Interrupt, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
+use devices::{Bus, BusError};
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device_config::DeviceSettings;
+use crate::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_START};
+
+/// An event-loop subscriber, as the VMM's `EventManager` holds them.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum DeviceManagerError {
+    /// too many virtio devices: IRQs {first} to {last} are all taken
+    OutOfIrqs { first: u32, last: u32 },
+    /// cannot create an eventfd for a virtio device: {0}
+    EventFd(io::Error),
+    /// cannot register the interrupt (irqfd) of a virtio device on IRQ {irq}: {source}
+    Irqfd { irq: u32, source: kvm_ioctls::Error },
+    /// cannot register queue {queue} notifications (ioeventfd) at {addr:#x}: {source}
+    Ioeventfd {
+        queue: usize,
+        addr: u64,
+        source: kvm_ioctls::Error,
+    },
+    /// cannot place a virtio device: {0}
+    Bus(#[from] BusError),
+    /// {0}
+    Block(#[from] BlockError),
+    /// {0}
+    Net(#[from] NetError),
+    /// {0}
+    Vsock(#[from] VsockError),
+    /// {0}
+    Rng(#[from] RngError),
+}
+
+/// One placed device, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub device_type: u32,
+    pub base: u64,
+    pub irq: u32,
+}
+
+impl Placement {
+    /// The kernel command-line entry that makes Linux probe this device.
+    pub fn cmdline_entry(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            MMIO_WINDOW_SIZE >> 10,
+            self.base,
+            self.irq
+        )
+    }
+}
+
+/// The MMIO bus with the virtio devices on it, and the subscribers the event loop must run.
+#[derive(Default)]
+pub struct DeviceManager {
+    mmio_bus: Bus,
+    placements: Vec<Placement>,
+    subscribers: Vec<Subscriber>,
+}
+
+impl DeviceManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wires `device` to the VM: window, IRQ, irqfd, one ioeventfd per queue, transport.
+    pub fn add_virtio<D>(
+        &mut self,
+        vm_fd: &VmFd,
+        mem: &GuestMemory,
+        device: D,
+    ) -> Result<&Placement, DeviceManagerError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let index = self.placements.len() as u32;
+        let irq = VIRTIO_IRQ_FIRST + index;
+        if irq > VIRTIO_IRQ_LAST {
+            return Err(DeviceManagerError::OutOfIrqs {
+                first: VIRTIO_IRQ_FIRST,
+                last: VIRTIO_IRQ_LAST,
+            });
+        }
+        let base = VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW_SIZE;
+
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
+        vm_fd
+            .register_irqfd(&irqfd, irq)
+            .map_err(|source| DeviceManagerError::Irqfd { irq, source })?;
+        let notify = base + QUEUE_NOTIFY_OFFSET;
+        for (queue, evt) in device.queue_events().iter().enumerate() {
+            vm_fd
+                .register_ioevent(evt, &IoEventAddress::Mmio(notify), queue as u32)
+                .map_err(|source| DeviceManagerError::Ioeventfd {
+                    queue,
+                    addr: notify,
+                    source,
+                })?;
+        }
+
+        let device_type = device.device_type();
+        let device = Arc::new(Mutex::new(device));
+        let transport = MmioTransport::new(mem.clone(), device.clone(), Interrupt::new(irqfd));
+        self.mmio_bus
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+        self.subscribers.push(device);
+        self.placements.push(Placement {
+            device_type,
+            base,
+            irq,
+        });
+        log::debug!("virtio device type {device_type} at {base:#x}, IRQ {irq}");
+        Ok(&self.placements[self.placements.len() - 1])
+    }
+
+    /// Creates and wires every configured device: drives, network interfaces, vsock, entropy.
+    pub fn add_configured(
+        &mut self,
+        vm_fd: &VmFd,
+        mem: &GuestMemory,
+        settings: &DeviceSettings,
+    ) -> Result<(), DeviceManagerError> {
+        for drive in &settings.drives {
+            self.add_virtio(vm_fd, mem, Block::new(drive.clone())?)?;
+        }
+        for net in &settings.nets {
+            self.add_virtio(vm_fd, mem, Net::new(net.clone())?)?;
+        }
+        if let Some(vsock) = &settings.vsock {
+            self.add_virtio(vm_fd, mem, Vsock::new(vsock.clone())?)?;
+        }
+        if let Some(limits) = settings.entropy {
+            self.add_virtio(vm_fd, mem, Rng::new(limits)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn placements(&self) -> &[Placement] {
+        &self.placements
+    }
+
+    /// The kernel command-line entries for every device, space-separated and led by a space.
+    pub fn cmdline_suffix(&self) -> String {
+        self.placements
+            .iter()
+            .map(|p| format!(" {}", p.cmdline_entry()))
+            .collect()
+    }
+
+    /// Hands over the MMIO bus and the subscribers for the event loop.
+    pub fn into_parts(self) -> (Bus, Vec<Subscriber>) {
+        (self.mmio_bus, self.subscribers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_entry_matches_the_kernel_syntax() {
+        let p = Placement {
+            device_type: 2,
+            base: 0xd000_1000,
+            irq: 6,
+        };
+        assert_eq!(p.cmdline_entry(), "virtio_mmio.device=4K@0xd0001000:6");
+    }
+}
