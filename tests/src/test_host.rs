@@ -34,6 +34,8 @@ pub mod paths {
     pub const DEBIAN_VMLINUZ: &str = "/opt/tessera/debian-vmlinuz";
     /// The stream tool (tests/src/bin/iotool.rs); also /usr/bin/iotool in the guest initramfs.
     pub const IOTOOL: &str = "/opt/tessera/bin/iotool";
+    /// e2fsprogs' mke2fs (busybox sh would run its own applet for a bare `mke2fs`).
+    pub const MKE2FS: &str = "/opt/tessera/bin/mke2fs";
     /// QEMU, when the host was built with it.
     pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 }
@@ -452,7 +454,9 @@ fn build_host_initramfs(
     host.add_from_host(&files.bin_dir.join("iotool"), paths::IOTOOL)
         .map_err(e)?;
     for tool in &files.e2fsprogs {
-        add_dynamic(&mut host, tool, &tool.to_string_lossy())?;
+        // busybox sh prefers its own applets (mke2fs is one): call these by full path.
+        let name = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        add_dynamic(&mut host, tool, &format!("/opt/tessera/bin/{name}"))?;
     }
 
     let mut guest = Initramfs::with_base_layout();

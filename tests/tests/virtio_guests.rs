@@ -19,11 +19,15 @@ fn in_host(test: &str, command: &str) -> Option<HostOutput> {
     )
 }
 
-/// The value of `key=` on the line holding `marker`.
+/// The value of `key=` on the first line holding `marker` and that key.
 fn field<'a>(output: &'a str, marker: &str, key: &str) -> Option<&'a str> {
-    let line = output.lines().find(|l| l.contains(marker))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    output
+        .lines()
+        .filter_map(|l| l.split_once(marker).map(|(_, rest)| rest))
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        })
 }
 
 #[test]
@@ -47,7 +51,7 @@ fn entropy_device_feeds_dev_hwrng() {
 #[test]
 fn ext4_disk_written_in_the_guest_holds_the_data_on_the_host() {
     let test = "ext4_disk_written_in_the_guest_holds_the_data_on_the_host";
-    let command = "rm -f /tmp/ext4.img && truncate -s 64M /tmp/ext4.img && mke2fs -q -t ext4 -F /tmp/ext4.img && \
+    let command = "rm -f /tmp/ext4.img && truncate -s 64M /tmp/ext4.img && /opt/tessera/bin/mke2fs -q -t ext4 -F /tmp/ext4.img && \
         tessera run --disk /tmp/ext4.img,id=data0 -- sh -c \
         'cat /sys/block/vda/serial; echo; mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && \
          echo written-in-the-guest > /mnt/hello.txt && sync && umount /mnt && echo guest-done' && \
@@ -65,7 +69,7 @@ fn ext4_disk_written_in_the_guest_holds_the_data_on_the_host() {
 #[test]
 fn read_only_disk_refuses_writes() {
     let test = "read_only_disk_refuses_writes";
-    let command = "rm -f /tmp/ro.img && truncate -s 16M /tmp/ro.img && mke2fs -q -t ext4 -F /tmp/ro.img && \
+    let command = "rm -f /tmp/ro.img && truncate -s 16M /tmp/ro.img && /opt/tessera/bin/mke2fs -q -t ext4 -F /tmp/ro.img && \
         before=$(sha256sum < /tmp/ro.img) && \
         tessera run --disk /tmp/ro.img,ro -- sh -c \
         'echo ro=$(cat /sys/block/vda/ro); \

@@ -75,6 +75,7 @@ pub struct DeviceManager {
     mmio_bus: Bus,
     placements: Vec<Placement>,
     subscribers: Vec<Subscriber>,
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 impl DeviceManager {
@@ -122,6 +123,7 @@ impl DeviceManager {
         let transport = MmioTransport::new(mem.clone(), device.clone(), Interrupt::new(irqfd));
         self.mmio_bus
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+        self.devices.push(device.clone());
         self.subscribers.push(device);
         self.placements.push(Placement {
             device_type,
@@ -166,9 +168,10 @@ impl DeviceManager {
             .collect()
     }
 
-    /// Hands over the MMIO bus and the subscribers for the event loop.
-    pub fn into_parts(self) -> (Bus, Vec<Subscriber>) {
-        (self.mmio_bus, self.subscribers)
+    /// Hands over the MMIO bus, the subscribers for the event loop, and the devices to shut
+    /// down when the VM ends.
+    pub fn into_parts(self) -> (Bus, Vec<Subscriber>, Vec<Arc<Mutex<dyn VirtioDevice>>>) {
+        (self.mmio_bus, self.subscribers, self.devices)
     }
 }
 

@@ -14,6 +14,7 @@ use devices::legacy::{
     GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN,
     GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
+use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -155,7 +156,7 @@ impl Vm {
         log::debug!("devices built, boot source loaded in {:?}", started.elapsed());
         regs::setup_boot_vcpu(&self.vcpus[0].fd, &self.memory, &entry)?;
         let devices = LegacyDevices::new(&self.vm_fd, console, process_start)?;
-        let (mmio_bus, virtio_subscribers) = device_manager.into_parts();
+        let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
         let buses = Buses {
             pio: Arc::new(devices.pio_bus()?),
             mmio: Arc::new(mmio_bus),
@@ -206,6 +207,7 @@ impl Vm {
             control,
             reported_status: guest_report.0,
             panic_reason: guest_report.1,
+            virtio_devices,
         })
     }
 
@@ -502,6 +504,7 @@ pub struct RunningVm {
     control: Arc<Mutex<VmControl>>,
     reported_status: ReportedStatus,
     panic_reason: PanicReason,
+    virtio_devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 impl RunningVm {
@@ -531,6 +534,9 @@ impl RunningVm {
             self.event_manager.run().map_err(VmError::EventLoop)?;
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(exit) = control.exit.take() {
+                for device in &self.virtio_devices {
+                    device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+                }
                 return Ok(self.explain(exit));
             }
         }

@@ -167,6 +167,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops the device and drops its queues; it can be activated again afterwards.
     fn reset(&mut self);
+    /// The VM is ending: release what would outlive the process (socket files). The VMM exits
+    /// without dropping devices that vCPU threads still reach, so `Drop` is not enough.
+    fn shutdown(&mut self) {}
 }
 
 /// Copies `src` into `data` as if `src` were a config space read at `offset`: out-of-range

@@ -7,9 +7,12 @@
 //! iotool recv ADDR            listen, take one connection, read to EOF
 //! iotool echo ADDR [COUNT]    listen, echo COUNT connections (default 1) until each closes
 //! iotool call ADDR TEXT       connect, send TEXT, half-close, print what comes back
+//! iotool disk read|write PATH MIB      sequential 1 MiB O_DIRECT reads or writes
+//! iotool disk randread PATH COUNT      COUNT random 4 KiB O_DIRECT reads
 //! ADDR: tcp:HOST:PORT | vsock:CID:PORT | unix:PATH | hybrid:PATH:PORT (unix + "CONNECT PORT")
 //! ```
-//! `send` and `recv` print `bytes=N hash=H secs=S mib_s=R`, so two ends can be compared.
+//! `send` and `recv` print `bytes=N hash=H secs=S mib_s=R`, so two ends can be compared;
+//! `disk` prints `ops=N bytes=N secs=S mib_s=R iops=R`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -35,7 +38,11 @@ fn main() -> ExitCode {
             .map_err(|_| format!("COUNT {count:?} is not a number"))
             .and_then(|n| echo(addr, n)),
         ["call", addr, text] => call(addr, text),
-        _ => Err("usage: iotool send ADDR BYTES | recv ADDR | echo ADDR [COUNT] | call ADDR TEXT".into()),
+        ["disk", mode, path, n] => n
+            .parse()
+            .map_err(|_| format!("{n:?} is not a number"))
+            .and_then(|n| disk(mode, path, n)),
+        _ => Err("usage: iotool send ADDR BYTES | recv ADDR | echo ADDR [COUNT] | call ADDR TEXT | disk read|write|randread PATH N".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -354,6 +361,97 @@ fn call(addr: &str, text: &str) -> Result<(), String> {
             Err(e) => return Err(format!("read from {addr}: {e}")),
         }
     }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
     print!("{out}");
+    Ok(())
+}
+
+/// A page-aligned buffer, as O_DIRECT needs.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Result<Self, String> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|e| e.to_string())?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err("out of memory".into());
+        }
+        Ok(Self { ptr, layout })
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is a live allocation of layout.size() bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new() with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+fn disk(mode: &str, path: &str, n: u64) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(mode == "write")
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("open {path}: {e}"))?;
+    let size = file
+        .metadata()
+        .map(|m| m.len())
+        .ok()
+        .filter(|&s| s > 0)
+        .or_else(|| {
+            let mut f = &file;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).ok()
+        })
+        .unwrap_or(0);
+    let (block, ops) = match mode {
+        "read" | "write" => (1u64 << 20, n),
+        "randread" => (4096, n),
+        _ => return Err(format!("unknown disk mode {mode:?} (read, write, randread)")),
+    };
+    if size < block {
+        return Err(format!("{path} is too small ({size} bytes)"));
+    }
+    let mut buf = AlignedBuf::new(block as usize)?;
+    buf.as_mut_slice().fill(0x5a);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let started = Instant::now();
+    for i in 0..ops {
+        let offset = if mode == "randread" {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % (size / block)) * block
+        } else {
+            (i * block) % (size / block * block)
+        };
+        let result = if mode == "write" {
+            file.write_all_at(buf.as_mut_slice(), offset)
+        } else {
+            file.read_exact_at(buf.as_mut_slice(), offset)
+        };
+        result.map_err(|e| format!("{mode} {path} at {offset}: {e}"))?;
+    }
+    if mode == "write" {
+        file.sync_data().map_err(|e| format!("sync {path}: {e}"))?;
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let bytes = ops * block;
+    println!(
+        "ops={ops} bytes={bytes} secs={secs:.3} mib_s={:.1} iops={:.0}",
+        bytes as f64 / (1 << 20) as f64 / secs,
+        ops as f64 / secs
+    );
     Ok(())
 }
