@@ -88,7 +88,11 @@ fn parse_net(index: usize, spec: &str) -> Result<NetworkInterface, String> {
             Some(("tap", name)) => iface.host_dev_name = name.to_string(),
             Some(("mac", mac)) => iface.guest_mac = Some(mac.to_string()),
             Some(("id", id)) => iface.iface_id = id.to_string(),
-            _ => return Err(format!("unknown option {part:?} (use tap=NAME, mac=MAC, id=NAME)")),
+            _ => {
+                return Err(format!(
+                    "unknown option {part:?} (use tap=NAME, mac=MAC, id=NAME)"
+                ))
+            }
         }
     }
     if iface.host_dev_name.is_empty() {
@@ -102,7 +106,12 @@ fn parse_vsock(spec: &str) -> Result<Vsock, String> {
     let (mut cid, mut uds) = (None, None);
     for part in spec.split(',') {
         match part.split_once('=') {
-            Some(("cid", n)) => cid = Some(n.parse().map_err(|_| format!("cid {n:?} is not a number"))?),
+            Some(("cid", n)) => {
+                cid = Some(
+                    n.parse()
+                        .map_err(|_| format!("cid {n:?} is not a number"))?,
+                )
+            }
             Some(("uds", path)) => uds = Some(path.into()),
             _ => return Err(format!("unknown option {part:?} (use cid=N,uds=PATH)")),
         }
@@ -145,7 +154,10 @@ mod tests {
     #[test]
     fn flags_build_the_config_file_shape() {
         let c = config(
-            &["/a.img,ro,root", "/b.img,cache=writeback,id=data,bw=1048576,iops=100"],
+            &[
+                "/a.img,ro,root",
+                "/b.img,cache=writeback,id=data,bw=1048576,iops=100",
+            ],
             &["tap=tap0,mac=06:00:00:00:00:01"],
             Some("cid=3,uds=/tmp/v.sock"),
         )
@@ -154,7 +166,10 @@ mod tests {
         assert!(c.drives[0].is_read_only && c.drives[0].is_root_device);
         assert!(c.drives[0].rate_limiter.is_none());
         let d = &c.drives[1];
-        assert_eq!((d.drive_id.as_str(), d.cache_type), ("data", DriveCacheType::Writeback));
+        assert_eq!(
+            (d.drive_id.as_str(), d.cache_type),
+            ("data", DriveCacheType::Writeback)
+        );
         let rl = d.rate_limiter.unwrap();
         assert_eq!(rl.bandwidth.unwrap().size, 1 << 20);
         assert_eq!(rl.ops.unwrap().refill_time, 1000);
@@ -167,7 +182,10 @@ mod tests {
     #[test]
     fn bad_flags_name_the_flag_and_the_part() {
         let e = config(&["/a,rw"], &[], None).unwrap_err();
-        assert!(e.starts_with("--disk \"/a,rw\": unknown option \"rw\""), "{e}");
+        assert!(
+            e.starts_with("--disk \"/a,rw\": unknown option \"rw\""),
+            "{e}"
+        );
         let e = config(&[",ro"], &[], None).unwrap_err();
         assert_eq!(e, "--disk \",ro\": no path");
         let e = config(&["/a,bw=0"], &[], None).unwrap_err();

@@ -1,5 +1,6 @@
 //! virtio-blk, virtio-net and virtio-vsock throughput of the microvm guest under tessera and
-//! under Debian's QEMU (`-M microvm -accel kvm`, virtio-mmio devices), side by side in one
+//! under Debian's QEMU (`-M microvm,acpi=off -accel kvm`: without ACPI, QEMU announces its
+//! virtio-mmio devices on the kernel command line as tessera does), side by side in one
 //! nested test host.
 //!
 //!   cargo build --release --workspace --bins && cargo bench -p benches --bench virtio_io
@@ -31,7 +32,7 @@ iotool disk read /dev/vda 64 | sed s/^/seqread:/; \
 iotool disk randread /dev/vda 2000 | sed s/^/randread:/; \
 ip addr add $IP/24 dev eth0 && ip link set eth0 up; \
 iotool send tcp:$HOST:5000 $BYTES | sed s/^/tcp_tx:/; \
-iotool recv tcp:0.0.0.0:5001 | sed s/^/tcp_rx:/; \
+timeout 120 iotool recv tcp:0.0.0.0:5001 | sed s/^/tcp_rx:/; \
 [ $VSOCK = 1 ] && iotool send vsock:2:52 $BYTES | sed s/^/vsock_tx:/; \
 echo bench-done";
 
@@ -63,7 +64,10 @@ fn guest_cmdline(base: &str, ip: &str, host: &str, vsock: bool) -> String {
         cwd: None,
         hostname: None,
     };
-    format!("{base}{}", task.to_cmdline().expect("the bench script encodes"))
+    format!(
+        "{base}{}",
+        task.to_cmdline().expect("the bench script encodes")
+    )
 }
 
 /// `figure -> value` from the guest's `name:... mib_s=R iops=R` lines.
@@ -119,12 +123,17 @@ fn main() {
         host_side("172.16.0.1", "172.16.0.2"),
         paths::VMLINUX,
         paths::GUEST_INITRAMFS,
-        guest_cmdline(&format!("{base} reboot=k"), "172.16.0.2", "172.16.0.1", true),
+        guest_cmdline(
+            &format!("{base} reboot=k"),
+            "172.16.0.2",
+            "172.16.0.1",
+            true
+        ),
     );
     // QEMU's microvm has no i8042 to reset through: a triple fault with -no-reboot ends it.
     let qemu = format!(
         "{}{}rm -f /tmp/bench.img; truncate -s 256M /tmp/bench.img; \
-         {} -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -smp 1 -m 256 \
+         {} -M microvm,x-option-roms=off,rtc=off,acpi=off -accel kvm -cpu host -smp 1 -m 256 \
          -nodefaults -no-user-config -display none -no-reboot -monitor none -serial stdio \
          -kernel {} -initrd {} -append '{}' \
          -drive id=d0,file=/tmp/bench.img,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=d0 \
@@ -143,7 +152,7 @@ fn main() {
         for (i, command) in [&tessera, &qemu].into_iter().enumerate() {
             let name = ["tessera", "qemu"][i];
             let out = host
-                .run(command, Duration::from_secs(600))
+                .run(command, Duration::from_secs(400))
                 .unwrap_or_else(|e| panic!("{e}"));
             if !out.output.contains("bench-done") {
                 eprintln!("run {run}: {name} did not finish its workload; skipped\n{out}");
@@ -157,13 +166,26 @@ fn main() {
         }
     }
 
-    println!("virtio I/O, nested test host, medians of up to {runs} runs (MiB/s; IOPS for randread):");
-    println!("  {:<14} {:>10} {:>10} {:>8}", "figure", "tessera", "qemu", "ratio");
-    let names = ["seqwrite", "seqread", "randread_iops", "tcp_tx", "tcp_rx", "vsock_tx"];
+    println!(
+        "virtio I/O, nested test host, medians of up to {runs} runs (MiB/s; IOPS for randread):"
+    );
+    println!(
+        "  {:<14} {:>10} {:>10} {:>8}",
+        "figure", "tessera", "qemu", "ratio"
+    );
+    let names = [
+        "seqwrite",
+        "seqread",
+        "randread_iops",
+        "tcp_tx",
+        "tcp_rx",
+        "vsock_tx",
+    ];
     for figure in names {
         let mut cell = |i: usize| results[i].get_mut(figure).map(|v| (median(v), v.len()));
         let (t, q) = (cell(0), cell(1));
-        let show = |c: Option<(f64, usize)>| c.map_or("-".to_string(), |(m, n)| format!("{m:.1} ({n})"));
+        let show =
+            |c: Option<(f64, usize)>| c.map_or("-".to_string(), |(m, n)| format!("{m:.1} ({n})"));
         let ratio = match (t, q) {
             (Some((t, _)), Some((q, _))) if q > 0.0 => format!("{:.2}", t / q),
             _ => "-".to_string(),

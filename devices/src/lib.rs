@@ -9,6 +9,7 @@ pub mod bus;
 pub mod clock;
 pub mod legacy;
 pub mod rate_limiter;
+pub mod timer;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

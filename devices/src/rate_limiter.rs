@@ -60,15 +60,18 @@ impl TokenBucket {
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed_ns = now.saturating_duration_since(self.last_refill).as_nanos() as i128;
+        let elapsed_ns = i128::try_from(now.saturating_duration_since(self.last_refill).as_nanos())
+            .unwrap_or(i128::MAX);
         let refill_ns = i128::from(self.config.refill_time_ms) * 1_000_000;
         let size = i128::from(self.config.size);
-        let tokens = elapsed_ns * size / refill_ns;
+        let tokens = elapsed_ns.saturating_mul(size) / refill_ns;
         if tokens > 0 {
             // Advance only by the time the whole tokens took, so fractions are not lost.
-            let used_ns = tokens * refill_ns / size;
-            self.last_refill += Duration::from_nanos(used_ns as u64);
-            self.budget = (self.budget + tokens).min(size);
+            // Saturating: absurd settings (u64::MAX tokens per u64::MAX ms) must not panic.
+            let used_ns = tokens.saturating_mul(refill_ns) / size;
+            let used = Duration::from_nanos(u64::try_from(used_ns).unwrap_or(u64::MAX));
+            self.last_refill = self.last_refill.checked_add(used).unwrap_or(now);
+            self.budget = self.budget.saturating_add(tokens).min(size);
         }
         if self.budget >= size {
             self.last_refill = now;
@@ -107,7 +110,9 @@ impl TokenBucket {
             return Duration::ZERO;
         }
         let refill_ns = i128::from(self.config.refill_time_ms) * 1_000_000;
-        Duration::from_nanos((need * refill_ns / size + 1) as u64)
+        // i128 holds u64 * u64 * 10^6 / u64 for any settings; clamp what u64 cannot.
+        let ns = need.saturating_mul(refill_ns) / size + 1;
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 }
 
@@ -127,7 +132,8 @@ impl RateLimiter {
             .map(|c| TokenBucket::new(c, "bandwidth"))
             .transpose()?;
         let ops = config.ops.map(|c| TokenBucket::new(c, "ops")).transpose()?;
-        let timer = TimerFd::new().map_err(|e| RateLimiterError::Timer(e.to_string()))?;
+        let timer = crate::timer::nonblocking_timer()
+            .map_err(|e| RateLimiterError::Timer(e.to_string()))?;
         Ok(Self {
             bandwidth,
             ops,
@@ -154,7 +160,10 @@ impl RateLimiter {
             self.block(wait);
             return false;
         }
-        let bytes_ok = self.bandwidth.as_mut().is_none_or(|b| b.try_take(bytes, now));
+        let bytes_ok = self
+            .bandwidth
+            .as_mut()
+            .is_none_or(|b| b.try_take(bytes, now));
         if !bytes_ok {
             if let Some(ops) = self.ops.as_mut() {
                 ops.give_back(1);
@@ -186,7 +195,8 @@ impl RateLimiter {
 
     /// Call when the timer fd is readable: clears the block so requests are tried again.
     pub fn timer_fired(&mut self) {
-        // The count read is irrelevant; reading only clears readiness.
+        // The count read is irrelevant; reading only clears readiness (non-blocking: a stray
+        // call cannot stall the loop).
         let _ = self.timer.wait();
         self.blocked = false;
     }

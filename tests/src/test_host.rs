@@ -83,8 +83,11 @@ impl HostFiles {
         let e2fsprogs = ["mke2fs", "debugfs"]
             .iter()
             .map(|tool| {
-                which(tool).or_else(|| Some(Path::new("/usr/sbin").join(tool)).filter(|p| p.is_file()))
-                    .ok_or(format!("{tool} is not installed (scripts/setup installs Debian's e2fsprogs)"))
+                which(tool)
+                    .or_else(|| Some(Path::new("/usr/sbin").join(tool)).filter(|p| p.is_file()))
+                    .ok_or(format!(
+                        "{tool} is not installed (scripts/setup installs Debian's e2fsprogs)"
+                    ))
             })
             .collect::<Result<_, _>>()?;
         for bin in ["tessera", "tessera-init", "iotool"] {
@@ -455,7 +458,10 @@ fn build_host_initramfs(
         .map_err(e)?;
     for tool in &files.e2fsprogs {
         // busybox sh prefers its own applets (mke2fs is one): call these by full path.
-        let name = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = tool
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         add_dynamic(&mut host, tool, &format!("/opt/tessera/bin/{name}"))?;
     }
 

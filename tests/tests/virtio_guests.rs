@@ -63,7 +63,10 @@ fn ext4_disk_written_in_the_guest_holds_the_data_on_the_host() {
     assert!(out.output.contains("data0"), "GET_ID serial\n{out}");
     assert!(out.output.contains("guest-done"), "{out}");
     let after = out.output.split("guest-done").nth(1).unwrap_or_default();
-    assert!(after.contains("written-in-the-guest"), "debugfs on the host\n{out}");
+    assert!(
+        after.contains("written-in-the-guest"),
+        "debugfs on the host\n{out}"
+    );
 }
 
 #[test]
@@ -108,7 +111,11 @@ fn guest_on_a_tap_reaches_the_host_by_ping_and_tcp() {
     let received = field(&out.output, "received:", "hash");
     assert!(sent.is_some(), "{out}");
     assert_eq!(sent, received, "{out}");
-    assert_eq!(field(&out.output, "received:", "bytes"), Some("4194304"), "{out}");
+    assert_eq!(
+        field(&out.output, "received:", "bytes"),
+        Some("4194304"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -160,6 +167,9 @@ fn rate_limiter_caps_disk_throughput() {
     let unlimited = elapsed("/tmp/rl.img");
     let limited = elapsed("/tmp/rl.img,bw=2097152");
     eprintln!("8 MiB read: unlimited {unlimited:.2} s, 2 MiB/s limit {limited:.2} s");
-    assert!(limited >= 2.8, "limited read took only {limited:.2} s\n{out}");
+    assert!(
+        limited >= 2.8,
+        "limited read took only {limited:.2} s\n{out}"
+    );
     assert!(limited > unlimited, "{out}");
 }

@@ -322,8 +322,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = serde_json::from_str::<DevicesConfig>(r#"{"drives": [{"drive_id": "a", "path_on_host": "/x", "bogus": 1}]}"#)
-            .unwrap_err();
+        let err = serde_json::from_str::<DevicesConfig>(
+            r#"{"drives": [{"drive_id": "a", "path_on_host": "/x", "bogus": 1}]}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 
@@ -338,15 +340,26 @@ mod tests {
             Some(DeviceConfigError::DuplicateDrive("a".into()))
         );
         c.drives = vec![drive("a b")];
-        assert!(matches!(c.settings(), Err(DeviceConfigError::BadDriveId(_))));
+        assert!(matches!(
+            c.settings(),
+            Err(DeviceConfigError::BadDriveId(_))
+        ));
         c.drives = vec![drive(&"x".repeat(21))];
-        assert!(matches!(c.settings(), Err(DeviceConfigError::BadDriveId(_))));
+        assert!(matches!(
+            c.settings(),
+            Err(DeviceConfigError::BadDriveId(_))
+        ));
         let mut two_roots = vec![drive("a"), drive("b")];
         two_roots.iter_mut().for_each(|d| d.is_root_device = true);
         c.drives = two_roots;
         assert_eq!(c.settings().err(), Some(DeviceConfigError::TwoRootDevices));
 
-        for mac in ["06:00:ac:10:00", "06:00:ac:10:00:02:03", "zz:00:00:00:00:00", "6:0:0:0:0:0"] {
+        for mac in [
+            "06:00:ac:10:00",
+            "06:00:ac:10:00:02:03",
+            "zz:00:00:00:00:00",
+            "6:0:0:0:0:0",
+        ] {
             assert!(parse_mac("eth0", mac).is_err(), "{mac}");
         }
         assert!(matches!(
@@ -372,7 +385,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(matches!(c.settings(), Err(DeviceConfigError::BadTapName { .. })));
+        assert!(matches!(
+            c.settings(),
+            Err(DeviceConfigError::BadTapName { .. })
+        ));
     }
 
     #[test]

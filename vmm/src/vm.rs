@@ -26,9 +26,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{self as vm_config, BootSource, ConfigError, ConsoleOutput, MachineConfig};
+use crate::console_input::ConsoleInput;
 use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber};
-use crate::console_input::ConsoleInput;
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::loader::{self, LoaderError};
@@ -153,7 +153,10 @@ impl Vm {
         device_manager.add_configured(&self.vm_fd, &self.memory, &settings)?;
         let boot = with_device_args(boot, &device_manager, &settings)?;
         let entry = self.load(&boot)?;
-        log::debug!("devices built, boot source loaded in {:?}", started.elapsed());
+        log::debug!(
+            "devices built, boot source loaded in {:?}",
+            started.elapsed()
+        );
         regs::setup_boot_vcpu(&self.vcpus[0].fd, &self.memory, &entry)?;
         let devices = LegacyDevices::new(&self.vm_fd, console, process_start)?;
         let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
@@ -255,21 +258,33 @@ fn with_device_args(
 ) -> Result<BootSource, VmError> {
     let mut extra = devices.cmdline_suffix();
     if let Some((disk, read_only)) = &settings.root_device {
-        extra.push_str(&format!(" root={disk} {}", if *read_only { "ro" } else { "rw" }));
+        extra.push_str(&format!(
+            " root={disk} {}",
+            if *read_only { "ro" } else { "rw" }
+        ));
     }
     if extra.is_empty() {
         return Ok(boot.clone());
     }
-    let args = &boot.boot_args;
-    let boot_args = match args.find(" -- ") {
-        Some(at) => format!("{}{extra}{}", &args[..at], &args[at..]),
-        None => format!("{args}{extra}"),
-    };
+    let boot_args = insert_kernel_args(&boot.boot_args, &extra);
     vm_config::validate_cmdline(&boot_args)?;
     Ok(BootSource {
         boot_args,
         ..boot.clone()
     })
+}
+
+/// `args` with `extra` (led by a space) added at the end of the kernel's parameters: before the
+/// first `--` word, after which the kernel passes everything to init.
+fn insert_kernel_args(args: &str, extra: &str) -> String {
+    let mut offset = 0;
+    for word in args.split(' ') {
+        if word == "--" {
+            return format!("{}{extra} {}", args[..offset].trim_end(), &args[offset..]);
+        }
+        offset += word.len() + 1;
+    }
+    format!("{args}{extra}")
 }
 
 /// The KVM VM with guest memory, memslots, in-kernel IRQ chip and PIT.
@@ -530,15 +545,49 @@ impl RunningVm {
     ///
     /// vCPU threads are still inside KVM_RUN when this returns; the caller ends the process.
     pub fn wait(mut self) -> Result<VmExit, VmError> {
-        loop {
-            self.event_manager.run().map_err(VmError::EventLoop)?;
+        let result = loop {
+            if let Err(e) = self.event_manager.run() {
+                break Err(VmError::EventLoop(e));
+            }
             let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(exit) = control.exit.take() {
-                for device in &self.virtio_devices {
-                    device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
-                }
-                return Ok(self.explain(exit));
+                break Ok(exit);
             }
+        };
+        for device in &self.virtio_devices {
+            device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
         }
+        result.map(|exit| self.explain(exit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_kernel_args;
+
+    #[test]
+    fn device_args_go_before_init_arguments() {
+        let extra = " virtio_mmio.device=4K@0xd0000000:5";
+        assert_eq!(
+            insert_kernel_args("console=ttyS0 quiet", extra),
+            "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(
+            insert_kernel_args("console=ttyS0 -- init-arg", extra),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 -- init-arg"
+        );
+        assert_eq!(
+            insert_kernel_args("console=ttyS0 --", extra),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 --"
+        );
+        assert_eq!(
+            insert_kernel_args("-- a", extra),
+            " virtio_mmio.device=4K@0xd0000000:5 -- a"
+        );
+        // A `--` inside a word is not the separator; spacing is kept.
+        assert_eq!(
+            insert_kernel_args("a=--  b", extra),
+            "a=--  b virtio_mmio.device=4K@0xd0000000:5"
+        );
     }
 }

@@ -32,7 +32,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     fuzzing, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice,
-    TYPE_BLOCK,
+    MAX_CHAINS_PER_PASS, TYPE_BLOCK,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
@@ -272,6 +272,8 @@ impl Block {
             acked_features,
         } = active;
         let mut used_any = false;
+        let mut served = 0;
+        let mut budget_spent = false;
         'ring: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 // Ring errors are the guest's: debug level, so a guest cannot flood the log.
@@ -294,6 +296,11 @@ impl Block {
                             log::debug!("virtio-blk {}: {e}", self.disk.path.display());
                         }
                         used_any = true;
+                        served += 1;
+                        if served >= MAX_CHAINS_PER_PASS {
+                            budget_spent = true;
+                            break 'ring;
+                        }
                     }
                     Completion::Deferred => {
                         queue.go_to_previous_position();
@@ -313,6 +320,10 @@ impl Block {
         }
         if used_any {
             interrupt.notify_queue(queue, mem);
+        }
+        if budget_spent {
+            // Let the rest of the loop run; come back for the remaining chains.
+            let _ = self.queue_evts[0].write(1);
         }
     }
 }

@@ -50,7 +50,11 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(mem: GuestMemory, device: Arc<Mutex<dyn VirtioDevice>>, interrupt: Interrupt) -> Self {
+    pub fn new(
+        mem: GuestMemory,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Interrupt,
+    ) -> Self {
         let queues = lock(&device)
             .queue_max_sizes()
             .iter()
@@ -100,8 +104,20 @@ impl MmioTransport {
             == status::FEATURES_OK;
         match self.selected_queue() {
             Some(queue) if configurable && !queue.ready() => f(queue),
-            _ => log::warn!("virtio-mmio: ignored a queue register write in the wrong state"),
+            _ => log::debug!("virtio-mmio: ignored a queue register write in the wrong state"),
         }
+    }
+
+    /// QueueReady: 1 enables a configured queue; 0 always disables it before DRIVER_OK (Linux's
+    /// vm_del_vq writes 0 and then checks it reads back 0, also on probe failure paths).
+    fn write_queue_ready(&mut self, value: u32) {
+        if value == 0 && self.status & status::DRIVER_OK == 0 {
+            if let Some(queue) = self.selected_queue() {
+                queue.set_ready(false);
+            }
+            return;
+        }
+        self.with_configurable_queue(|q| q.set_ready(value == 1));
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -137,7 +153,7 @@ impl MmioTransport {
             0x024 => self.driver_features_sel = value,
             0x030 => self.queue_sel = value,
             0x038 => self.with_configurable_queue(|q| q.set_size(value as u16)),
-            0x044 => self.with_configurable_queue(|q| q.set_ready(value == 1)),
+            0x044 => self.write_queue_ready(value),
             0x050 => self.notify(value),
             0x064 => self.interrupt.ack(value),
             0x070 => self.write_status(value),
@@ -154,7 +170,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
-            log::warn!("virtio-mmio: driver features written outside the DRIVER state");
+            log::debug!("virtio-mmio: driver features written outside the DRIVER state");
             return;
         }
         let value = u64::from(value);
@@ -173,7 +189,7 @@ impl MmioTransport {
                     log::error!("virtio-mmio: cannot forward a queue notification: {e}");
                 }
             }
-            None => log::warn!("virtio-mmio: notification for missing queue {value}"),
+            None => log::debug!("virtio-mmio: notification for missing queue {value}"),
         }
     }
 
@@ -186,7 +202,7 @@ impl MmioTransport {
         }
         let added = value & !self.status;
         if value & self.status != self.status {
-            log::warn!(
+            log::debug!(
                 "virtio-mmio: driver tried to clear status bits ({:#x} -> {value:#x})",
                 self.status
             );
@@ -197,7 +213,7 @@ impl MmioTransport {
             && (!has(status::FEATURES_OK) || has(status::DRIVER))
             && (!has(status::DRIVER_OK) || has(status::FEATURES_OK));
         if !in_order {
-            log::warn!("virtio-mmio: status {value:#x} skips a step of the handshake");
+            log::debug!("virtio-mmio: status {value:#x} skips a step of the handshake");
             return;
         }
         if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
@@ -214,11 +230,11 @@ impl MmioTransport {
     fn features_acceptable(&self) -> bool {
         let unknown = self.driver_features & !self.offered_features();
         if unknown != 0 {
-            log::warn!("virtio-mmio: driver accepted features it was not offered: {unknown:#x}");
+            log::debug!("virtio-mmio: driver accepted features it was not offered: {unknown:#x}");
             return false;
         }
         if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-            log::warn!("virtio-mmio: legacy driver (no VIRTIO_F_VERSION_1) refused");
+            log::debug!("virtio-mmio: legacy driver (no VIRTIO_F_VERSION_1) refused");
             return false;
         }
         true
@@ -235,7 +251,9 @@ impl MmioTransport {
                     queues.push(queue);
                 }
                 None => {
-                    log::warn!("virtio-mmio: queue {index} is not ready or not valid at DRIVER_OK");
+                    log::debug!(
+                        "virtio-mmio: queue {index} is not ready or not valid at DRIVER_OK"
+                    );
                     return self.needs_reset();
                 }
             }
@@ -283,7 +301,10 @@ impl BusDevice for MmioTransport {
         } else if data.len() == 4 {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         } else {
-            log::warn!("virtio-mmio: {}-byte register read at {offset:#x}", data.len());
+            log::debug!(
+                "virtio-mmio: {}-byte register read at {offset:#x}",
+                data.len()
+            );
             data.fill(0);
         }
     }
@@ -294,7 +315,10 @@ impl BusDevice for MmioTransport {
         } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         } else {
-            log::warn!("virtio-mmio: {}-byte register write at {offset:#x}", data.len());
+            log::debug!(
+                "virtio-mmio: {}-byte register write at {offset:#x}",
+                data.len()
+            );
         }
     }
 }
@@ -355,7 +379,9 @@ mod tests {
 
     fn setup(refuse: bool) -> (MmioTransport, Arc<Mutex<Dummy>>) {
         let dummy = Arc::new(Mutex::new(Dummy {
-            events: (0..2).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect(),
+            events: (0..2)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect(),
             activated: None,
             resets: 0,
             config: [1, 2, 3, 4, 5, 6, 7, 8],
@@ -385,7 +411,11 @@ mod tests {
         w(t, 0x20, features as u32);
         w(t, 0x24, 1);
         w(t, 0x20, (features >> 32) as u32);
-        w(t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
     }
 
     fn setup_queues(t: &mut MmioTransport) {
@@ -444,6 +474,17 @@ mod tests {
     }
 
     #[test]
+    fn queue_ready_zero_reads_back_zero_before_driver_ok() {
+        let (mut t, _) = setup(false);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queues(&mut t);
+        w(&mut t, 0x30, 1);
+        assert_eq!(r(&mut t, 0x44), 1);
+        w(&mut t, 0x44, 0);
+        assert_eq!(r(&mut t, 0x44), 0);
+    }
+
+    #[test]
     fn unoffered_or_legacy_features_leave_features_ok_unset() {
         let (mut t, _) = setup(false);
         negotiate(&mut t, VIRTIO_F_VERSION_1 | (1 << 7));
@@ -460,7 +501,11 @@ mod tests {
         w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, 0x70, status::ACKNOWLEDGE);
         assert_eq!(r(&mut t, 0x70), status::ACKNOWLEDGE | status::DRIVER);
-        w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+        w(
+            &mut t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
         assert_eq!(r(&mut t, 0x70), status::ACKNOWLEDGE | status::DRIVER);
         assert!(dummy.lock().unwrap().activated.is_none());
     }
@@ -479,7 +524,10 @@ mod tests {
         w(&mut t, 0x70, ALL | status::DRIVER_OK);
         assert_ne!(r(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
         assert!(dummy.lock().unwrap().activated.is_none());
-        assert_ne!(t.interrupt().status() & super::super::INTERRUPT_CONFIG_CHANGE, 0);
+        assert_ne!(
+            t.interrupt().status() & super::super::INTERRUPT_CONFIG_CHANGE,
+            0
+        );
 
         let (mut t, _) = setup(true);
         negotiate(&mut t, VIRTIO_F_VERSION_1);

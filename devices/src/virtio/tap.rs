@@ -78,7 +78,8 @@ impl Tap {
         for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes back one ifreq, which `ifr` is and outlives the call.
         let ret = unsafe { ioctl_with_mut_ref(&file, ioctls::TUNSETIFF(), &mut ifr) };
         if ret < 0 {
@@ -131,7 +132,11 @@ impl Tap {
     pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
         let ret = unsafe {
-            ioctl_with_val(&self.file, ioctls::TUNSETOFFLOAD(), libc::c_ulong::from(flags))
+            ioctl_with_val(
+                &self.file,
+                ioctls::TUNSETOFFLOAD(),
+                libc::c_ulong::from(flags),
+            )
         };
         if ret < 0 {
             return Err(TapError::SetOffload {
@@ -229,7 +234,10 @@ mod tests {
         assert_eq!(tap.offloads() & base, base, "{:#x}", tap.offloads());
         // TSO without checksum offload is refused by the kernel, and named in the error.
         let err = tap.set_offload(TUN_F_TSO4).unwrap_err();
-        assert!(err.to_string().starts_with("TUNSETOFFLOAD tsrtest0"), "{err}");
+        assert!(
+            err.to_string().starts_with("TUNSETOFFLOAD tsrtest0"),
+            "{err}"
+        );
         tap.set_offload(base).unwrap();
         tap.set_offload(0).unwrap();
         // Nothing is waiting on a TAP that is down: reads say so instead of blocking.

@@ -170,7 +170,8 @@ fn connect(addr: &str) -> Result<Stream, String> {
         }
         Addr::Hybrid(path, port) => {
             let mut s = UnixStream::connect(path).map_err(ctx)?;
-            s.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(ctx)?;
+            s.write_all(format!("CONNECT {port}\n").as_bytes())
+                .map_err(ctx)?;
             // Read the reply a byte at a time so no stream data is swallowed.
             let mut line = Vec::new();
             let mut byte = [0u8; 1];
@@ -215,7 +216,10 @@ fn listen(addr: &str) -> Result<Listener, String> {
             };
             check(ret, &format!("bind {addr}"))?;
             // SAFETY: listen(2) on a bound socket we own.
-            check(unsafe { libc::listen(fd.as_raw_fd(), 16) }, &format!("listen {addr}"))?;
+            check(
+                unsafe { libc::listen(fd.as_raw_fd(), 16) },
+                &format!("listen {addr}"),
+            )?;
             Ok(Listener::Vsock(fd))
         }
         Addr::Hybrid(..) => Err(format!("cannot listen on {addr}")),
@@ -330,7 +334,9 @@ fn echo(addr: &str, count: u32) -> Result<(), String> {
         let mut stream = listener.accept()?;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = stream.read(&mut buf).map_err(|e| format!("echo read: {e}"))?;
+            let n = stream
+                .read(&mut buf)
+                .map_err(|e| format!("echo read: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -338,7 +344,9 @@ fn echo(addr: &str, count: u32) -> Result<(), String> {
                 .write_all(&buf[..n])
                 .map_err(|e| format!("echo write: {e}"))?;
         }
-        stream.half_close().map_err(|e| format!("echo shutdown: {e}"))?;
+        stream
+            .half_close()
+            .map_err(|e| format!("echo shutdown: {e}"))?;
     }
     Ok(())
 }
@@ -418,7 +426,11 @@ fn disk(mode: &str, path: &str, n: u64) -> Result<(), String> {
     let (block, ops) = match mode {
         "read" | "write" => (1u64 << 20, n),
         "randread" => (4096, n),
-        _ => return Err(format!("unknown disk mode {mode:?} (read, write, randread)")),
+        _ => {
+            return Err(format!(
+                "unknown disk mode {mode:?} (read, write, randread)"
+            ))
+        }
     };
     if size < block {
         return Err(format!("{path} is too small ({size} bytes)"));

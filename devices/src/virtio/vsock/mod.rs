@@ -16,7 +16,6 @@ mod tests;
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -116,7 +115,7 @@ impl Vsock {
         let queue_evts = (0..QUEUE_SIZES.len())
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>();
-        let fds = queue_evts.and_then(|evts| Ok((evts, nonblocking_timer()?)));
+        let fds = queue_evts.and_then(|evts| Ok((evts, crate::timer::nonblocking_timer()?)));
         let (queue_evts, timer) = match fds {
             Ok(fds) => fds,
             Err(e) => {
@@ -175,10 +174,12 @@ impl Vsock {
         let queue = &mut queues[TXQ];
         let mut used = false;
         let mut idle_rounds = 0;
+        let mut served = 0;
+        let mut budget_spent = false;
         self.tx_stalled = false;
         'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
-                log::warn!("vsock: tx queue: {e}");
+                log::debug!("vsock: tx queue: {e}");
                 break;
             }
             idle_rounds += 1;
@@ -198,22 +199,31 @@ impl Vsock {
                     Err(e) => log::debug!("{e}"),
                 }
                 if let Err(e) = queue.add_used(mem, head, 0) {
-                    log::warn!("vsock: tx queue: {e}");
+                    log::debug!("vsock: tx queue: {e}");
                 }
                 used = true;
+                served += 1;
+                if served >= super::MAX_CHAINS_PER_PASS {
+                    budget_spent = true;
+                    break 'outer;
+                }
             }
             match queue.enable_notification(mem) {
                 // A ring that claims buffers we cannot pop twice in a row is broken.
                 Ok(true) if idle_rounds < 2 => {}
                 Ok(_) => break,
                 Err(e) => {
-                    log::warn!("vsock: tx queue: {e}");
+                    log::debug!("vsock: tx queue: {e}");
                     break;
                 }
             }
         }
         if used {
             interrupt.notify_queue(queue, mem);
+        }
+        if budget_spent {
+            // Let the rest of the loop run; come back for the remaining packets.
+            let _ = self.queue_evts[TXQ].write(1);
         }
     }
 
@@ -232,7 +242,7 @@ impl Vsock {
         let mut idle_rounds = 0;
         'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
-                log::warn!("vsock: rx queue: {e}");
+                log::debug!("vsock: rx queue: {e}");
                 break;
             }
             idle_rounds += 1;
@@ -263,7 +273,7 @@ impl Vsock {
                     }
                 };
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    log::warn!("vsock: rx queue: {e}");
+                    log::debug!("vsock: rx queue: {e}");
                 }
                 used = true;
             }
@@ -298,15 +308,6 @@ impl Vsock {
 }
 
 /// A timerfd whose read never blocks the event loop.
-fn nonblocking_timer() -> io::Result<TimerFd> {
-    let timer = TimerFd::new()?;
-    // SAFETY: fcntl on an fd we own; the result is checked.
-    if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(timer)
-}
-
 impl Drop for Vsock {
     fn drop(&mut self) {
         self.remove_socket_file();

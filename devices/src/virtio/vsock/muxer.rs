@@ -226,7 +226,7 @@ impl Muxer {
     fn connect_to_host(&mut self, hdr: &Header) {
         let key = (hdr.dst_port, hdr.src_port);
         if self.conns.len() + self.pending.len() >= MAX_CONNS {
-            log::warn!("vsock: refusing a guest connection: {MAX_CONNS} connections are open");
+            log::debug!("vsock: refusing a guest connection: {MAX_CONNS} connections are open");
             self.push_rst(key);
             return;
         }
@@ -385,7 +385,7 @@ impl Muxer {
 
     fn push_rst(&mut self, (local_port, peer_port): Key) {
         if self.rst_queue.len() >= RST_QUEUE_MAX {
-            log::warn!("vsock: the guest is not taking packets; dropped an RST");
+            log::debug!("vsock: the guest is not taking packets; dropped an RST");
             return;
         }
         self.rst_queue.push_back(Header {
