@@ -74,7 +74,7 @@ fn parse_disk(index: usize, spec: &str) -> Result<Drive, String> {
     Ok(drive)
 }
 
-/// `tap=NAME[,mac=MAC][,id=NAME]`
+/// `tap=NAME[,mac=MAC][,id=NAME][,bw=BYTES_PER_S]` (`bw` limits each direction)
 fn parse_net(index: usize, spec: &str) -> Result<NetworkInterface, String> {
     let mut iface = NetworkInterface {
         iface_id: format!("eth{index}"),
@@ -88,9 +88,16 @@ fn parse_net(index: usize, spec: &str) -> Result<NetworkInterface, String> {
             Some(("tap", name)) => iface.host_dev_name = name.to_string(),
             Some(("mac", mac)) => iface.guest_mac = Some(mac.to_string()),
             Some(("id", id)) => iface.iface_id = id.to_string(),
+            Some(("bw", n)) => {
+                let limit = Some(RateLimiter {
+                    bandwidth: Some(per_second(n)?),
+                    ops: None,
+                });
+                (iface.rx_rate_limiter, iface.tx_rate_limiter) = (limit, limit);
+            }
             _ => {
                 return Err(format!(
-                    "unknown option {part:?} (use tap=NAME, mac=MAC, id=NAME)"
+                    "unknown option {part:?} (use tap=NAME, mac=MAC, id=NAME, bw=BYTES_PER_S)"
                 ))
             }
         }
@@ -158,7 +165,7 @@ mod tests {
                 "/a.img,ro,root",
                 "/b.img,cache=writeback,id=data,bw=1048576,iops=100",
             ],
-            &["tap=tap0,mac=06:00:00:00:00:01"],
+            &["tap=tap0,mac=06:00:00:00:00:01", "tap=tap1,bw=1000"],
             Some("cid=3,uds=/tmp/v.sock"),
         )
         .unwrap();
@@ -174,6 +181,9 @@ mod tests {
         assert_eq!(rl.bandwidth.unwrap().size, 1 << 20);
         assert_eq!(rl.ops.unwrap().refill_time, 1000);
         assert_eq!(c.network_interfaces[0].host_dev_name, "tap0");
+        assert_eq!(c.network_interfaces[1].iface_id, "eth1");
+        let tx = c.network_interfaces[1].tx_rate_limiter.unwrap();
+        assert_eq!(tx.bandwidth.unwrap().size, 1000);
         assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
         assert!(c.entropy.is_some());
         assert!(c.settings().is_ok());

@@ -97,7 +97,8 @@ struct RunArgs {
     #[arg(long, value_name = "SPEC")]
     disk: Vec<String>,
 
-    /// Add a virtio-net interface on a host TAP device (repeatable): tap=NAME[,mac=MAC][,id=NAME].
+    /// Add a virtio-net interface on a host TAP device (repeatable):
+    /// tap=NAME[,mac=MAC][,id=NAME][,bw=BYTES_PER_S per direction].
     #[arg(long, value_name = "SPEC")]
     net: Vec<String>,
 

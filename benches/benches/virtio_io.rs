@@ -36,15 +36,18 @@ timeout 120 iotool recv tcp:0.0.0.0:5001 | sed s/^/tcp_rx:/; \
 [ $VSOCK = 1 ] && iotool send vsock:2:52 $BYTES | sed s/^/vsock_tx:/; \
 echo bench-done";
 
-/// Host side: a TCP sink, a TCP source that retries until the guest listens, a vsock sink.
+/// Host side: a TCP sink, a TCP source that retries until the guest listens, a vsock sink;
+/// [`HOST_SIDE_STOP`] ends whichever of them is left once the VMM is gone.
 fn host_side(host_ip: &str, guest_ip: &str) -> String {
     format!(
         "rm -f /tmp/v.sock /tmp/v.sock_52; \
-         iotool recv tcp:{host_ip}:5000 > /dev/null 2>&1 & \
-         (for i in $(seq 600); do iotool send tcp:{guest_ip}:5001 {TCP_BYTES} >/dev/null 2>&1 && break; sleep 0.1; done) & \
-         iotool recv unix:/tmp/v.sock_52 > /dev/null 2>&1 & "
+         iotool recv tcp:{host_ip}:5000 > /dev/null 2>&1 & p1=$!; \
+         (for i in $(seq 600); do timeout 5 iotool send tcp:{guest_ip}:5001 {TCP_BYTES} >/dev/null 2>&1 && break; sleep 0.1; done) & p2=$!; \
+         iotool recv unix:/tmp/v.sock_52 > /dev/null 2>&1 & p3=$!; "
     )
 }
+
+const HOST_SIDE_STOP: &str = "; kill $p1 $p2 $p3 2>/dev/null; wait";
 
 fn tap(name: &str, ip: &str) -> String {
     format!(
@@ -118,7 +121,7 @@ fn main() {
     let tessera = format!(
         "{}{}rm -f /tmp/bench.img; truncate -s 256M /tmp/bench.img; \
          tessera run --memory 256 --kernel {} --initrd {} --cmdline '{}' \
-         --disk /tmp/bench.img --net tap=tsr0 --vsock cid=3,uds=/tmp/v.sock; wait",
+         --disk /tmp/bench.img --net tap=tsr0 --vsock cid=3,uds=/tmp/v.sock{HOST_SIDE_STOP}",
         tap("tsr0", "172.16.0.1"),
         host_side("172.16.0.1", "172.16.0.2"),
         paths::VMLINUX,
@@ -130,15 +133,17 @@ fn main() {
             true
         ),
     );
-    // QEMU's microvm has no i8042 to reset through: a triple fault with -no-reboot ends it.
+    // QEMU's microvm has no i8042 to reset through: the guest asks for a triple fault
+    // (-no-reboot ends QEMU then), and QEMU is stopped once the workload is done in any case.
     let qemu = format!(
-        "{}{}rm -f /tmp/bench.img; truncate -s 256M /tmp/bench.img; \
+        "{}{}rm -f /tmp/bench.img /tmp/qemu.out; truncate -s 256M /tmp/bench.img; \
          {} -M microvm,x-option-roms=off,rtc=off,acpi=off -accel kvm -cpu host -smp 1 -m 256 \
-         -nodefaults -no-user-config -display none -no-reboot -monitor none -serial stdio \
+         -nodefaults -no-user-config -display none -no-reboot -monitor none -serial file:/tmp/qemu.out \
          -kernel {} -initrd {} -append '{}' \
          -drive id=d0,file=/tmp/bench.img,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=d0 \
-         -netdev tap,id=n0,ifname=tsr1,script=no,downscript=no -device virtio-net-device,netdev=n0; \
-         pkill iotool 2>/dev/null; kill $(pidof iotool) 2>/dev/null; wait",
+         -netdev tap,id=n0,ifname=tsr1,script=no,downscript=no -device virtio-net-device,netdev=n0 & q=$!; \
+         for i in $(seq 3000); do grep -q bench-done /tmp/qemu.out 2>/dev/null && break; \
+           kill -0 $q 2>/dev/null || break; sleep 0.1; done; kill $q 2>/dev/null; cat /tmp/qemu.out{HOST_SIDE_STOP}",
         tap("tsr1", "172.16.1.1"),
         host_side("172.16.1.1", "172.16.1.2"),
         paths::QEMU,

@@ -500,6 +500,7 @@ fn add_qemu(host: &mut Initramfs, qemu: &Path) -> Result<(), String> {
     add_dynamic(host, qemu, paths::QEMU)?;
     for firmware in [
         "bios-microvm.bin",
+        "qboot.rom",
         "pvh.bin",
         "linuxboot_dma.bin",
         "kvmvapic.bin",

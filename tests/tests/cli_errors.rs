@@ -153,3 +153,40 @@ fn nothing_to_boot_and_bad_task_options_are_refused() {
     let (code, msg) = defaults_error(&[], &["--env", "A=1", "--kernel", "x"]);
     assert_eq!(code, Some(2), "{msg}");
 }
+
+#[test]
+fn bad_device_flags_are_named() {
+    let (code, msg) = one_line_error(&["--disk", "disk.img,rw"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        msg.starts_with("tessera: error: --disk \"disk.img,rw\": unknown option \"rw\""),
+        "{msg}"
+    );
+    let (code, msg) = one_line_error(&["--net", "tap=tap0,mac=01:00:00:00:00:01"]);
+    assert_eq!(code, Some(1));
+    assert!(msg.contains("multicast"), "{msg}");
+    let (code, msg) = one_line_error(&["--vsock", "cid=2,uds=/tmp/x.sock"]);
+    assert_eq!(code, Some(1));
+    assert!(msg.contains("guest_cid 2 is reserved"), "{msg}");
+}
+
+#[test]
+fn missing_disk_and_existing_vsock_path_are_named() {
+    if tests::skip_without_kvm("missing_disk_and_existing_vsock_path_are_named") {
+        return;
+    }
+    let (code, msg) = one_line_error(&["--disk", "/nonexistent/disk.img"]);
+    assert_eq!(code, Some(1));
+    assert!(msg.contains("/nonexistent/disk.img"), "{msg}");
+
+    // A file already at the socket path is neither replaced nor removed.
+    let path = std::env::temp_dir().join(format!("tessera-vsock-{}.sock", std::process::id()));
+    std::fs::write(&path, b"someone's file").unwrap();
+    let uds = format!("cid=3,uds={}", path.display());
+    let (code, msg) = one_line_error(&["--vsock", &uds]);
+    let kept = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(code, Some(1));
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert_eq!(kept, b"someone's file");
+}
