@@ -22,6 +22,8 @@ use crate::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_START
 
 /// An event-loop subscriber, as the VMM's `EventManager` holds them.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+/// A virtio device as the VMM keeps it to shut it down.
+pub type SharedVirtioDevice = Arc<Mutex<dyn VirtioDevice>>;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum DeviceManagerError {
@@ -75,7 +77,7 @@ pub struct DeviceManager {
     mmio_bus: Bus,
     placements: Vec<Placement>,
     subscribers: Vec<Subscriber>,
-    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    devices: Vec<SharedVirtioDevice>,
 }
 
 impl DeviceManager {
@@ -170,7 +172,7 @@ impl DeviceManager {
 
     /// Hands over the MMIO bus, the subscribers for the event loop, and the devices to shut
     /// down when the VM ends.
-    pub fn into_parts(self) -> (Bus, Vec<Subscriber>, Vec<Arc<Mutex<dyn VirtioDevice>>>) {
+    pub fn into_parts(self) -> (Bus, Vec<Subscriber>, Vec<SharedVirtioDevice>) {
         (self.mmio_bus, self.subscribers, self.devices)
     }
 }

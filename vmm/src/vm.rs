@@ -14,7 +14,6 @@ use devices::legacy::{
     GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN,
     GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
-use devices::virtio::VirtioDevice;
 use devices::{Bus, BusError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -28,7 +27,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{self as vm_config, BootSource, ConfigError, ConsoleOutput, MachineConfig};
 use crate::console_input::ConsoleInput;
 use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
-use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber};
+use crate::device_manager::{DeviceManager, DeviceManagerError, SharedVirtioDevice, Subscriber};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::loader::{self, LoaderError};
@@ -519,7 +518,7 @@ pub struct RunningVm {
     control: Arc<Mutex<VmControl>>,
     reported_status: ReportedStatus,
     panic_reason: PanicReason,
-    virtio_devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    virtio_devices: Vec<SharedVirtioDevice>,
 }
 
 impl RunningVm {
