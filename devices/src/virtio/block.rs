@@ -27,12 +27,12 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    fuzzing, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice,
-    MAX_CHAINS_PER_PASS, TYPE_BLOCK,
+    drain_queue, fuzzing, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt,
+    Served, VirtioDevice, TYPE_BLOCK,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
@@ -110,14 +110,6 @@ struct Active {
     queue: Queue,
     interrupt: Interrupt,
     acked_features: u64,
-}
-
-/// What became of one descriptor chain.
-enum Completion {
-    /// Returned to the driver with this used length.
-    Used(u32),
-    /// The rate limiter said "not now": the chain goes back to the avail ring.
-    Deferred,
 }
 
 /// The backing file and what requests may do with it.
@@ -271,57 +263,14 @@ impl Block {
             interrupt,
             acked_features,
         } = active;
-        let mut used_any = false;
-        let mut served = 0;
-        let mut budget_spent = false;
-        'ring: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                // Ring errors are the guest's: debug level, so a guest cannot flood the log.
-                log::debug!("virtio-blk {}: {e}", self.disk.path.display());
-                break;
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-                popped = true;
-                let head = chain.head_index();
-                match handle_chain(
-                    &mut self.disk,
-                    &mut self.limiter,
-                    mem,
-                    chain,
-                    *acked_features,
-                ) {
-                    Completion::Used(len) => {
-                        if let Err(e) = queue.add_used(mem, head, len) {
-                            log::debug!("virtio-blk {}: {e}", self.disk.path.display());
-                        }
-                        used_any = true;
-                        served += 1;
-                        if served >= MAX_CHAINS_PER_PASS {
-                            budget_spent = true;
-                            break 'ring;
-                        }
-                    }
-                    Completion::Deferred => {
-                        queue.go_to_previous_position();
-                        break 'ring;
-                    }
-                }
-            }
-            match queue.enable_notification(mem) {
-                // A ring that claims work but yields no chain is broken: do not spin on it.
-                Ok(true) if popped => {}
-                Ok(_) => break,
-                Err(e) => {
-                    log::debug!("virtio-blk {}: {e}", self.disk.path.display());
-                    break;
-                }
-            }
-        }
-        if used_any {
+        let (disk, limiter) = (&mut self.disk, &mut self.limiter);
+        let drained = drain_queue(queue, mem, |chain| {
+            handle_chain(disk, limiter, mem, chain, *acked_features)
+        });
+        if drained.used_any {
             interrupt.notify_queue(queue, mem);
         }
-        if budget_spent {
+        if drained.budget_spent {
             // Let the rest of the loop run; come back for the remaining chains.
             let _ = self.queue_evts[0].write(1);
         }
@@ -410,7 +359,7 @@ fn handle_chain(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     acked_features: u64,
-) -> Completion {
+) -> Served {
     // Walk the chain once: it must end (no loop, no bad next index) within the iterator's limit.
     let mut count = 0usize;
     let mut terminated = false;
@@ -420,19 +369,19 @@ fn handle_chain(
     }
     if !terminated {
         log::debug!("virtio-blk: dropping a chain that does not end");
-        return Completion::Used(0);
+        return Served::Used(0);
     }
     let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
         log::debug!("virtio-blk: writable buffers outside guest memory");
-        return Completion::Used(0);
+        return Served::Used(0);
     };
     // The status byte is the last writable byte; without one there is nowhere to answer.
     let Some(data_len) = writer.available_bytes().checked_sub(1) else {
         log::debug!("virtio-blk: chain has no status byte");
-        return Completion::Used(0);
+        return Served::Used(0);
     };
     let Ok(mut status) = writer.split_at(data_len) else {
-        return Completion::Used(0);
+        return Served::Used(0);
     };
     let code = if count > MAX_DESCRIPTORS {
         log::debug!("virtio-blk: chain of {count} descriptors exceeds seg_max");
@@ -442,7 +391,7 @@ fn handle_chain(
             Ok(mut reader) => {
                 match serve(disk, limiter, &mut reader, &mut writer, acked_features) {
                     Some(code) => code,
-                    None => return Completion::Deferred,
+                    None => return Served::PutBack,
                 }
             }
             Err(e) => {
@@ -452,7 +401,7 @@ fn handle_chain(
         }
     };
     let written = writer.bytes_written() + usize::from(status.write_all(&[code]).is_ok());
-    Completion::Used(u32::try_from(written).unwrap_or(u32::MAX))
+    Served::Used(u32::try_from(written).unwrap_or(u32::MAX))
 }
 
 /// Parses the header and runs the request; None when the rate limiter defers it.

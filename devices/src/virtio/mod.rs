@@ -22,7 +22,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -122,6 +122,78 @@ impl Interrupt {
     pub fn irqfd(&self) -> &EventFd {
         &self.shared.irqfd
     }
+}
+
+/// What a device did with one descriptor chain, for [`drain_queue`].
+pub enum Served {
+    /// Done: return the chain to the guest with `len` bytes written into it.
+    Used(u32),
+    /// Not now (rate limit, backlog): leave the chain in the ring and stop draining.
+    PutBack,
+}
+
+/// How a [`drain_queue`] pass ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Chains went back to the guest: notify it (through [`Interrupt::notify_queue`]).
+    pub used_any: bool,
+    /// [`MAX_CHAINS_PER_PASS`] chains were served and more may wait: the device should kick
+    /// its own queue eventfd so the loop comes back after serving everything else.
+    pub budget_spent: bool,
+}
+
+/// Serves the chains the guest made available, the event-index-safe way (notifications off
+/// while draining, then on and a re-check for chains that raced in), at most
+/// [`MAX_CHAINS_PER_PASS`] per call. A ring that keeps claiming chains it cannot yield (a bad
+/// avail index) ends the pass instead of spinning. Ring errors are the guest's and logged at debug.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> Served,
+) -> Drained {
+    let mut drained = Drained::default();
+    let mut served = 0;
+    let mut first_pass = true;
+    loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            log::debug!("virtio: {e}");
+            break;
+        }
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            if served == MAX_CHAINS_PER_PASS {
+                queue.go_to_previous_position();
+                drained.budget_spent = true;
+                return drained;
+            }
+            popped = true;
+            let head = chain.head_index();
+            match serve(chain) {
+                Served::Used(len) => {
+                    if let Err(e) = queue.add_used(mem, head, len) {
+                        log::debug!("virtio: {e}");
+                    }
+                    drained.used_any = true;
+                    served += 1;
+                }
+                Served::PutBack => {
+                    queue.go_to_previous_position();
+                    return drained;
+                }
+            }
+        }
+        // `true`: chains raced in while notifications were off, serve them. A second pass in a
+        // row that pops nothing means the ring lies about its avail index.
+        match queue.enable_notification(mem) {
+            Ok(true) if popped || first_pass => first_pass = false,
+            Ok(_) => break,
+            Err(e) => {
+                log::debug!("virtio: {e}");
+                break;
+            }
+        }
+    }
+    drained
 }
 
 /// What a device gets when the driver sets DRIVER_OK: guest memory, its configured queues (in

@@ -22,7 +22,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::{
-    read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice, TYPE_NET,
+    drain_queue, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, Served,
+    VirtioDevice, MAX_CHAINS_PER_PASS, TYPE_NET,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
@@ -38,9 +39,6 @@ pub const MAX_FRAME_LEN: usize = 65536;
 const SPILL_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN + 256;
 /// Buffers one chain may spread over: IOV_MAX less the spill buffer.
 const MAX_CHAIN_BUFFERS: usize = 1023;
-/// Frames handled per event before the device yields the loop to other work (and re-kicks
-/// itself), so a busy direction cannot starve the rest of the VMM.
-const FRAMES_PER_PASS: usize = 256;
 /// The spec's floor for the MTU the device reports.
 const MIN_MTU: u16 = 68;
 /// `struct virtio_net_config` up to `mtu`: mac, status, max_virtqueue_pairs, mtu.
@@ -555,7 +553,7 @@ impl Net {
             }
             let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                if frames == FRAMES_PER_PASS {
+                if frames == MAX_CHAINS_PER_PASS {
                     queue.go_to_previous_position();
                     rekick = true;
                     break 'notify;
@@ -637,71 +635,38 @@ impl Net {
         let fd = self.backend.as_raw_fd();
         let mem = &active.mem;
         let queue = &mut active.tx;
-        let mut used = false;
-        let mut frames = 0;
-        let mut rekick = false;
-        let mut first_round = true;
-        'notify: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                log::debug!("net {}: tx queue: {e}", self.name);
-                break;
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                if frames == FRAMES_PER_PASS {
-                    queue.go_to_previous_position();
-                    rekick = true;
-                    break 'notify;
-                }
-                frames += 1;
-                popped = true;
-                let head = chain.head_index();
-                match gather(mem, chain, false, VNET_HDR_LEN + MAX_FRAME_LEN) {
-                    Ok(bufs) => {
-                        let frame = (bufs.len - VNET_HDR_LEN) as u64;
-                        if !self.tx_limiter.consume(frame) {
-                            queue.go_to_previous_position();
-                            break 'notify;
+        let (name, limiter, metrics) = (&self.name, &mut self.tx_limiter, &mut self.metrics);
+        let drained = drain_queue(queue, mem, |chain| {
+            let head = chain.head_index();
+            match gather(mem, chain, false, VNET_HDR_LEN + MAX_FRAME_LEN) {
+                Ok(bufs) => {
+                    let frame = (bufs.len - VNET_HDR_LEN) as u64;
+                    if !limiter.consume(frame) {
+                        return Served::PutBack;
+                    }
+                    match write_frame(fd, &bufs.slices) {
+                        Ok(_) => {
+                            metrics.tx_frames += 1;
+                            metrics.tx_bytes += frame;
                         }
-                        match write_frame(fd, &bufs.slices) {
-                            Ok(_) => {
-                                self.metrics.tx_frames += 1;
-                                self.metrics.tx_bytes += frame;
-                            }
-                            Err(e) => {
-                                self.metrics.tx_errors += 1;
-                                log::debug!("net {}: tx frame dropped: {e}", self.name);
-                            }
+                        Err(e) => {
+                            metrics.tx_errors += 1;
+                            log::debug!("net {name}: tx frame dropped: {e}");
                         }
                     }
-                    Err(e) => {
-                        self.metrics.tx_bad_chains += 1;
-                        log::debug!("net {}: tx chain {head} dropped: {e}", self.name);
-                    }
                 }
-                // The device writes nothing into a TX chain.
-                if let Err(e) = queue.add_used(mem, head, 0) {
-                    log::debug!("net {}: tx queue: {e}", self.name);
-                }
-                used = true;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) if popped || first_round => first_round = false,
-                Ok(true) => {
-                    warn_unreadable_ring(&self.name, "tx");
-                    break;
-                }
-                Ok(false) => break,
                 Err(e) => {
-                    log::debug!("net {}: tx queue: {e}", self.name);
-                    break;
+                    metrics.tx_bad_chains += 1;
+                    log::debug!("net {name}: tx chain {head} dropped: {e}");
                 }
             }
-        }
-        if used {
+            // The device writes nothing into a TX chain.
+            Served::Used(0)
+        });
+        if drained.used_any {
             active.interrupt.notify_queue(queue, mem);
         }
-        if rekick {
+        if drained.budget_spent {
             self.kick(TX_QUEUE);
         }
     }

@@ -4,12 +4,12 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice, MAX_CHAINS_PER_PASS, TYPE_RNG,
+    drain_queue, ActivateError, Activation, GuestMemory, Interrupt, Served, VirtioDevice, TYPE_RNG,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
@@ -54,62 +54,33 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        let (limiter, buffer) = (&mut self.rate_limiter, &mut self.buffer);
         let mem = &active.mem;
-        let mut used_any = false;
-        let mut served = 0;
-        let mut budget_spent = false;
-        'outer: loop {
-            if active.queue.disable_notification(mem).is_err() {
-                break;
-            }
-            let mut popped = false;
-            while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
-                popped = true;
-                if served >= MAX_CHAINS_PER_PASS {
-                    // Let the rest of the loop run; come back for this chain and the others.
-                    let next = active.queue.next_avail().wrapping_sub(1);
-                    active.queue.set_next_avail(next);
-                    budget_spent = true;
-                    break 'outer;
+        let drained = drain_queue(&mut active.queue, mem, |chain| {
+            let mut writer = match chain.writer(mem) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::debug!("virtio-rng: bad descriptor chain: {e}");
+                    return Served::Used(0);
                 }
-                served += 1;
-                let head = chain.head_index();
-                let mut writer = match chain.writer(mem) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        log::debug!("virtio-rng: bad descriptor chain: {e}");
-                        let _ = active.queue.add_used(mem, head, 0);
-                        used_any = true;
-                        continue;
-                    }
-                };
-                let want = writer.available_bytes().min(MAX_REQUEST);
-                if want > 0 && !self.rate_limiter.consume(want as u64) {
-                    // Put the chain back: it is served when the limiter allows.
-                    let next = active.queue.next_avail().wrapping_sub(1);
-                    active.queue.set_next_avail(next);
-                    break 'outer;
-                }
-                let written = fill_random(&mut self.buffer, want)
-                    .and_then(|bytes| writer.write_all(bytes))
-                    .map(|()| writer.bytes_written());
-                let len = written.unwrap_or_else(|e| {
-                    log::debug!("virtio-rng: request not served: {e}");
-                    0
-                });
-                let _ = active.queue.add_used(mem, head, len as u32);
-                used_any = true;
+            };
+            let want = writer.available_bytes().min(MAX_REQUEST);
+            if want > 0 && !limiter.consume(want as u64) {
+                return Served::PutBack;
             }
-            // A ring whose avail index runs ahead of what can be popped keeps saying "more";
-            // go round again only if this pass made progress.
-            if !active.queue.enable_notification(mem).unwrap_or(false) || !popped {
-                break;
-            }
-        }
-        if used_any {
+            let written = fill_random(buffer, want)
+                .and_then(|bytes| writer.write_all(bytes))
+                .map(|()| writer.bytes_written());
+            Served::Used(written.unwrap_or_else(|e| {
+                log::debug!("virtio-rng: request not served: {e}");
+                0
+            }) as u32)
+        });
+        if drained.used_any {
             active.interrupt.notify_queue(&mut active.queue, mem);
         }
-        if budget_spent {
+        if drained.budget_spent {
+            // Let the rest of the loop run; come back for the remaining requests.
             let _ = self.queue_events[0].write(1);
         }
     }

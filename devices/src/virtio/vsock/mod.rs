@@ -26,7 +26,10 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::{read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice};
+use super::{
+    drain_queue, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, Served,
+    VirtioDevice,
+};
 use muxer::{Muxer, STREAM_TOKEN};
 use packet::{read_packet, HDR_LEN, MAX_PAYLOAD};
 
@@ -172,56 +175,24 @@ impl Vsock {
             return;
         };
         let queue = &mut queues[TXQ];
-        let mut used = false;
-        let mut idle_rounds = 0;
-        let mut served = 0;
-        let mut budget_spent = false;
-        self.tx_stalled = false;
-        'outer: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                log::debug!("vsock: tx queue: {e}");
-                break;
+        let (muxer, scratch, stalled) = (&mut self.muxer, &mut self.scratch, &mut self.tx_stalled);
+        *stalled = false;
+        let drained = drain_queue(queue, mem, |chain| {
+            // Every packet may need an RST: take none while the guest leaves those queued.
+            if muxer.tx_backlogged() {
+                *stalled = true;
+                return Served::PutBack;
             }
-            idle_rounds += 1;
-            loop {
-                // Every packet may need an RST: take none while the guest leaves those queued.
-                if self.muxer.tx_backlogged() {
-                    self.tx_stalled = true;
-                    break 'outer;
-                }
-                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                    break;
-                };
-                idle_rounds = 0;
-                let head = chain.head_index();
-                match read_packet(mem, chain, &mut self.scratch) {
-                    Ok((hdr, len)) => self.muxer.on_guest_packet(&hdr, &self.scratch[..len]),
-                    Err(e) => log::debug!("{e}"),
-                }
-                if let Err(e) = queue.add_used(mem, head, 0) {
-                    log::debug!("vsock: tx queue: {e}");
-                }
-                used = true;
-                served += 1;
-                if served >= super::MAX_CHAINS_PER_PASS {
-                    budget_spent = true;
-                    break 'outer;
-                }
+            match read_packet(mem, chain, scratch) {
+                Ok((hdr, len)) => muxer.on_guest_packet(&hdr, &scratch[..len]),
+                Err(e) => log::debug!("{e}"),
             }
-            match queue.enable_notification(mem) {
-                // A ring that claims buffers we cannot pop twice in a row is broken.
-                Ok(true) if idle_rounds < 2 => {}
-                Ok(_) => break,
-                Err(e) => {
-                    log::debug!("vsock: tx queue: {e}");
-                    break;
-                }
-            }
-        }
-        if used {
+            Served::Used(0)
+        });
+        if drained.used_any {
             interrupt.notify_queue(queue, mem);
         }
-        if budget_spent {
+        if drained.budget_spent {
             // Let the rest of the loop run; come back for the remaining packets.
             let _ = self.queue_evts[TXQ].write(1);
         }
