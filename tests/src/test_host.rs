@@ -587,6 +587,36 @@ impl DerefMut for SharedHost {
     }
 }
 
+impl SharedHost {
+    /// Runs `command` like [`TestHost::run`]; if the host itself stopped answering (the nested
+    /// TCG host sometimes soft-locks, with or without a guest running: see the issue-3 notes),
+    /// says so on stderr, boots a fresh host and runs the command once more.
+    pub fn run_retrying_hung_host(
+        &mut self,
+        test: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<HostOutput, String> {
+        let first = self.run(command, timeout);
+        if first.is_ok() || self.broken.is_none() {
+            return first;
+        }
+        let why = first.err().unwrap_or_default();
+        let headline = why.lines().next().unwrap_or_default().to_string();
+        eprintln!(
+            "RETRIED {test}: the test host stopped answering ({headline}); booting a new one"
+        );
+        eprintln!("{}", self.console_tail());
+        let files = HostFiles::find(&crate::bin_dir())?;
+        *self.0 = Some(TestHost::boot(&files, &HostOptions::default()));
+        match self.0.as_mut() {
+            Some(Ok(host)) => host.run(command, timeout),
+            Some(Err(e)) => Err(format!("the test host did not boot again: {e}")),
+            None => Err("the test host is gone".into()),
+        }
+    }
+}
+
 /// The shared test host, or `None` after printing `SKIPPED <test>: <why>` when this machine
 /// lacks something it needs. Panics when the host should boot but does not.
 pub fn shared(test: &str) -> Option<SharedHost> {

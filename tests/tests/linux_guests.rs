@@ -13,7 +13,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(90);
 fn in_host(test: &str, command: &str) -> Option<HostOutput> {
     let mut host = test_host::shared(test)?;
     Some(
-        host.run(command, GUEST_TIMEOUT)
+        host.run_retrying_hung_host(test, command, GUEST_TIMEOUT)
             .unwrap_or_else(|e| panic!("{test}: {e}")),
     )
 }
