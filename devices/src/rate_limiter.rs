@@ -157,8 +157,7 @@ impl RateLimiter {
         let ops_ok = self.ops.as_mut().is_none_or(|b| b.try_take(1, now));
         if !ops_ok {
             let wait = self.ops.as_ref().map_or(Duration::ZERO, |b| b.wait_for(1));
-            self.block(wait);
-            return false;
+            return !self.block(wait);
         }
         let bytes_ok = self
             .bandwidth
@@ -172,19 +171,25 @@ impl RateLimiter {
                 .bandwidth
                 .as_ref()
                 .map_or(Duration::ZERO, |b| b.wait_for(bytes));
-            self.block(wait);
-            return false;
+            return !self.block(wait);
         }
         true
     }
 
-    fn block(&mut self, wait: Duration) {
+    /// Arms the timer; false when it cannot be armed (then nothing would wake the device, so
+    /// the caller lets the request through rather than stalling it).
+    fn block(&mut self, wait: Duration) -> bool {
         // A zero timer would disarm it; wait at least a microsecond.
         let wait = wait.max(Duration::from_micros(1));
         match self.timer.reset(wait, None) {
-            Ok(()) => self.blocked = true,
-            // Without a timer nobody would wake us: let the next request try again.
-            Err(e) => log::error!("rate limiter: cannot arm timer: {e}"),
+            Ok(()) => {
+                self.blocked = true;
+                true
+            }
+            Err(e) => {
+                log::error!("rate limiter: cannot arm timer, not limiting this request: {e}");
+                false
+            }
         }
     }
 

@@ -597,17 +597,24 @@ impl SharedHost {
         command: &str,
         timeout: Duration,
     ) -> Result<HostOutput, String> {
+        let left_broken = self.broken.is_some();
         let first = self.run(command, timeout);
         if first.is_ok() || self.broken.is_none() {
             return first;
         }
-        let why = first.err().unwrap_or_default();
-        let headline = why.lines().next().unwrap_or_default().to_string();
-        eprintln!(
-            "RETRIED {test}: the test host stopped answering ({headline}); booting a new one"
-        );
-        eprintln!("{}", self.console_tail());
+        if left_broken {
+            eprintln!("RETRIED {test}: an earlier test left the test host hung; booting a new one");
+        } else {
+            let why = first.err().unwrap_or_default();
+            let headline = why.lines().next().unwrap_or_default();
+            eprintln!(
+                "RETRIED {test}: the test host stopped answering ({headline}); booting a new one"
+            );
+            eprintln!("{}", self.console_tail());
+        }
         let files = HostFiles::find(&crate::bin_dir())?;
+        // Stop the hung QEMU first: it would hold memory and CPUs while the new host boots.
+        *self.0 = None;
         *self.0 = Some(TestHost::boot(&files, &HostOptions::default()));
         match self.0.as_mut() {
             Some(Ok(host)) => host.run(command, timeout),

@@ -264,7 +264,7 @@ impl Block {
             acked_features,
         } = active;
         let (disk, limiter) = (&mut self.disk, &mut self.limiter);
-        let drained = drain_queue(queue, mem, |chain| {
+        let drained = drain_queue(queue, mem, "virtio-blk", |chain| {
             handle_chain(disk, limiter, mem, chain, *acked_features)
         });
         if drained.used_any {

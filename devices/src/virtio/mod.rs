@@ -145,10 +145,12 @@ pub struct Drained {
 /// Serves the chains the guest made available, the event-index-safe way (notifications off
 /// while draining, then on and a re-check for chains that raced in), at most
 /// [`MAX_CHAINS_PER_PASS`] per call. A ring that keeps claiming chains it cannot yield (a bad
-/// avail index) ends the pass instead of spinning. Ring errors are the guest's and logged at debug.
+/// avail index) ends the pass instead of spinning. Ring errors are the guest's: logged at debug
+/// level, led by `label`.
 pub fn drain_queue(
     queue: &mut Queue,
     mem: &GuestMemory,
+    label: &str,
     mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> Served,
 ) -> Drained {
     let mut drained = Drained::default();
@@ -156,7 +158,7 @@ pub fn drain_queue(
     let mut first_pass = true;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
-            log::debug!("virtio: {e}");
+            log::debug!("{label}: {e}");
             break;
         }
         let mut popped = false;
@@ -171,7 +173,7 @@ pub fn drain_queue(
             match serve(chain) {
                 Served::Used(len) => {
                     if let Err(e) = queue.add_used(mem, head, len) {
-                        log::debug!("virtio: {e}");
+                        log::debug!("{label}: {e}");
                     }
                     drained.used_any = true;
                     served += 1;
@@ -188,7 +190,7 @@ pub fn drain_queue(
             Ok(true) if popped || first_pass => first_pass = false,
             Ok(_) => break,
             Err(e) => {
-                log::debug!("virtio: {e}");
+                log::debug!("{label}: {e}");
                 break;
             }
         }
@@ -280,7 +282,7 @@ mod tests {
         let mut queue: Queue = q.create_queue().unwrap();
         let avail = q.avail_addr();
         let mut served = 0u16;
-        let drained = drain_queue(&mut queue, &mem, |chain| {
+        let drained = drain_queue(&mut queue, &mem, "test", |chain| {
             served += 1;
             // Post the same head again in the next avail slot and publish it.
             let slot = avail.unchecked_add(4 + u64::from(served % 16) * 2);
@@ -299,9 +301,9 @@ mod tests {
         let desc = SplitDescriptor::new(0x8000, 16, VRING_DESC_F_WRITE as u16, 0);
         q.build_desc_chain(&[RawDescriptor::from(desc)]).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        let drained = drain_queue(&mut queue, &mem, |_| Served::PutBack);
+        let drained = drain_queue(&mut queue, &mem, "test", |_| Served::PutBack);
         assert_eq!(drained, Drained::default());
-        let drained = drain_queue(&mut queue, &mem, |_| Served::Used(1));
+        let drained = drain_queue(&mut queue, &mem, "test", |_| Served::Used(1));
         assert!(drained.used_any && !drained.budget_spent);
         assert_eq!(queue.next_used(), 1);
     }

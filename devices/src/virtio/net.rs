@@ -636,7 +636,7 @@ impl Net {
         let mem = &active.mem;
         let queue = &mut active.tx;
         let (name, limiter, metrics) = (&self.name, &mut self.tx_limiter, &mut self.metrics);
-        let drained = drain_queue(queue, mem, |chain| {
+        let drained = drain_queue(queue, mem, &format!("net {name}: tx queue"), |chain| {
             let head = chain.head_index();
             match gather(mem, chain, false, VNET_HDR_LEN + MAX_FRAME_LEN) {
                 Ok(bufs) => {

@@ -56,7 +56,7 @@ impl Rng {
         };
         let (limiter, buffer) = (&mut self.rate_limiter, &mut self.buffer);
         let mem = &active.mem;
-        let drained = drain_queue(&mut active.queue, mem, |chain| {
+        let drained = drain_queue(&mut active.queue, mem, "virtio-rng", |chain| {
             let mut writer = match chain.writer(mem) {
                 Ok(w) => w,
                 Err(e) => {

@@ -177,7 +177,7 @@ impl Vsock {
         let queue = &mut queues[TXQ];
         let (muxer, scratch, stalled) = (&mut self.muxer, &mut self.scratch, &mut self.tx_stalled);
         *stalled = false;
-        let drained = drain_queue(queue, mem, |chain| {
+        let drained = drain_queue(queue, mem, "vsock: tx queue", |chain| {
             // Every packet may need an RST: take none while the guest leaves those queued.
             if muxer.tx_backlogged() {
                 *stalled = true;
