@@ -624,6 +624,16 @@ impl SharedHost {
     }
 }
 
+/// Runs `command` in the shared host (see [`SharedHost::run_retrying_hung_host`]), or returns
+/// `None` after printing a skip line; panics, naming `test`, when the host cannot run it.
+pub fn run_in_shared_host(test: &str, command: &str, timeout: Duration) -> Option<HostOutput> {
+    let mut host = shared(test)?;
+    Some(
+        host.run_retrying_hung_host(test, command, timeout)
+            .unwrap_or_else(|e| panic!("{test}: {e}")),
+    )
+}
+
 /// The shared test host, or `None` after printing `SKIPPED <test>: <why>` when this machine
 /// lacks something it needs. Panics when the host should boot but does not.
 pub fn shared(test: &str) -> Option<SharedHost> {

@@ -11,11 +11,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Runs `command` in the shared host, or returns None after printing a skip line.
 fn in_host(test: &str, command: &str) -> Option<HostOutput> {
-    let mut host = test_host::shared(test)?;
-    Some(
-        host.run_retrying_hung_host(test, command, GUEST_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{test}: {e}")),
-    )
+    test_host::run_in_shared_host(test, command, GUEST_TIMEOUT)
 }
 
 #[test]

@@ -264,16 +264,14 @@ impl Block {
             acked_features,
         } = active;
         let (disk, limiter) = (&mut self.disk, &mut self.limiter);
-        let drained = drain_queue(queue, mem, "virtio-blk", |chain| {
-            handle_chain(disk, limiter, mem, chain, *acked_features)
-        });
-        if drained.used_any {
-            interrupt.notify_queue(queue, mem);
-        }
-        if drained.budget_spent {
-            // Let the rest of the loop run; come back for the remaining chains.
-            let _ = self.queue_evts[0].write(1);
-        }
+        drain_queue(
+            queue,
+            mem,
+            &"virtio-blk",
+            interrupt,
+            &self.queue_evts[0],
+            |chain| handle_chain(disk, limiter, mem, chain, *acked_features),
+        );
     }
 }
 
@@ -581,21 +579,32 @@ impl Disk {
         S_OK
     }
 
+    /// The byte offset and length of a discard/write-zeroes segment: IOERR past `max` sectors or
+    /// the disk's end, `None` for an empty segment (nothing to do).
+    fn segment_range(
+        &self,
+        sector: u64,
+        num_sectors: u32,
+        max: u32,
+    ) -> Result<Option<(u64, u64)>, u8> {
+        if num_sectors > max {
+            return Err(S_IOERR);
+        }
+        let len = u64::from(num_sectors) * SECTOR_SIZE;
+        let offset = self.byte_range(sector, len).ok_or(S_IOERR)?;
+        Ok((len > 0).then_some((offset, len)))
+    }
+
     fn discard(&mut self, sector: u64, num_sectors: u32, flags: u32) -> u8 {
         // The spec refuses the unmap flag (and any unknown flag) on a discard.
         if flags != 0 {
             return S_UNSUPP;
         }
-        if num_sectors > MAX_DISCARD_SECTORS {
-            return S_IOERR;
-        }
-        let len = u64::from(num_sectors) * SECTOR_SIZE;
-        let Some(offset) = self.byte_range(sector, len) else {
-            return S_IOERR;
+        let (offset, len) = match self.segment_range(sector, num_sectors, MAX_DISCARD_SECTORS) {
+            Ok(Some(range)) => range,
+            Ok(None) => return S_OK,
+            Err(status) => return status,
         };
-        if len == 0 {
-            return S_OK;
-        }
         match self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
@@ -613,16 +622,12 @@ impl Disk {
         if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
             return S_UNSUPP;
         }
-        if num_sectors > MAX_WRITE_ZEROES_SECTORS {
-            return S_IOERR;
-        }
-        let len = u64::from(num_sectors) * SECTOR_SIZE;
-        let Some(offset) = self.byte_range(sector, len) else {
-            return S_IOERR;
+        let (offset, len) = match self.segment_range(sector, num_sectors, MAX_WRITE_ZEROES_SECTORS)
+        {
+            Ok(Some(range)) => range,
+            Ok(None) => return S_OK,
+            Err(status) => return status,
         };
-        if len == 0 {
-            return S_OK;
-        }
         // A punched hole reads as zeroes, so either way the range ends up zero.
         let keep = libc::FALLOC_FL_KEEP_SIZE;
         let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;

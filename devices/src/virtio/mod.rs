@@ -132,13 +132,13 @@ pub enum Served {
     PutBack,
 }
 
-/// How a [`drain_queue`] pass ended.
+/// How a [`drain_queue`] pass ended (already acted on: for tests and logs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
-    /// Chains went back to the guest: notify it (through [`Interrupt::notify_queue`]).
+    /// Chains went back to the guest, which was notified if it asked to be.
     pub used_any: bool,
-    /// [`MAX_CHAINS_PER_PASS`] chains were served and more may wait: the device should kick
-    /// its own queue eventfd so the loop comes back after serving everything else.
+    /// [`MAX_CHAINS_PER_PASS`] chains were served and more may wait: the queue's eventfd was
+    /// kicked so the loop comes back after serving everything else.
     pub budget_spent: bool,
 }
 
@@ -146,11 +146,32 @@ pub struct Drained {
 /// while draining, then on and a re-check for chains that raced in), at most
 /// [`MAX_CHAINS_PER_PASS`] per call. A ring that keeps claiming chains it cannot yield (a bad
 /// avail index) ends the pass instead of spinning. Ring errors are the guest's: logged at debug
-/// level, led by `label`.
+/// level, led by `label`. Afterwards the guest is notified of used chains (if it asked), and
+/// `queue_evt` is kicked when the budget ran out.
 pub fn drain_queue(
     queue: &mut Queue,
     mem: &GuestMemory,
-    label: &str,
+    label: &dyn std::fmt::Display,
+    interrupt: &Interrupt,
+    queue_evt: &EventFd,
+    serve: impl FnMut(DescriptorChain<&GuestMemory>) -> Served,
+) -> Drained {
+    let drained = serve_available(queue, mem, label, serve);
+    if drained.used_any {
+        interrupt.notify_queue(queue, mem);
+    }
+    if drained.budget_spent {
+        if let Err(e) = queue_evt.write(1) {
+            log::error!("{label}: cannot re-kick the queue: {e}");
+        }
+    }
+    drained
+}
+
+fn serve_available(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    label: &dyn std::fmt::Display,
     mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> Served,
 ) -> Drained {
     let mut drained = Drained::default();
@@ -273,8 +294,17 @@ mod tests {
 
     /// A guest that re-posts every chain as soon as it is served never lets a pass end on its
     /// own: the budget must end it.
+    fn irq_and_evt() -> (Interrupt, EventFd) {
+        let irq = Interrupt::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        (
+            irq,
+            EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+        )
+    }
+
     #[test]
     fn a_guest_that_refills_forever_meets_the_budget() {
+        let (irq, evt) = irq_and_evt();
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let q = MockSplitQueue::new(&mem, 16);
         let desc = SplitDescriptor::new(0x8000, 16, VRING_DESC_F_WRITE as u16, 0);
@@ -282,7 +312,7 @@ mod tests {
         let mut queue: Queue = q.create_queue().unwrap();
         let avail = q.avail_addr();
         let mut served = 0u16;
-        let drained = drain_queue(&mut queue, &mem, "test", |chain| {
+        let drained = drain_queue(&mut queue, &mem, &"test", &irq, &evt, |chain| {
             served += 1;
             // Post the same head again in the next avail slot and publish it.
             let slot = avail.unchecked_add(4 + u64::from(served % 16) * 2);
@@ -292,18 +322,21 @@ mod tests {
         });
         assert_eq!(usize::from(served), MAX_CHAINS_PER_PASS);
         assert!(drained.used_any && drained.budget_spent);
+        assert_eq!(evt.read().unwrap(), 1, "the queue re-kicked itself");
+        assert_eq!(irq.status(), INTERRUPT_USED_RING);
     }
 
     #[test]
     fn put_back_leaves_the_chain_for_the_next_pass() {
+        let (irq, evt) = irq_and_evt();
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let q = MockSplitQueue::new(&mem, 16);
         let desc = SplitDescriptor::new(0x8000, 16, VRING_DESC_F_WRITE as u16, 0);
         q.build_desc_chain(&[RawDescriptor::from(desc)]).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        let drained = drain_queue(&mut queue, &mem, "test", |_| Served::PutBack);
+        let drained = drain_queue(&mut queue, &mem, &"test", &irq, &evt, |_| Served::PutBack);
         assert_eq!(drained, Drained::default());
-        let drained = drain_queue(&mut queue, &mem, "test", |_| Served::Used(1));
+        let drained = drain_queue(&mut queue, &mem, &"test", &irq, &evt, |_| Served::Used(1));
         assert!(drained.used_any && !drained.budget_spent);
         assert_eq!(queue.next_used(), 1);
     }

@@ -636,7 +636,9 @@ impl Net {
         let mem = &active.mem;
         let queue = &mut active.tx;
         let (name, limiter, metrics) = (&self.name, &mut self.tx_limiter, &mut self.metrics);
-        let drained = drain_queue(queue, mem, &format!("net {name}: tx queue"), |chain| {
+        let kick = &self.queue_events[TX_QUEUE];
+        let label = format_args!("net {name}: tx queue");
+        drain_queue(queue, mem, &label, &active.interrupt, kick, |chain| {
             let head = chain.head_index();
             match gather(mem, chain, false, VNET_HDR_LEN + MAX_FRAME_LEN) {
                 Ok(bufs) => {
@@ -663,12 +665,6 @@ impl Net {
             // The device writes nothing into a TX chain.
             Served::Used(0)
         });
-        if drained.used_any {
-            active.interrupt.notify_queue(queue, mem);
-        }
-        if drained.budget_spent {
-            self.kick(TX_QUEUE);
-        }
     }
 }
 

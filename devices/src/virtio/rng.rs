@@ -56,7 +56,9 @@ impl Rng {
         };
         let (limiter, buffer) = (&mut self.rate_limiter, &mut self.buffer);
         let mem = &active.mem;
-        let drained = drain_queue(&mut active.queue, mem, "virtio-rng", |chain| {
+        let (queue, interrupt, kick) =
+            (&mut active.queue, &active.interrupt, &self.queue_events[0]);
+        drain_queue(queue, mem, &"virtio-rng", interrupt, kick, |chain| {
             let mut writer = match chain.writer(mem) {
                 Ok(w) => w,
                 Err(e) => {
@@ -76,13 +78,6 @@ impl Rng {
                 0
             }) as u32)
         });
-        if drained.used_any {
-            active.interrupt.notify_queue(&mut active.queue, mem);
-        }
-        if drained.budget_spent {
-            // Let the rest of the loop run; come back for the remaining requests.
-            let _ = self.queue_events[0].write(1);
-        }
     }
 
     #[cfg(test)]

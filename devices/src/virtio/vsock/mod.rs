@@ -177,7 +177,8 @@ impl Vsock {
         let queue = &mut queues[TXQ];
         let (muxer, scratch, stalled) = (&mut self.muxer, &mut self.scratch, &mut self.tx_stalled);
         *stalled = false;
-        let drained = drain_queue(queue, mem, "vsock: tx queue", |chain| {
+        let kick = &self.queue_evts[TXQ];
+        drain_queue(queue, mem, &"vsock: tx queue", interrupt, kick, |chain| {
             // Every packet may need an RST: take none while the guest leaves those queued.
             if muxer.tx_backlogged() {
                 *stalled = true;
@@ -189,13 +190,6 @@ impl Vsock {
             }
             Served::Used(0)
         });
-        if drained.used_any {
-            interrupt.notify_queue(queue, mem);
-        }
-        if drained.budget_spent {
-            // Let the rest of the loop run; come back for the remaining packets.
-            let _ = self.queue_evts[TXQ].write(1);
-        }
     }
 
     /// Fills the guest's RX buffers with pending packets.
