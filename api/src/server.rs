@@ -1,0 +1,1 @@
+//! The API socket server (placeholder).
