@@ -1,15 +1,22 @@
 //! `tessera`: the Tessera VMM command line.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::thread;
 use std::time::Instant;
 
+use api::routes::Router;
+use api::server::ApiServer;
 use clap::{Parser, Subcommand};
 use guest_init::task::Task;
 use vmm::config::{BootSource, ConsoleOutput, MachineConfig, DEFAULT_CMDLINE};
+use vmm::controller::{self, Vmm};
 use vmm::exit::EXIT_NO_STATUS;
+use vmm::metrics::ApiCounters;
+use vmm::resources::VmConfig;
 use vmm::{Vm, VmExit};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod device_args;
 mod guest_image;
@@ -23,7 +30,12 @@ const EXIT_USAGE: u8 = 2;
 #[command(
     name = "tessera",
     version,
-    about = "Tessera: a minimal KVM microVM monitor"
+    about = "Tessera: a minimal KVM microVM monitor",
+    long_about = "Tessera: a minimal KVM microVM monitor.\n\nWithout a subcommand it works as \
+        Firecracker does: it serves Firecracker's REST API on a unix socket (--api-sock) and \
+        boots when asked (PUT /actions InstanceStart), or at once from --config-file. The \
+        guest's serial console is on stdin/stdout.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// Log level for VMM messages on stderr: off, error, warn, info, debug or trace
@@ -31,8 +43,34 @@ struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<log::LevelFilter>,
 
+    #[command(flatten)]
+    vmm: VmmArgs,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// The Firecracker-style process: API socket and/or config file.
+#[derive(clap::Args)]
+struct VmmArgs {
+    /// Serve the REST API on a unix socket at PATH (a stale socket file there is replaced;
+    /// the file is removed when tessera exits).
+    #[arg(long, value_name = "PATH", default_value = "/run/tessera.socket")]
+    api_sock: PathBuf,
+
+    /// Configure the microVM from a JSON file (Firecracker's config-file shape: boot-source,
+    /// machine-config, drives, network-interfaces, vsock, entropy, logger, metrics) and boot
+    /// it at once.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+
+    /// Do not serve the API (only with --config-file).
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+
+    /// The instance id `GET /` reports.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    id: String,
 }
 
 #[derive(Subcommand)]
@@ -180,39 +218,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let Command::Run(args) = &cli.command;
-    let default_level = if args.command.is_empty() {
-        log::LevelFilter::Info
-    } else {
-        log::LevelFilter::Warn
+    let default_level = match &cli.command {
+        Some(Command::Run(args)) if !args.command.is_empty() => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
     };
-    init_logging(cli.log_level.unwrap_or(default_level));
-    match cli.command {
-        Command::Run(args) => run(args, process_start),
-    }
+    vmm::logger::init(cli.log_level.unwrap_or(default_level));
+    let result = match cli.command {
+        Some(Command::Run(args)) => boot_and_wait(args, process_start),
+        None => serve(cli.vmm, process_start),
+    };
+    finish(result)
 }
 
-fn init_logging(level: log::LevelFilter) {
-    env_logger::Builder::new()
-        .filter_level(level)
-        // virtio-queue logs every malformed ring at error level: a guest could flood stderr.
-        .filter_module("virtio_queue", log::LevelFilter::Off)
-        .format(|buf, record| {
-            let thread = std::thread::current();
-            writeln!(
-                buf,
-                "{} {:<5} [{}] {}",
-                buf.timestamp_micros(),
-                record.level(),
-                thread.name().unwrap_or("?"),
-                record.args()
-            )
-        })
-        .init();
-}
-
-fn run(args: RunArgs, process_start: Instant) -> ExitCode {
-    match boot_and_wait(args, process_start) {
+fn finish(result: Result<u8, String>) -> ExitCode {
+    match result {
         Ok(code) => {
             let _ = std::io::stdout().flush();
             ExitCode::from(code)
@@ -245,16 +264,77 @@ fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
         .boot(&boot, &devices, &console, process_start)
         .map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
+    Ok(exit_code(exit, runs_command))
+}
+
+/// Serves the API and/or boots the config file's VM; exits when the VM ends.
+fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
+    let counters = ApiCounters::default();
+    let mut vmm = Vmm::new(
+        args.id,
+        counters.clone(),
+        ConsoleOutput::Stdio,
+        process_start,
+    );
+    if let Some(path) = &args.config_file {
+        let config = read_config_file(path)?;
+        vmm.configure(&config)
+            .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
+    }
+    let mut api = None;
+    if !args.no_api {
+        let server = ApiServer::bind(&args.api_sock).map_err(|e| e.to_string())?;
+        let (api_end, vmm_end) =
+            vmm::rpc::channel().map_err(|e| format!("cannot set up the API channel: {e}"))?;
+        let shutdown =
+            EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot create an eventfd: {e}"))?;
+        let stop = shutdown
+            .try_clone()
+            .map_err(|e| format!("cannot clone an eventfd: {e}"))?;
+        let mut router = Router::new(api_end, counters);
+        let thread = thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                if let Err(e) = server.run(|request| router.handle(request), Some(&stop)) {
+                    log::error!("API server stopped: {e}");
+                }
+            })
+            .map_err(|e| format!("cannot start the API thread: {e}"))?;
+        log::info!("API listening on {}", args.api_sock.display());
+        api = Some((thread, vmm_end, shutdown));
+    }
+    let (thread, end, shutdown) = match api {
+        Some((thread, end, shutdown)) => (Some(thread), Some(end), Some(shutdown)),
+        None => (None, None, None),
+    };
+    let result = controller::run(vmm, end, args.config_file.is_some());
+    // Stop the API thread so that it removes its socket file.
+    if let (Some(thread), Some(shutdown)) = (thread, shutdown) {
+        let _ = shutdown.write(1);
+        let _ = thread.join();
+    }
+    let exit = result.map_err(|e| e.to_string())?;
+    Ok(exit_code(exit, false))
+}
+
+fn read_config_file(path: &Path) -> Result<VmConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --config-file {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("--config-file {}: {e}", path.display()))
+}
+
+/// The process exit code for `exit`, with the reason logged.
+fn exit_code(exit: VmExit, runs_command: bool) -> u8 {
     if runs_command && matches!(exit, VmExit::Reset | VmExit::Halted { .. }) {
         log::error!(
             "VM stopped: {exit}, but the guest never reported the command's exit status (is tessera-init the initramfs's /init?) (exit code {EXIT_NO_STATUS})"
         );
-        return Ok(EXIT_NO_STATUS as u8);
+        return EXIT_NO_STATUS as u8;
     }
     if exit.is_clean() {
         log::info!("VM stopped: {exit}");
     } else {
         log::error!("VM stopped: {exit} (exit code {})", exit.exit_code());
     }
-    Ok(u8::try_from(exit.exit_code()).unwrap_or(EXIT_VMM_ERROR))
+    u8::try_from(exit.exit_code()).unwrap_or(EXIT_VMM_ERROR)
 }

@@ -11,6 +11,8 @@
  *   triple64   boot-done, then an undefined opcode with no IDT: a triple fault
  *   kbd64      polls the i8042 and prints the scancodes it receives; resets after four
  *   smp64      counts CPUs in the MP table, wakes the APs with INIT-SIPI-SIPI, each AP reports in
+ *   tick64     prints "tick" every ~TICK_CYCLES TSC cycles and the i8042 scancodes it receives
+ *              between ticks; resets after four (pause/resume and Ctrl-Alt-Del over the API)
  */
 
 #define SERIAL       0x3f8
@@ -24,6 +26,7 @@
 #define AP_LOCK       0x3ffc     /* serial port lock */
 #define LAPIC_PD      0x4000     /* page directory mapping the LAPIC's 2 MiB page */
 #define LAPIC_BASE    0xfee00000
+#define TICK_CYCLES   100000000 /* ~30-50 ms of TSC */
 
         .text
 
@@ -197,6 +200,39 @@ _start:
         lea     msg_done(%rip), %rsi
         call    puts
         jmp     reset
+#elif defined(VARIANT_TICK64)
+        lea     msg_ticking(%rip), %rsi
+        call    puts
+        mov     $4, %r14d
+1:      rdtsc                                   /* r13: when the next tick is due */
+        shl     $32, %rdx
+        or      %rax, %rdx
+        lea     TICK_CYCLES(%rdx), %r13
+2:      pause
+        rdtsc
+        shl     $32, %rdx
+        or      %rdx, %rax
+        cmp     %r13, %rax
+        jb      2b
+3:      in      $I8042_CMD, %al                 /* every key that arrived meanwhile */
+        test    $1, %al
+        jz      4f
+        in      $I8042_DATA, %al
+        movzbl  %al, %ebx
+        shl     $56, %rbx
+        lea     msg_key(%rip), %rsi
+        call    puts
+        mov     $2, %ecx
+        call    puthex_digits
+        call    newline
+        dec     %r14d
+        jnz     3b
+        lea     msg_done(%rip), %rsi
+        call    puts
+        jmp     reset
+4:      lea     msg_tick(%rip), %rsi
+        call    puts
+        jmp     1b
 #elif defined(VARIANT_SMP64)
         /* Count processor entries in the MP table (floating pointer in the EBDA's first KiB). */
         mov     $0x9fc00, %rdi
@@ -376,6 +412,8 @@ msg_done:               .asciz "tessera-test: done\n"
 msg_fault:              .asciz "tessera-test: about to triple fault\n"
 msg_kbd_wait:           .asciz "tessera-test: waiting for keys\n"
 msg_key:                .asciz "key "
+msg_ticking:            .asciz "tessera-test: ticking\n"
+msg_tick:               .asciz "tick\n"
 msg_no_mptable:         .asciz "tessera-test: no MP table\n"
 msg_mp_cpus:            .asciz "mptable cpus="
 msg_all_up:             .asciz "tessera-test: all cpus up\n"

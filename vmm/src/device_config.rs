@@ -58,15 +58,19 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn to_config(self) -> RateLimiterConfig {
-        let bucket = |b: TokenBucket| TokenBucketConfig {
-            size: b.size,
-            one_time_burst: b.one_time_burst,
-            refill_time_ms: b.refill_time,
+    /// The device-model limits. As in Firecracker, a bucket with a zero `size` or
+    /// `refill_time` is no bucket: that resource is unlimited (how a PATCH lifts a limit).
+    pub fn to_config(self) -> RateLimiterConfig {
+        let bucket = |b: TokenBucket| {
+            (b.size > 0 && b.refill_time > 0).then_some(TokenBucketConfig {
+                size: b.size,
+                one_time_burst: b.one_time_burst,
+                refill_time_ms: b.refill_time,
+            })
         };
         RateLimiterConfig {
-            bandwidth: self.bandwidth.map(bucket),
-            ops: self.ops.map(bucket),
+            bandwidth: self.bandwidth.and_then(bucket),
+            ops: self.ops.and_then(bucket),
         }
     }
 }
@@ -150,7 +154,8 @@ pub struct DeviceSettings {
     pub drives: Vec<BlockConfig>,
     /// `/dev/vdX` of the root drive, when one is marked.
     pub root_device: Option<(String, bool)>,
-    pub nets: Vec<NetConfig>,
+    /// Each interface's `iface_id` with its settings.
+    pub nets: Vec<(String, NetConfig)>,
     pub vsock: Option<VsockConfig>,
     pub entropy: Option<RateLimiterConfig>,
 }
@@ -211,13 +216,16 @@ impl DevicesConfig {
                 .as_deref()
                 .map(|mac| parse_mac(&n.iface_id, mac))
                 .transpose()?;
-            nets.push(NetConfig {
-                tap: n.host_dev_name.clone(),
-                mac,
-                mtu: None,
-                rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default().to_config(),
-                tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default().to_config(),
-            });
+            nets.push((
+                n.iface_id.clone(),
+                NetConfig {
+                    tap: n.host_dev_name.clone(),
+                    mac,
+                    mtu: None,
+                    rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default().to_config(),
+                    tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default().to_config(),
+                },
+            ));
         }
 
         let vsock = match &self.vsock {
@@ -315,7 +323,8 @@ mod tests {
         assert_eq!(s.drives[0].cache_type, CacheType::Writeback);
         let bw = s.drives[0].rate_limiter.bandwidth.unwrap();
         assert_eq!((bw.size, bw.refill_time_ms), (1 << 20, 1000));
-        assert_eq!(s.nets[0].mac, Some([6, 0, 0xac, 0x10, 0, 2]));
+        assert_eq!(s.nets[0].0, "eth0");
+        assert_eq!(s.nets[0].1.mac, Some([6, 0, 0xac, 0x10, 0, 2]));
         assert_eq!(s.vsock.unwrap().guest_cid, 3);
         assert!(s.entropy.is_some());
     }

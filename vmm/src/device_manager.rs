@@ -71,13 +71,22 @@ impl Placement {
     }
 }
 
+/// The running virtio devices, as the VMM reaches them after boot: by id for the API's
+/// runtime updates, and all of them (with their metrics group name) for metrics and shutdown.
+#[derive(Default, Clone)]
+pub struct VirtioDevices {
+    pub drives: Vec<(String, Arc<Mutex<Block>>)>,
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+    pub all: Vec<(String, SharedVirtioDevice)>,
+}
+
 /// The MMIO bus with the virtio devices on it, and the subscribers the event loop must run.
 #[derive(Default)]
 pub struct DeviceManager {
     mmio_bus: Bus,
     placements: Vec<Placement>,
     subscribers: Vec<Subscriber>,
-    devices: Vec<SharedVirtioDevice>,
+    devices: VirtioDevices,
 }
 
 impl DeviceManager {
@@ -86,12 +95,14 @@ impl DeviceManager {
     }
 
     /// Wires `device` to the VM: window, IRQ, irqfd, one ioeventfd per queue, transport.
+    /// `name` is the device's metrics group.
     pub fn add_virtio<D>(
         &mut self,
         vm_fd: &VmFd,
         mem: &GuestMemory,
+        name: String,
         device: D,
-    ) -> Result<&Placement, DeviceManagerError>
+    ) -> Result<Arc<Mutex<D>>, DeviceManagerError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -125,15 +136,15 @@ impl DeviceManager {
         let transport = MmioTransport::new(mem.clone(), device.clone(), Interrupt::new(irqfd));
         self.mmio_bus
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
-        self.devices.push(device.clone());
-        self.subscribers.push(device);
+        self.devices.all.push((name, device.clone()));
+        self.subscribers.push(device.clone());
         self.placements.push(Placement {
             device_type,
             base,
             irq,
         });
         log::debug!("virtio device type {device_type} at {base:#x}, IRQ {irq}");
-        Ok(&self.placements[self.placements.len() - 1])
+        Ok(device)
     }
 
     /// Creates and wires every configured device: drives, network interfaces, vsock, entropy.
@@ -144,16 +155,21 @@ impl DeviceManager {
         settings: &DeviceSettings,
     ) -> Result<(), DeviceManagerError> {
         for drive in &settings.drives {
-            self.add_virtio(vm_fd, mem, Block::new(drive.clone())?)?;
+            let id = drive.serial.clone();
+            let block = Block::new(drive.clone())?;
+            let block = self.add_virtio(vm_fd, mem, format!("block_{id}"), block)?;
+            self.devices.drives.push((id, block));
         }
-        for net in &settings.nets {
-            self.add_virtio(vm_fd, mem, Net::new(net.clone())?)?;
+        for (id, net) in &settings.nets {
+            let net = Net::new(net.clone())?;
+            let net = self.add_virtio(vm_fd, mem, format!("net_{id}"), net)?;
+            self.devices.nets.push((id.clone(), net));
         }
         if let Some(vsock) = &settings.vsock {
-            self.add_virtio(vm_fd, mem, Vsock::new(vsock.clone())?)?;
+            self.add_virtio(vm_fd, mem, "vsock".into(), Vsock::new(vsock.clone())?)?;
         }
         if let Some(limits) = settings.entropy {
-            self.add_virtio(vm_fd, mem, Rng::new(limits)?)?;
+            self.add_virtio(vm_fd, mem, "entropy".into(), Rng::new(limits)?)?;
         }
         Ok(())
     }
@@ -170,9 +186,8 @@ impl DeviceManager {
             .collect()
     }
 
-    /// Hands over the MMIO bus, the subscribers for the event loop, and the devices to shut
-    /// down when the VM ends.
-    pub fn into_parts(self) -> (Bus, Vec<Subscriber>, Vec<SharedVirtioDevice>) {
+    /// Hands over the MMIO bus, the subscribers for the event loop, and the devices.
+    pub fn into_parts(self) -> (Bus, Vec<Subscriber>, VirtioDevices) {
         (self.mmio_bus, self.subscribers, self.devices)
     }
 }

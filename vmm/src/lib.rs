@@ -6,12 +6,18 @@
 
 pub mod config;
 pub mod console_input;
+pub mod controller;
 pub mod device_config;
 pub mod device_manager;
 pub mod exit;
 pub mod kvm;
 pub mod loader;
+pub mod logger;
 pub mod memory;
+pub mod metrics;
+pub mod pause;
+pub mod resources;
+pub mod rpc;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;

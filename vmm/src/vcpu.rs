@@ -9,6 +9,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::exit::VmExit;
+use crate::pause::PauseGate;
 use crate::x86_64::{cpuid, regs};
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -54,10 +55,11 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Runs the guest until this vCPU ends the VM.
-    pub fn run(&mut self, buses: &Buses) -> VmExit {
+    /// Runs the guest until this vCPU ends the VM, stopping at `gate` while the VM is paused.
+    pub fn run(&mut self, buses: &Buses, gate: &PauseGate) -> VmExit {
         let vcpu = self.index;
         loop {
+            gate.wait_while_paused();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !buses.pio.read(u64::from(port), data) {
@@ -106,7 +108,7 @@ impl Vcpu {
                         }
                     }
                 },
-                // A signal interrupted KVM_RUN; carry on.
+                // A signal (a pause's kick) interrupted KVM_RUN; the gate decides what is next.
                 Ok(VcpuExit::Intr) => {}
                 Ok(other) => {
                     return VmExit::Unexpected {

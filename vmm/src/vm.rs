@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use devices::legacy::{
@@ -27,11 +27,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{self as vm_config, BootSource, ConfigError, ConsoleOutput, MachineConfig};
 use crate::console_input::ConsoleInput;
 use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
-use crate::device_manager::{DeviceManager, DeviceManagerError, SharedVirtioDevice, Subscriber};
+use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber, VirtioDevices};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::metrics::Snapshot;
+use crate::pause::{PauseError, PauseGate};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use crate::x86_64::boot_params::{self, BootInfo, BootParamsError};
 use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
@@ -168,6 +170,7 @@ impl Vm {
             devices.reported_status.clone(),
             devices.panic_reason.clone(),
         );
+        let i8042 = devices.i8042.clone();
         let mut event_manager: EventLoop = EventManager::new().map_err(VmError::EventLoop)?;
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -186,18 +189,22 @@ impl Vm {
             event_manager.add_subscriber(Arc::new(Mutex::new(input)) as Subscriber);
         }
 
+        let gate = Arc::new(PauseGate::new(self.vcpus.len()));
+        let mut vcpu_threads = Vec::new();
         for mut vcpu in self.vcpus.drain(..) {
-            let (buses, exit_tx) = (buses.clone(), exit_tx.clone());
+            let (buses, exit_tx, gate) = (buses.clone(), exit_tx.clone(), gate.clone());
             let exit_evt = exit_evt.try_clone().map_err(io_err("clone an eventfd"))?;
-            thread::Builder::new()
+            let thread = thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index))
                 .spawn(move || {
-                    let exit = vcpu.run(&buses);
+                    let exit = vcpu.run(&buses, &gate);
+                    gate.vcpu_exited();
                     // The receiver is gone only when the VMM is already exiting.
                     let _ = exit_tx.send(exit);
                     let _ = exit_evt.write(1);
                 })
                 .map_err(io_err("start a vCPU thread"))?;
+            vcpu_threads.push(thread);
         }
         log::debug!(
             "devices and vCPU threads started at {:?}",
@@ -209,7 +216,12 @@ impl Vm {
             control,
             reported_status: guest_report.0,
             panic_reason: guest_report.1,
-            virtio_devices,
+            handle: VmHandle {
+                devices: virtio_devices,
+                i8042,
+                gate,
+                vcpu_threads: Arc::new(vcpu_threads),
+            },
         })
     }
 
@@ -518,10 +530,66 @@ pub struct RunningVm {
     control: Arc<Mutex<VmControl>>,
     reported_status: ReportedStatus,
     panic_reason: PanicReason,
-    virtio_devices: Vec<SharedVirtioDevice>,
+    handle: VmHandle,
+}
+
+/// What the API's runtime actions reach in a running VM: its devices, its keyboard, and the
+/// gate its vCPUs pause at.
+#[derive(Clone)]
+pub struct VmHandle {
+    pub devices: VirtioDevices,
+    i8042: Arc<Mutex<I8042>>,
+    gate: Arc<PauseGate>,
+    vcpu_threads: Arc<Vec<JoinHandle<()>>>,
+}
+
+impl VmHandle {
+    /// Stops every vCPU; devices keep serving what is already queued.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.gate.pause(&self.vcpu_threads)
+    }
+
+    pub fn resume(&self) {
+        self.gate.resume();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+
+    /// Presses Ctrl-Alt-Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), &'static str> {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_ctrl_alt_del()
+    }
+
+    /// Adds each device's counters to `snapshot`, one group per device.
+    pub fn add_device_metrics(&self, snapshot: &mut Snapshot) {
+        for (name, device) in &self.devices.all {
+            let device = device.lock().unwrap_or_else(|p| p.into_inner());
+            let counters = device
+                .metrics()
+                .into_iter()
+                .map(|(counter, value)| (counter.to_string(), value))
+                .collect();
+            snapshot.insert(name.clone(), counters);
+        }
+    }
 }
 
 impl RunningVm {
+    /// A handle on the running VM for the API's runtime actions.
+    pub fn handle(&self) -> VmHandle {
+        self.handle.clone()
+    }
+
+    /// Adds a subscriber to the VMM event loop (the API's action channel, a metrics timer).
+    pub fn add_subscriber(&mut self, subscriber: Subscriber) {
+        self.event_manager.add_subscriber(subscriber);
+    }
+
     /// Refines a guest-initiated ending with what the guest reported: a kernel panic seen on
     /// the console, or the exit status tessera-init wrote before rebooting.
     fn explain(&self, exit: VmExit) -> VmExit {
@@ -553,7 +621,7 @@ impl RunningVm {
                 break Ok(exit);
             }
         };
-        for device in &self.virtio_devices {
+        for (_, device) in &self.handle.devices.all {
             device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
         }
         result.map(|exit| self.explain(exit))

@@ -1,0 +1,358 @@
+//! The VMM thread's side of the API: it holds the configuration until `InstanceStart`, then the
+//! running VM, and answers each [`VmmAction`] with Firecracker's pre-boot / runtime rules.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use devices::timer::nonblocking_timer;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::config::ConsoleOutput;
+use crate::exit::VmExit;
+use crate::logger;
+use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
+use crate::resources::{DriveUpdate, NetworkInterfaceUpdate, VmConfig, VmResources};
+use crate::rpc::{ActionError, ActionResult, InstanceInfo, VmmAction, VmmData, VmmEnd};
+use crate::vm::{RunningVm, Vm, VmError, VmHandle};
+
+/// The name `GET /` reports.
+pub const APP_NAME: &str = "tessera";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum RunError {
+    /// {0}
+    Start(ActionError),
+    /// {0}
+    Vm(#[from] VmError),
+    /// the API server stopped before the microVM was started
+    ApiStopped,
+    /// cannot set up the metrics timer: {0}
+    Timer(io::Error),
+}
+
+/// The VMM: configuration, metrics, and the VM once it runs.
+pub struct Vmm {
+    id: String,
+    resources: VmResources,
+    metrics: Option<MetricsSink>,
+    api_counters: ApiCounters,
+    console: ConsoleOutput,
+    process_start: Instant,
+    vm: Option<VmHandle>,
+}
+
+impl Vmm {
+    pub fn new(
+        id: String,
+        api_counters: ApiCounters,
+        console: ConsoleOutput,
+        process_start: Instant,
+    ) -> Self {
+        Self {
+            id,
+            resources: VmResources::default(),
+            metrics: None,
+            api_counters,
+            console,
+            process_start,
+            vm: None,
+        }
+    }
+
+    /// Applies a whole config file: everything is checked, and the metrics file opened,
+    /// before anything changes.
+    pub fn configure(&mut self, config: &VmConfig) -> Result<(), ActionError> {
+        let resources = VmResources::from_config(config)?;
+        let metrics = resources
+            .metrics
+            .as_ref()
+            .map(MetricsSink::open)
+            .transpose()?;
+        if let Some(logger_config) = &resources.logger {
+            logger::configure(logger_config)?;
+        }
+        self.resources = resources;
+        self.metrics = metrics;
+        Ok(())
+    }
+
+    /// Answers one action (except `InstanceStart`, which [`run`] handles).
+    pub fn handle(&mut self, action: VmmAction) -> ActionResult {
+        match action {
+            VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(self.instance_info())),
+            VmmAction::GetVmConfig => Ok(VmmData::VmConfig(Box::new(self.resources.to_config()))),
+            VmmAction::GetMachineConfig => Ok(VmmData::MachineConfig(
+                crate::resources::MachineConfigBody::from_config(&self.resources.machine),
+            )),
+            VmmAction::FlushMetrics => self.flush_metrics().map(|()| VmmData::Empty),
+            action => match self.vm.clone() {
+                None => self.handle_preboot(action),
+                Some(vm) => self.handle_runtime(&vm, action),
+            },
+        }
+        .inspect_err(|e| log::debug!("API action refused: {e}"))
+    }
+
+    fn handle_preboot(&mut self, action: VmmAction) -> ActionResult {
+        let r = &mut self.resources;
+        match action {
+            VmmAction::PutMachineConfig(body) => r.set_machine_config(&body, true)?,
+            VmmAction::PatchMachineConfig(body) => r.set_machine_config(&body, false)?,
+            VmmAction::PutBootSource(body) => r.set_boot_source(&body)?,
+            VmmAction::PutDrive(drive) => r.put_drive(&drive)?,
+            VmmAction::PutNetworkInterface(iface) => r.put_network_interface(&iface)?,
+            VmmAction::PutVsock(vsock) => r.set_vsock(&vsock)?,
+            VmmAction::PutEntropy(entropy) => r.set_entropy(&entropy)?,
+            VmmAction::PutLogger(config) => {
+                logger::configure(&config)?;
+                r.logger = Some(config);
+            }
+            VmmAction::PutMetrics(config) => {
+                if self.metrics.is_some() {
+                    return Err(ActionError::MetricsAlreadySet);
+                }
+                self.metrics = Some(MetricsSink::open(&config)?);
+                r.metrics = Some(config);
+            }
+            // Runtime-only actions. (The getters and FlushMetrics are answered by `handle`,
+            // InstanceStart by `serve_until_started`.)
+            _ => return Err(ActionError::NotBeforeStart),
+        }
+        Ok(VmmData::Empty)
+    }
+
+    fn handle_runtime(&mut self, vm: &VmHandle, action: VmmAction) -> ActionResult {
+        match action {
+            VmmAction::PatchDrive(update) => self.update_drive(vm, &update)?,
+            VmmAction::PatchNetworkInterface(update) => self.update_interface(vm, &update)?,
+            VmmAction::SendCtrlAltDel => vm.send_ctrl_alt_del().map_err(ActionError::CtrlAltDel)?,
+            VmmAction::Pause => {
+                vm.pause()?;
+                log::info!("VM paused");
+            }
+            VmmAction::Resume => {
+                vm.resume();
+                log::info!("VM resumed");
+            }
+            _ => return Err(ActionError::NotAfterStart),
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// Swaps a running drive's backing file and/or rate limiter; the file is checked (opened)
+    /// before anything changes.
+    fn update_drive(&mut self, vm: &VmHandle, update: &DriveUpdate) -> Result<(), ActionError> {
+        let drive = self.resources.drive(&update.drive_id)?;
+        let (_, block) = vm
+            .devices
+            .drives
+            .iter()
+            .find(|(id, _)| *id == drive.drive_id)
+            .ok_or_else(|| {
+                crate::resources::ResourcesError::UnknownDrive(update.drive_id.clone())
+            })?;
+        let mut block = block.lock().unwrap_or_else(|p| p.into_inner());
+        let drive_err = |source| ActionError::Drive {
+            id: update.drive_id.clone(),
+            source,
+        };
+        let limiter = update.rate_limiter.map(|l| l.to_config());
+        if let Some(limiter) = &limiter {
+            // Checked first so that a bad limiter does not follow a completed file swap.
+            limiter.validate().map_err(|e| ActionError::RateLimiter {
+                what: format!("drive {}", update.drive_id),
+                source: e,
+            })?;
+        }
+        if let Some(path) = &update.path_on_host {
+            block.set_backing_file(path).map_err(drive_err)?;
+        }
+        if let Some(limiter) = limiter {
+            block.set_rate_limiter(limiter).map_err(drive_err)?;
+        }
+        self.resources.update_drive(update)?;
+        Ok(())
+    }
+
+    fn update_interface(
+        &mut self,
+        vm: &VmHandle,
+        update: &NetworkInterfaceUpdate,
+    ) -> Result<(), ActionError> {
+        let (_, net) = vm
+            .devices
+            .nets
+            .iter()
+            .find(|(id, _)| *id == update.iface_id)
+            .ok_or_else(|| {
+                crate::resources::ResourcesError::UnknownInterface(update.iface_id.clone())
+            })?;
+        net.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_rate_limiters(
+                update.rx_rate_limiter.map(|l| l.to_config()),
+                update.tx_rate_limiter.map(|l| l.to_config()),
+            )
+            .map_err(|source| ActionError::Net {
+                id: update.iface_id.clone(),
+                source,
+            })?;
+        self.resources.update_network_interface(update)?;
+        Ok(())
+    }
+
+    fn instance_info(&self) -> InstanceInfo {
+        let state = match &self.vm {
+            None => "Not started",
+            Some(vm) if vm.is_paused() => "Paused",
+            Some(_) => "Running",
+        };
+        InstanceInfo {
+            id: self.id.clone(),
+            state,
+            vmm_version: VERSION,
+            app_name: APP_NAME,
+        }
+    }
+
+    /// Creates and boots the VM from the current configuration. On failure nothing is left
+    /// behind and the configuration can be fixed and the start retried.
+    pub fn start(&mut self) -> Result<RunningVm, ActionError> {
+        let started = Instant::now();
+        let (_, boot) = self
+            .resources
+            .boot_source
+            .as_ref()
+            .ok_or(ActionError::MissingBootSource)?;
+        let vm = Vm::create(self.resources.machine)?;
+        let running = vm.boot(
+            boot,
+            &self.resources.devices,
+            &self.console,
+            self.process_start,
+        )?;
+        self.vm = Some(running.handle());
+        log::info!("microVM started in {:?}", started.elapsed());
+        Ok(running)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        self.api_counters.add_to(&mut snapshot);
+        if let Some(vm) = &self.vm {
+            vm.add_device_metrics(&mut snapshot);
+        }
+        snapshot.insert(
+            "vmm".into(),
+            [("log_lines_dropped".to_string(), logger::dropped_lines())].into(),
+        );
+        snapshot
+    }
+
+    fn flush_metrics(&mut self) -> Result<(), ActionError> {
+        let snapshot = self.snapshot();
+        let sink = self.metrics.as_mut().ok_or(ActionError::NoMetrics)?;
+        sink.write(snapshot)?;
+        Ok(())
+    }
+
+    /// A flush nobody asked for: configured or not, failures are only logged.
+    fn flush_metrics_quietly(&mut self) {
+        if self.metrics.is_some() {
+            if let Err(e) = self.flush_metrics() {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Runs the VMM thread to the end: serves actions until `InstanceStart` (or starts at once
+/// with `start_now`, the config-file path), then runs the VM, still serving actions, until it
+/// ends.
+pub fn run(mut vmm: Vmm, end: Option<VmmEnd>, start_now: bool) -> Result<VmExit, RunError> {
+    let mut running = match (&end, start_now) {
+        (_, true) => vmm.start().map_err(RunError::Start)?,
+        (Some(end), false) => serve_until_started(&mut vmm, end)?,
+        (None, false) => return Err(RunError::ApiStopped),
+    };
+    let vmm = Arc::new(Mutex::new(vmm));
+    let mut metrics_timer = nonblocking_timer().map_err(RunError::Timer)?;
+    metrics_timer
+        .reset(FLUSH_PERIOD, Some(FLUSH_PERIOD))
+        .map_err(|e| RunError::Timer(io::Error::from_raw_os_error(e.errno())))?;
+    running.add_subscriber(Arc::new(Mutex::new(RuntimeEvents {
+        vmm: vmm.clone(),
+        end,
+        metrics_timer,
+    })));
+    let exit = running.wait()?;
+    lock(&vmm).flush_metrics_quietly();
+    Ok(exit)
+}
+
+fn lock(vmm: &Mutex<Vmm>) -> MutexGuard<'_, Vmm> {
+    vmm.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pre-boot loop: the VMM thread waits on the channel itself (no event loop exists yet).
+fn serve_until_started(vmm: &mut Vmm, end: &VmmEnd) -> Result<RunningVm, RunError> {
+    loop {
+        match end.actions.recv_timeout(FLUSH_PERIOD) {
+            Ok(VmmAction::InstanceStart) => match vmm.start() {
+                Ok(running) => {
+                    let _ = end.results.send(Ok(VmmData::Empty));
+                    return Ok(running);
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    let _ = end.results.send(Err(e));
+                }
+            },
+            Ok(action) => {
+                let _ = end.results.send(vmm.handle(action));
+            }
+            Err(RecvTimeoutError::Timeout) => vmm.flush_metrics_quietly(),
+            Err(RecvTimeoutError::Disconnected) => return Err(RunError::ApiStopped),
+        }
+    }
+}
+
+/// The running VM's API actions and metrics timer, on the VMM event loop.
+struct RuntimeEvents {
+    vmm: Arc<Mutex<Vmm>>,
+    end: Option<VmmEnd>,
+    metrics_timer: TimerFd,
+}
+
+impl MutEventSubscriber for RuntimeEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut fds = vec![self.metrics_timer.as_raw_fd()];
+        fds.extend(self.end.as_ref().map(|end| end.wake.as_raw_fd()));
+        for fd in fds {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("VMM loop: cannot watch fd {fd}: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.metrics_timer.as_raw_fd() {
+            let _ = self.metrics_timer.wait();
+            lock(&self.vmm).flush_metrics_quietly();
+            return;
+        }
+        if let Some(end) = &self.end {
+            let _ = end.wake.read();
+            while let Ok(action) = end.actions.try_recv() {
+                let result = lock(&self.vmm).handle(action);
+                let _ = end.results.send(result);
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The process's logger: one line per record with timestamp, level and thread, on stderr until
+//! `PUT /logger` (or the config file's `logger`) sends it to a file or FIFO.
+//!
+//! Lines are written with a single `write` each, so concurrent threads never interleave within
+//! a line; a FIFO nobody drains loses lines (counted) rather than stalling the VMM.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
+
+use log::{LevelFilter, Log, Metadata, Record};
+use serde::{Deserialize, Serialize};
+
+/// Crates whose logs are never shown: virtio-queue logs each malformed ring at error level,
+/// which would let a guest flood the log.
+const SILENCED_TARGETS: &[&str] = &["virtio_queue"];
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum LoggerError {
+    /// logger level {0:?} is not one of Off, Error, Warning, Info, Debug, Trace
+    BadLevel(String),
+    /// cannot open log_path {path}: {source}
+    Open { path: String, source: io::Error },
+    /// the logger is not initialised
+    NotInitialised,
+}
+
+/// `PUT /logger` and the config file's `logger`, as Firecracker names them.
+///
+/// Unlike Firecracker, `show_level` defaults to true: a log line without its level is rarely
+/// what anyone wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    #[serde(default)]
+    pub log_path: Option<PathBuf>,
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub show_level: Option<bool>,
+    #[serde(default)]
+    pub show_log_origin: Option<bool>,
+    /// Only records whose module path starts with this are written.
+    #[serde(default)]
+    pub module: Option<String>,
+}
+
+/// Firecracker's level names (and Rust's `Warn`), any case.
+pub fn parse_level(text: &str) -> Result<LevelFilter, LoggerError> {
+    match text.to_ascii_lowercase().as_str() {
+        "off" => Ok(LevelFilter::Off),
+        "error" => Ok(LevelFilter::Error),
+        "warning" | "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err(LoggerError::BadLevel(text.to_string())),
+    }
+}
+
+struct Output {
+    target: Box<dyn Write + Send>,
+    show_level: bool,
+    show_origin: bool,
+    module: Option<String>,
+}
+
+struct Logger {
+    output: Mutex<Output>,
+    dropped: AtomicU64,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// Installs the logger writing to stderr at `level`. Later calls only change the level.
+pub fn init(level: LevelFilter) {
+    let logger = LOGGER.get_or_init(|| Logger {
+        output: Mutex::new(Output {
+            target: Box::new(io::stderr()),
+            show_level: true,
+            show_origin: false,
+            module: None,
+        }),
+        dropped: AtomicU64::new(0),
+    });
+    // Fails only when another logger is installed (a test harness's): keep that one.
+    let _ = log::set_logger(logger);
+    log::set_max_level(level);
+}
+
+/// Applies `config`: the destination is opened first, so an error changes nothing.
+pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
+    let logger = LOGGER.get().ok_or(LoggerError::NotInitialised)?;
+    let level = config.level.as_deref().map(parse_level).transpose()?;
+    let target: Option<Box<dyn Write + Send>> = match &config.log_path {
+        Some(path) => Some(Box::new(
+            OpenOptions::new()
+                // Read access lets a FIFO open without a reader; append keeps files whole.
+                .read(true)
+                .append(true)
+                .create(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|source| LoggerError::Open {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+        )),
+        None => None,
+    };
+    let mut output = logger.output.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(target) = target {
+        output.target = target;
+    }
+    if let Some(show) = config.show_level {
+        output.show_level = show;
+    }
+    if let Some(show) = config.show_log_origin {
+        output.show_origin = show;
+    }
+    if config.module.is_some() {
+        output.module = config.module.clone();
+    }
+    if let Some(level) = level {
+        log::set_max_level(level);
+    }
+    Ok(())
+}
+
+/// Lines lost because the destination was full or failing.
+pub fn dropped_lines() -> u64 {
+    LOGGER
+        .get()
+        .map_or(0, |l| l.dropped.load(Ordering::Relaxed))
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+            && !SILENCED_TARGETS
+                .iter()
+                .any(|t| metadata.target().starts_with(t))
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut output = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = &output.module {
+            if !record
+                .module_path()
+                .unwrap_or("")
+                .starts_with(module.as_str())
+            {
+                return;
+            }
+        }
+        let mut line = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        if output.show_level {
+            line.push_str(&format!(" {:<5}", record.level()));
+        }
+        let thread = std::thread::current();
+        line.push_str(&format!(" [{}]", thread.name().unwrap_or("?")));
+        if output.show_origin {
+            line.push_str(&format!(
+                " {}:{}",
+                record.file().unwrap_or("?"),
+                record.line().unwrap_or(0)
+            ));
+        }
+        line.push_str(&format!(" {}\n", record.args()));
+        if output.target.write_all(line.as_bytes()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&self) {
+        let mut output = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = output.target.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_use_firecracker_names() {
+        assert_eq!(parse_level("Warning").unwrap(), LevelFilter::Warn);
+        assert_eq!(parse_level("warn").unwrap(), LevelFilter::Warn);
+        assert_eq!(parse_level("TRACE").unwrap(), LevelFilter::Trace);
+        assert_eq!(parse_level("Off").unwrap(), LevelFilter::Off);
+        let err = parse_level("loud").unwrap_err().to_string();
+        assert!(err.starts_with("logger level \"loud\""), "{err}");
+    }
+
+    #[test]
+    fn configured_file_gets_lines_with_level_thread_and_time() {
+        init(LevelFilter::Info);
+        let path = std::env::temp_dir().join(format!("tessera-logger-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let bad = LoggerConfig {
+            log_path: Some("/nonexistent/dir/x.log".into()),
+            level: None,
+            show_level: None,
+            show_log_origin: None,
+            module: None,
+        };
+        assert!(configure(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/dir/x.log"));
+        configure(&LoggerConfig {
+            log_path: Some(path.clone()),
+            level: Some("Debug".into()),
+            ..bad
+        })
+        .unwrap();
+        std::thread::Builder::new()
+            .name("logtest".into())
+            .spawn(|| log::debug!("hello from the logger test"))
+            .unwrap()
+            .join()
+            .unwrap();
+        log::logger().flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("hello from the logger test"))
+            .unwrap_or_else(|| panic!("no line in {text:?}"));
+        assert!(line.contains(" DEBUG [logtest] "), "{line}");
+        assert!(line.starts_with("20") && line.contains('T'), "{line}");
+        std::fs::remove_file(path).unwrap();
+    }
+}

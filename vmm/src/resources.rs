@@ -1,0 +1,499 @@
+//! Everything a VM is configured with before it starts, in Firecracker's JSON shape: the
+//! config file, `GET /vm/config`, and the bodies of the configuration endpoints.
+//!
+//! Every update is checked in full on a copy before it replaces the current value, so a request
+//! that fails changes nothing.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BootSource, ConfigError, MachineConfig};
+use crate::device_config::{
+    DeviceConfigError, DevicesConfig, Drive, Entropy, NetworkInterface, RateLimiter, Vsock,
+};
+use crate::logger::LoggerConfig;
+use crate::metrics::MetricsConfig;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ResourcesError {
+    /// {0}
+    Config(#[from] ConfigError),
+    /// {0}
+    Device(#[from] DeviceConfigError),
+    /// machine-config: {0} is required
+    MissingField(&'static str),
+    /// machine-config: {0}
+    Unsupported(&'static str),
+    /// cannot open {what} {path}: {source}
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// {what} is not supported by Tessera yet
+    NotSupportedYet { what: &'static str },
+    /// no drive with drive_id {0:?}
+    UnknownDrive(String),
+    /// no network interface with iface_id {0:?}
+    UnknownInterface(String),
+}
+
+/// `PUT`/`PATCH /machine-config` and the config file's `machine-config`. Fields Firecracker
+/// has but Tessera does not implement are accepted only with the values that mean "off".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigBody {
+    #[serde(default)]
+    pub vcpu_count: Option<u64>,
+    #[serde(default)]
+    pub mem_size_mib: Option<u64>,
+    #[serde(default)]
+    pub smt: Option<bool>,
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    #[serde(default)]
+    pub huge_pages: Option<String>,
+    /// Deprecated in Firecracker; kept so older clients' bodies are accepted.
+    #[serde(default, skip_serializing)]
+    pub cpu_template: Option<String>,
+}
+
+impl MachineConfigBody {
+    /// The full body `GET /machine-config` returns.
+    pub fn from_config(config: &MachineConfig) -> Self {
+        Self {
+            vcpu_count: Some(u64::from(config.vcpu_count)),
+            mem_size_mib: Some(config.mem_size_mib),
+            smt: Some(false),
+            track_dirty_pages: Some(false),
+            huge_pages: Some("None".into()),
+            cpu_template: None,
+        }
+    }
+
+    /// `current` with the fields this body sets; `require_all` for `PUT`.
+    pub fn apply_to(
+        &self,
+        current: &MachineConfig,
+        require_all: bool,
+    ) -> Result<MachineConfig, ResourcesError> {
+        if self.smt == Some(true) {
+            return Err(ResourcesError::Unsupported(
+                "smt: true is not supported (Tessera gives each vCPU its own core)",
+            ));
+        }
+        if self.track_dirty_pages == Some(true) {
+            return Err(ResourcesError::Unsupported(
+                "track_dirty_pages: true is not supported yet (no snapshots)",
+            ));
+        }
+        if self.huge_pages.as_deref().is_some_and(|h| h != "None") {
+            return Err(ResourcesError::Unsupported(
+                "huge_pages: only \"None\" is supported",
+            ));
+        }
+        if self.cpu_template.as_deref().is_some_and(|t| t != "None") {
+            return Err(ResourcesError::Unsupported(
+                "cpu_template: only \"None\" is supported",
+            ));
+        }
+        if require_all {
+            self.vcpu_count
+                .ok_or(ResourcesError::MissingField("vcpu_count"))?;
+            self.mem_size_mib
+                .ok_or(ResourcesError::MissingField("mem_size_mib"))?;
+        }
+        Ok(MachineConfig::new(
+            self.vcpu_count.unwrap_or(u64::from(current.vcpu_count)),
+            self.mem_size_mib.unwrap_or(current.mem_size_mib),
+        )?)
+    }
+}
+
+/// `PUT /boot-source` and the config file's `boot-source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    pub kernel_image_path: PathBuf,
+    #[serde(default)]
+    pub initrd_path: Option<PathBuf>,
+    #[serde(default)]
+    pub boot_args: Option<String>,
+}
+
+impl BootSourceConfig {
+    /// Checks the command line and that kernel and initrd can be opened now, so a typo is
+    /// reported by the request that made it rather than by `InstanceStart`.
+    pub fn to_boot_source(&self) -> Result<BootSource, ResourcesError> {
+        check_readable("kernel_image_path", &self.kernel_image_path)?;
+        if let Some(initrd) = &self.initrd_path {
+            check_readable("initrd_path", initrd)?;
+        }
+        Ok(BootSource::new(
+            self.kernel_image_path.clone(),
+            self.initrd_path.clone(),
+            self.boot_args.clone(),
+        )?)
+    }
+}
+
+/// `PATCH /drives/{id}`: a new backing file and/or rate limiter for a running VM's drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    #[serde(default)]
+    pub path_on_host: Option<PathBuf>,
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{id}`: new rate limiters for a running VM's interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// The whole configuration: the config file's shape and `GET /vm/config`'s.
+///
+/// `balloon`, `mmds-config` and `cpu-config` are Firecracker sections Tessera does not
+/// implement yet: `null` is accepted (so `GET /vm/config` output can be fed back), anything
+/// else is refused by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(rename = "boot-source", default)]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: Option<MachineConfigBody>,
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default)]
+    pub vsock: Option<Vsock>,
+    #[serde(default)]
+    pub entropy: Option<Entropy>,
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub balloon: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<serde_json::Value>,
+}
+
+/// The configuration of a VM that has not started: each setter checks its input and the
+/// configuration it would produce, and changes nothing when either is wrong.
+#[derive(Debug, Clone, Default)]
+pub struct VmResources {
+    pub machine: MachineConfig,
+    pub boot_source: Option<(BootSourceConfig, BootSource)>,
+    pub devices: DevicesConfig,
+    pub logger: Option<LoggerConfig>,
+    pub metrics: Option<MetricsConfig>,
+}
+
+impl VmResources {
+    /// Resources from a config file's contents; `logger` and `metrics` are returned as given
+    /// for the caller to open.
+    pub fn from_config(config: &VmConfig) -> Result<Self, ResourcesError> {
+        for (what, value) in [
+            ("balloon", &config.balloon),
+            ("mmds-config", &config.mmds_config),
+            ("cpu-config", &config.cpu_config),
+        ] {
+            if value.is_some() {
+                return Err(ResourcesError::NotSupportedYet { what });
+            }
+        }
+        let mut resources = Self::default();
+        if let Some(machine) = &config.machine_config {
+            resources.set_machine_config(machine, true)?;
+        }
+        if let Some(boot) = &config.boot_source {
+            resources.set_boot_source(boot)?;
+        }
+        let devices = DevicesConfig {
+            drives: config.drives.clone(),
+            network_interfaces: config.network_interfaces.clone(),
+            vsock: config.vsock.clone(),
+            entropy: config.entropy,
+        };
+        for drive in &devices.drives {
+            check_drive_file(drive)?;
+        }
+        devices.settings()?;
+        resources.devices = devices;
+        resources.logger = config.logger.clone();
+        resources.metrics = config.metrics.clone();
+        Ok(resources)
+    }
+
+    /// The configuration in the config file's shape.
+    pub fn to_config(&self) -> VmConfig {
+        VmConfig {
+            boot_source: self.boot_source.as_ref().map(|(body, _)| body.clone()),
+            machine_config: Some(MachineConfigBody::from_config(&self.machine)),
+            drives: self.devices.drives.clone(),
+            network_interfaces: self.devices.network_interfaces.clone(),
+            vsock: self.devices.vsock.clone(),
+            entropy: self.devices.entropy,
+            logger: self.logger.clone(),
+            metrics: self.metrics.clone(),
+            balloon: None,
+            mmds_config: None,
+            cpu_config: None,
+        }
+    }
+
+    pub fn set_machine_config(
+        &mut self,
+        body: &MachineConfigBody,
+        require_all: bool,
+    ) -> Result<(), ResourcesError> {
+        self.machine = body.apply_to(&self.machine, require_all)?;
+        Ok(())
+    }
+
+    pub fn set_boot_source(&mut self, body: &BootSourceConfig) -> Result<(), ResourcesError> {
+        let boot = body.to_boot_source()?;
+        self.boot_source = Some((body.clone(), boot));
+        Ok(())
+    }
+
+    /// Adds the drive, or replaces the one with the same id (keeping its place, so the guest's
+    /// disk names do not move).
+    pub fn put_drive(&mut self, drive: &Drive) -> Result<(), ResourcesError> {
+        check_drive_file(drive)?;
+        let mut devices = self.devices.clone();
+        match devices
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == drive.drive_id)
+        {
+            Some(existing) => *existing = drive.clone(),
+            None => devices.drives.push(drive.clone()),
+        }
+        self.commit_devices(devices)
+    }
+
+    /// Records a running drive's new backing file or rate limiter.
+    pub fn update_drive(&mut self, update: &DriveUpdate) -> Result<(), ResourcesError> {
+        let drive = self
+            .devices
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == update.drive_id)
+            .ok_or_else(|| ResourcesError::UnknownDrive(update.drive_id.clone()))?;
+        if let Some(path) = &update.path_on_host {
+            drive.path_on_host = path.clone();
+        }
+        if let Some(limiter) = update.rate_limiter {
+            drive.rate_limiter = Some(limiter);
+        }
+        Ok(())
+    }
+
+    pub fn drive(&self, id: &str) -> Result<&Drive, ResourcesError> {
+        self.devices
+            .drives
+            .iter()
+            .find(|d| d.drive_id == id)
+            .ok_or_else(|| ResourcesError::UnknownDrive(id.to_string()))
+    }
+
+    pub fn put_network_interface(
+        &mut self,
+        iface: &NetworkInterface,
+    ) -> Result<(), ResourcesError> {
+        let mut devices = self.devices.clone();
+        match devices
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == iface.iface_id)
+        {
+            Some(existing) => *existing = iface.clone(),
+            None => devices.network_interfaces.push(iface.clone()),
+        }
+        self.commit_devices(devices)
+    }
+
+    /// Records a running interface's new rate limiters.
+    pub fn update_network_interface(
+        &mut self,
+        update: &NetworkInterfaceUpdate,
+    ) -> Result<(), ResourcesError> {
+        let iface = self
+            .devices
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == update.iface_id)
+            .ok_or_else(|| ResourcesError::UnknownInterface(update.iface_id.clone()))?;
+        if let Some(limiter) = update.rx_rate_limiter {
+            iface.rx_rate_limiter = Some(limiter);
+        }
+        if let Some(limiter) = update.tx_rate_limiter {
+            iface.tx_rate_limiter = Some(limiter);
+        }
+        Ok(())
+    }
+
+    pub fn has_network_interface(&self, id: &str) -> bool {
+        self.devices
+            .network_interfaces
+            .iter()
+            .any(|n| n.iface_id == id)
+    }
+
+    pub fn set_vsock(&mut self, vsock: &Vsock) -> Result<(), ResourcesError> {
+        let mut devices = self.devices.clone();
+        devices.vsock = Some(vsock.clone());
+        self.commit_devices(devices)
+    }
+
+    pub fn set_entropy(&mut self, entropy: &Entropy) -> Result<(), ResourcesError> {
+        let mut devices = self.devices.clone();
+        devices.entropy = Some(*entropy);
+        self.commit_devices(devices)
+    }
+
+    fn commit_devices(&mut self, devices: DevicesConfig) -> Result<(), ResourcesError> {
+        devices.settings()?;
+        self.devices = devices;
+        Ok(())
+    }
+}
+
+/// A drive's file must exist and open with the access the guest will get.
+fn check_drive_file(drive: &Drive) -> Result<(), ResourcesError> {
+    OpenOptions::new()
+        .read(true)
+        .write(!drive.is_read_only)
+        .open(&drive.path_on_host)
+        .map(drop)
+        .map_err(|source| ResourcesError::File {
+            what: "drive path_on_host",
+            path: drive.path_on_host.display().to_string(),
+            source,
+        })
+}
+
+fn check_readable(what: &'static str, path: &Path) -> Result<(), ResourcesError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| ResourcesError::File {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("tessera-resources-{}-{name}", std::process::id()));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        path
+    }
+
+    #[test]
+    fn machine_config_put_needs_both_fields_and_patch_keeps_the_rest() {
+        let mut r = VmResources::default();
+        let partial = MachineConfigBody {
+            vcpu_count: Some(2),
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.set_machine_config(&partial, true),
+            Err(ResourcesError::MissingField("mem_size_mib"))
+        ));
+        assert_eq!(r.machine, MachineConfig::default());
+        r.set_machine_config(&partial, false).unwrap();
+        assert_eq!(r.machine.vcpu_count, 2);
+        assert_eq!(r.machine.mem_size_mib, 128);
+        let smt = MachineConfigBody {
+            smt: Some(true),
+            vcpu_count: Some(4),
+            ..Default::default()
+        };
+        assert!(r.set_machine_config(&smt, false).is_err());
+        assert_eq!(r.machine.vcpu_count, 2, "a refused update changes nothing");
+        let too_big = MachineConfigBody {
+            vcpu_count: Some(64),
+            mem_size_mib: Some(256),
+            ..Default::default()
+        };
+        assert!(r.set_machine_config(&too_big, true).is_err());
+        assert_eq!(r.machine.mem_size_mib, 128);
+    }
+
+    #[test]
+    fn a_refused_drive_leaves_the_drives_as_they_were() {
+        let path = temp_file("drive");
+        let mut r = VmResources::default();
+        let drive = |id: &str, root| Drive {
+            drive_id: id.into(),
+            path_on_host: path.clone(),
+            is_root_device: root,
+            is_read_only: true,
+            cache_type: Default::default(),
+            rate_limiter: None,
+        };
+        r.put_drive(&drive("rootfs", true)).unwrap();
+        assert!(matches!(
+            r.put_drive(&drive("second", true)),
+            Err(ResourcesError::Device(DeviceConfigError::TwoRootDevices))
+        ));
+        let mut missing = drive("data", false);
+        missing.path_on_host = "/nonexistent/disk.img".into();
+        let err = r.put_drive(&missing).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/disk.img"), "{err}");
+        assert_eq!(r.devices.drives, vec![drive("rootfs", true)]);
+        // A PUT with an existing id replaces it in place.
+        r.put_drive(&drive("rootfs", false)).unwrap();
+        assert_eq!(r.devices.drives, vec![drive("rootfs", false)]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn config_file_round_trips_and_refuses_unsupported_sections() {
+        let kernel = temp_file("kernel");
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 64}},
+                "balloon": null}}"#,
+            kernel.display()
+        );
+        let config: VmConfig = serde_json::from_str(&json).unwrap();
+        let r = VmResources::from_config(&config).unwrap();
+        assert_eq!(r.machine, MachineConfig::new(2, 64).unwrap());
+        let out = serde_json::to_string(&r.to_config()).unwrap();
+        let again: VmConfig = serde_json::from_str(&out).unwrap();
+        assert_eq!(VmResources::from_config(&again).unwrap().machine, r.machine);
+
+        let balloon: VmConfig = serde_json::from_str(r#"{"balloon": {"amount_mib": 1}}"#).unwrap();
+        let err = VmResources::from_config(&balloon).unwrap_err().to_string();
+        assert_eq!(err, "balloon is not supported by Tessera yet");
+        let missing = BootSourceConfig {
+            kernel_image_path: "/nonexistent/vmlinux".into(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        assert!(VmResources::default().set_boot_source(&missing).is_err());
+        std::fs::remove_file(kernel).unwrap();
+    }
+}

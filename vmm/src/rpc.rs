@@ -1,0 +1,155 @@
+//! What the API thread asks of the VMM thread: typed actions in, one result out per action.
+//!
+//! The API thread sends an action, wakes the VMM thread through an `EventFd` (which the event
+//! loop watches once the VM runs; before that the VMM thread blocks on the channel itself) and
+//! waits for the reply. One request is in flight at a time, so a single reply channel suffices.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, RecvError, Sender};
+
+use devices::rate_limiter::RateLimiterError;
+use devices::virtio::block::BlockError;
+use devices::virtio::net::NetError;
+use serde::Serialize;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device_config::{Drive, Entropy, NetworkInterface, Vsock};
+use crate::logger::{LoggerConfig, LoggerError};
+use crate::metrics::{MetricsConfig, MetricsError};
+use crate::pause::PauseError;
+use crate::resources::{
+    BootSourceConfig, DriveUpdate, MachineConfigBody, NetworkInterfaceUpdate, ResourcesError,
+    VmConfig,
+};
+use crate::vm::VmError;
+
+/// One request for the VMM, as the REST API and the config file express them.
+#[derive(Debug)]
+pub enum VmmAction {
+    GetInstanceInfo,
+    GetVmConfig,
+    GetMachineConfig,
+    PutMachineConfig(MachineConfigBody),
+    PatchMachineConfig(MachineConfigBody),
+    PutBootSource(BootSourceConfig),
+    PutDrive(Drive),
+    PatchDrive(DriveUpdate),
+    PutNetworkInterface(NetworkInterface),
+    PatchNetworkInterface(NetworkInterfaceUpdate),
+    PutVsock(Vsock),
+    PutEntropy(Entropy),
+    PutLogger(LoggerConfig),
+    PutMetrics(MetricsConfig),
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+    Pause,
+    Resume,
+}
+
+/// `GET /`: Firecracker's instance-info shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    /// `Not started`, `Running` or `Paused`.
+    pub state: &'static str,
+    pub vmm_version: &'static str,
+    pub app_name: &'static str,
+}
+
+/// What a successful action returns.
+#[derive(Debug)]
+pub enum VmmData {
+    Empty,
+    InstanceInfo(InstanceInfo),
+    VmConfig(Box<VmConfig>),
+    MachineConfig(MachineConfigBody),
+}
+
+/// Why an action was refused. Each is answered with 400 and this message; none changes the
+/// VM's configuration or state.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ActionError {
+    /// The requested operation is not supported after starting the microVM.
+    NotAfterStart,
+    /// The requested operation is not supported before starting the microVM.
+    NotBeforeStart,
+    /// Cannot start microvm without kernel configuration: PUT /boot-source first.
+    MissingBootSource,
+    /// {0}
+    Resources(#[from] ResourcesError),
+    /// cannot start the microVM: {0}
+    Start(#[from] VmError),
+    /// {0}
+    Logger(#[from] LoggerError),
+    /// {0}
+    Metrics(#[from] MetricsError),
+    /// metrics are not configured: PUT /metrics first
+    NoMetrics,
+    /// metrics are already configured; they can be set once
+    MetricsAlreadySet,
+    /// {0}
+    Pause(#[from] PauseError),
+    /// cannot send Ctrl-Alt-Del: {0}
+    CtrlAltDel(&'static str),
+    /// drive {id}: {source}
+    Drive { id: String, source: BlockError },
+    /// network interface {id}: {source}
+    Net { id: String, source: NetError },
+    /// {what}: {source}
+    RateLimiter {
+        what: String,
+        source: RateLimiterError,
+    },
+    /// the VMM thread has stopped
+    VmmGone,
+}
+
+pub type ActionResult = Result<VmmData, ActionError>;
+
+/// The API thread's end: sends actions and waits for their results.
+pub struct ApiEnd {
+    actions: Sender<VmmAction>,
+    results: Receiver<ActionResult>,
+    wake: EventFd,
+}
+
+/// The VMM thread's end.
+pub struct VmmEnd {
+    pub actions: Receiver<VmmAction>,
+    pub results: Sender<ActionResult>,
+    /// Written once per action; the event loop watches it after the VM starts.
+    pub wake: EventFd,
+}
+
+pub fn channel() -> io::Result<(ApiEnd, VmmEnd)> {
+    let (action_tx, action_rx) = mpsc::channel();
+    let (result_tx, result_rx) = mpsc::channel();
+    let wake = EventFd::new(EFD_NONBLOCK)?;
+    Ok((
+        ApiEnd {
+            actions: action_tx,
+            results: result_rx,
+            wake: wake.try_clone()?,
+        },
+        VmmEnd {
+            actions: action_rx,
+            results: result_tx,
+            wake,
+        },
+    ))
+}
+
+impl ApiEnd {
+    /// Hands `action` to the VMM thread and waits for its result.
+    pub fn call(&self, action: VmmAction) -> ActionResult {
+        self.actions
+            .send(action)
+            .map_err(|_| ActionError::VmmGone)?;
+        // Only the event loop reads the eventfd; a full counter still wakes it.
+        let _ = self.wake.write(1);
+        self.results
+            .recv()
+            .map_err(|RecvError| ActionError::VmmGone)?
+    }
+}
