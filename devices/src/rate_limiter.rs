@@ -5,6 +5,10 @@
 //! full and leaves a debt, so large requests are slowed, never stuck. When a request is refused
 //! the limiter arms its timerfd; the device registers that fd on the event loop and retries when
 //! it fires.
+//!
+//! The settings can change while the VM runs ([`RateLimiter::update`]). The limiter object and
+//! its timerfd stay the same, because the event loop holds that fd's registration: a new limiter
+//! would leave the loop watching a closed (or, worse, reused) fd number.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -29,6 +33,19 @@ pub struct RateLimiterConfig {
     pub ops: Option<TokenBucketConfig>,
 }
 
+impl RateLimiterConfig {
+    /// Checks both buckets' settings, so a caller changing several limiters can refuse a bad
+    /// request before changing any of them.
+    pub fn validate(&self) -> Result<(), RateLimiterError> {
+        for (bucket, which) in [(self.bandwidth, "bandwidth"), (self.ops, "ops")] {
+            if let Some(config) = bucket {
+                TokenBucket::check(&config, which)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error, displaydoc::Display, PartialEq, Eq)]
 pub enum RateLimiterError {
     /// rate limiter {which} bucket: size and refill_time must both be above zero
@@ -47,10 +64,15 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn new(config: TokenBucketConfig, which: &'static str) -> Result<Self, RateLimiterError> {
+    fn check(config: &TokenBucketConfig, which: &'static str) -> Result<(), RateLimiterError> {
         if config.size == 0 || config.refill_time_ms == 0 {
             return Err(RateLimiterError::Invalid { which });
         }
+        Ok(())
+    }
+
+    fn new(config: TokenBucketConfig, which: &'static str) -> Result<Self, RateLimiterError> {
+        Self::check(&config, which)?;
         Ok(Self {
             config,
             burst: config.one_time_burst,
@@ -210,6 +232,68 @@ impl RateLimiter {
     pub fn is_limited(&self) -> bool {
         self.bandwidth.is_some() || self.ops.is_some()
     }
+
+    /// The current settings.
+    pub fn config(&self) -> RateLimiterConfig {
+        RateLimiterConfig {
+            bandwidth: self.bandwidth.as_ref().map(|b| b.config),
+            ops: self.ops.as_ref().map(|b| b.config),
+        }
+    }
+
+    /// Replaces the settings at run time, keeping this limiter's timerfd (the event loop has it
+    /// registered). Invalid settings change nothing.
+    ///
+    /// Per bucket, as in Firecracker: `None` makes it unlimited; new settings give a fresh, full
+    /// bucket with its one-time burst, so tokens and debt under the old settings are forgotten;
+    /// settings equal to the current ones keep the bucket as it is, so re-sending them hands out
+    /// no free refill.
+    ///
+    /// A refusal waiting on the timer may not be owed any more, so when a bucket changed while
+    /// the limiter is blocked, the timer is re-armed to fire at once: the device retries on its
+    /// usual timer path (and is refused again, re-arming the timer, if an unchanged bucket still
+    /// says no). Nothing else is needed from the device.
+    pub fn update(&mut self, config: RateLimiterConfig) -> Result<(), RateLimiterError> {
+        // Both are built before either is applied: an error leaves the limiter as it was.
+        let bandwidth = replacement(&self.bandwidth, config.bandwidth, "bandwidth")?;
+        let ops = replacement(&self.ops, config.ops, "ops")?;
+        let changed = bandwidth.is_some() || ops.is_some();
+        if let Some(bucket) = bandwidth {
+            self.bandwidth = bucket;
+        }
+        if let Some(bucket) = ops {
+            self.ops = bucket;
+        }
+        if changed && self.blocked {
+            self.retry_now();
+        }
+        Ok(())
+    }
+
+    /// Makes the armed timer fire as soon as it can, so a blocked device tries again.
+    fn retry_now(&mut self) {
+        // A zero timer would disarm it; a microsecond is "now".
+        if let Err(e) = self.timer.reset(Duration::from_micros(1), None) {
+            // Unblock anyway: the device then resumes on its next queue or backend event rather
+            // than on a timer set for the old settings.
+            log::error!("rate limiter: cannot re-arm the timer after an update: {e}");
+            self.blocked = false;
+        }
+    }
+}
+
+/// What an update to `config` does to the bucket `current`: `None` keeps it as it is (same
+/// settings), `Some` replaces it with a fresh bucket or none at all.
+fn replacement(
+    current: &Option<TokenBucket>,
+    config: Option<TokenBucketConfig>,
+    which: &'static str,
+) -> Result<Option<Option<TokenBucket>>, RateLimiterError> {
+    if current.as_ref().map(|b| b.config) == config {
+        return Ok(None);
+    }
+    let fresh = config.map(|c| TokenBucket::new(c, which)).transpose()?;
+    Ok(Some(fresh))
 }
 
 impl AsRawFd for RateLimiter {
@@ -321,6 +405,87 @@ mod tests {
             ops: bucket(1, 0, 0),
         })
         .is_err());
+    }
+
+    /// Waits up to `ms` for the limiter's timer; true if it fired.
+    fn timer_fires_within(rl: &RateLimiter, ms: i32) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: rl.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, length 1.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) == 1 }
+    }
+
+    #[test]
+    fn update_with_bad_or_equal_settings_changes_nothing() {
+        let slow = RateLimiterConfig {
+            bandwidth: bucket(100, 0, 60_000),
+            ops: None,
+        };
+        let mut rl = RateLimiter::new(slow).unwrap();
+        let fd = rl.as_raw_fd();
+        assert!(rl.consume(100));
+        assert!(!rl.consume(1));
+        let bad = RateLimiterConfig {
+            bandwidth: bucket(1 << 20, 0, 10),
+            ops: bucket(0, 0, 10),
+        };
+        assert_eq!(
+            rl.update(bad).unwrap_err(),
+            RateLimiterError::Invalid { which: "ops" }
+        );
+        assert_eq!(rl.config(), slow);
+        // The same settings again: no free refill, the timer stays set for the old wait.
+        rl.update(slow).unwrap();
+        assert!(rl.is_blocked());
+        assert!(!timer_fires_within(&rl, 20));
+        assert_eq!(rl.as_raw_fd(), fd);
+    }
+
+    #[test]
+    fn update_gives_full_new_buckets_and_wakes_a_blocked_limiter() {
+        let mut rl = RateLimiter::new(RateLimiterConfig {
+            bandwidth: bucket(100, 0, 60_000),
+            ops: bucket(10, 0, 60_000),
+        })
+        .unwrap();
+        let fd = rl.as_raw_fd();
+        assert!(rl.consume(250)); // leaves a debt a minute long
+        assert!(!rl.consume(1));
+        let faster = RateLimiterConfig {
+            bandwidth: bucket(1000, 500, 60_000),
+            ops: bucket(10, 0, 60_000), // unchanged: keeps its state (9 left)
+        };
+        rl.update(faster).unwrap();
+        assert_eq!(rl.config(), faster);
+        assert_eq!(rl.as_raw_fd(), fd, "the registered fd stays");
+        // Still blocked until the device sees the timer, which fires at once.
+        assert!(rl.is_blocked());
+        assert!(timer_fires_within(&rl, 1000));
+        rl.timer_fired();
+        assert!(rl.consume(1500), "burst and full bucket");
+        assert!(!rl.consume(1));
+        assert_eq!(rl.ops.as_ref().unwrap().budget, 8);
+
+        // None: unlimited.
+        rl.update(RateLimiterConfig::default()).unwrap();
+        assert!(!rl.is_limited());
+        assert!(timer_fires_within(&rl, 1000));
+        rl.timer_fired();
+        for _ in 0..100 {
+            assert!(rl.consume(1 << 30));
+        }
+        // And limited again, from an unlimited start.
+        rl.update(RateLimiterConfig {
+            bandwidth: None,
+            ops: bucket(1, 0, 60_000),
+        })
+        .unwrap();
+        assert!(!rl.is_blocked());
+        assert!(rl.consume(1 << 30));
+        assert!(!rl.consume(1));
     }
 
     #[test]

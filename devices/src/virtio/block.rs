@@ -11,13 +11,17 @@
 //! memory and stay inside guest memory; sectors and lengths are checked with checked arithmetic
 //! against the capacity. A bad request gets `VIRTIO_BLK_S_IOERR` (or `UNSUPP`) when the chain has
 //! somewhere to put a status, and is returned with used length 0 otherwise.
+//!
+//! While the VM runs, the drive can move to another file of any size
+//! ([`Block::set_backing_file`], announced to the driver with a config-change interrupt) and
+//! change its rate limits ([`Block::set_rate_limiter`]); the features offered at creation stay.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::mem::{offset_of, size_of};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
@@ -30,6 +34,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::metrics::bump;
 use super::{
     drain_queue, fuzzing, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt,
     Served, VirtioDevice, TYPE_BLOCK,
@@ -104,6 +109,35 @@ pub enum BlockError {
     EventFd { path: PathBuf, source: io::Error },
 }
 
+device_metrics! {
+    /// What the device served and refused since it was created. Requests count when they
+    /// succeed; a failed one counts once, under `io_errors` or `unsupported`.
+    pub struct BlockMetrics {
+        /// Reads served, and the bytes they moved to the guest.
+        pub read_count,
+        pub read_bytes,
+        /// Writes served, and the bytes they moved to the disk.
+        pub write_count,
+        pub write_bytes,
+        pub flush_count,
+        /// DISCARD and WRITE_ZEROES requests served.
+        pub discard_count,
+        pub write_zeroes_count,
+        pub get_id_count,
+        /// Requests answered VIRTIO_BLK_S_IOERR: out of range, malformed, too many segments, a
+        /// write to a read-only disk, or a failed host I/O.
+        pub io_errors,
+        /// Requests answered VIRTIO_BLK_S_UNSUPP: unknown types, features not negotiated, or
+        /// discard on a backing file that cannot punch holes.
+        pub unsupported,
+        /// Chains returned unanswered because they had nowhere to put a status: cut short (a
+        /// loop, a bad next index), no device-writable last byte, or buffers outside memory.
+        pub bad_chains,
+        /// Times the rate limiter deferred a request (one request may be deferred again).
+        pub rate_limited,
+    }
+}
+
 /// The device's state while the driver has it running.
 struct Active {
     mem: GuestMemory,
@@ -122,56 +156,50 @@ struct Disk {
     cache_type: CacheType,
     /// GET_ID answer, NUL-padded.
     id: [u8; ID_BYTES],
-    /// The file takes FALLOC_FL_PUNCH_HOLE (probed at open).
+    /// DISCARD and WRITE_ZEROES may be served: they were offered and the current file takes
+    /// FALLOC_FL_PUNCH_HOLE (probed at open).
     punch_hole: bool,
     bounce: Vec<u8>,
 }
 
-/// A virtio-blk device.
-pub struct Block {
-    disk: Disk,
-    avail_features: u64,
-    config_space: Vec<u8>,
-    queue_evts: [EventFd; 1],
-    limiter: RateLimiter,
-    active: Option<Active>,
+/// An opened backing file and what probing it found.
+struct Backing {
+    file: File,
+    /// Sectors the guest may address.
+    capacity: u64,
+    /// The file takes FALLOC_FL_PUNCH_HOLE.
+    punch_hole: bool,
 }
 
-impl Block {
-    /// Opens the disk (O_RDONLY when read-only, else O_RDWR) and works out its capacity and the
-    /// features it can offer.
-    pub fn new(config: BlockConfig) -> Result<Block, BlockError> {
+impl Backing {
+    /// Opens `path` (O_RDONLY when `read_only`, else O_RDWR) and probes it.
+    fn open(path: &Path, read_only: bool) -> Result<Backing, BlockError> {
         let file = OpenOptions::new()
             .read(true)
-            .write(!config.read_only)
-            .open(&config.path)
+            .write(!read_only)
+            .open(path)
             .map_err(|source| BlockError::Open {
-                path: config.path.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
-        Self::with_file(file, &config)
+        Self::probe(file, path, read_only)
     }
 
-    /// Builds the device on an already open `file`; `config.path` only names it in messages.
-    fn with_file(mut file: File, config: &BlockConfig) -> Result<Block, BlockError> {
-        let path = config.path.clone();
-        let file_type = file
-            .metadata()
-            .map_err(|source| BlockError::Size {
-                path: path.clone(),
-                source,
-            })?
-            .file_type();
+    /// Checks that `file` is a disk and finds its size and whether it can punch holes; `path`
+    /// only names it in messages.
+    fn probe(mut file: File, path: &Path, read_only: bool) -> Result<Backing, BlockError> {
+        let size_err = |source| BlockError::Size {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file_type = file.metadata().map_err(size_err)?.file_type();
         if !file_type.is_file() && !file_type.is_block_device() {
-            return Err(BlockError::NotADisk { path });
+            return Err(BlockError::NotADisk {
+                path: path.to_path_buf(),
+            });
         }
         // Seeking to the end works for block devices too, whose metadata length is 0.
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(|source| BlockError::Size {
-                path: path.clone(),
-                source,
-            })?;
+        let size = file.seek(SeekFrom::End(0)).map_err(size_err)?;
         if !size.is_multiple_of(SECTOR_SIZE) {
             log::warn!(
                 "disk image {}: size {size} is not a multiple of {SECTOR_SIZE}: {} bytes hidden",
@@ -179,8 +207,38 @@ impl Block {
                 size % SECTOR_SIZE
             );
         }
-        let capacity = size / SECTOR_SIZE;
-        let punch_hole = !config.read_only && probe_punch_hole(&file, size);
+        let punch_hole = !read_only && probe_punch_hole(&file, size);
+        Ok(Backing {
+            file,
+            capacity: size / SECTOR_SIZE,
+            punch_hole,
+        })
+    }
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Disk,
+    /// Fixed at creation: the driver negotiates them once and cannot be told they changed.
+    avail_features: u64,
+    config_space: Vec<u8>,
+    queue_evts: [EventFd; 1],
+    limiter: RateLimiter,
+    active: Option<Active>,
+    metrics: BlockMetrics,
+}
+
+impl Block {
+    /// Opens the disk (O_RDONLY when read-only, else O_RDWR) and works out its capacity and the
+    /// features it can offer.
+    pub fn new(config: BlockConfig) -> Result<Block, BlockError> {
+        let backing = Backing::open(&config.path, config.read_only)?;
+        Self::with_backing(backing, &config)
+    }
+
+    /// Builds the device on an opened, probed backing file.
+    fn with_backing(backing: Backing, config: &BlockConfig) -> Result<Block, BlockError> {
+        let path = config.path.clone();
         let limiter =
             RateLimiter::new(config.rate_limiter).map_err(|source| BlockError::RateLimiter {
                 path: path.clone(),
@@ -203,26 +261,27 @@ impl Block {
         if config.cache_type == CacheType::Writeback {
             avail_features |= 1 << VIRTIO_BLK_F_FLUSH;
         }
-        if punch_hole {
+        if backing.punch_hole {
             avail_features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
 
         Ok(Block {
-            config_space: config_space(capacity, punch_hole),
+            config_space: config_space(backing.capacity, backing.punch_hole),
             disk: Disk {
-                file,
+                file: backing.file,
                 path,
-                capacity,
+                capacity: backing.capacity,
                 read_only: config.read_only,
                 cache_type: config.cache_type,
                 id,
-                punch_hole,
+                punch_hole: backing.punch_hole,
                 bounce: vec![0; BOUNCE_SIZE],
             },
             avail_features,
             queue_evts: [queue_evt],
             limiter,
             active: None,
+            metrics: BlockMetrics::default(),
         })
     }
 
@@ -231,9 +290,70 @@ impl Block {
         self.disk.capacity
     }
 
-    /// Whether DISCARD and WRITE_ZEROES are offered (writable and the file punches holes).
+    /// The backing file's path.
+    pub fn path(&self) -> &Path {
+        &self.disk.path
+    }
+
+    /// Whether DISCARD and WRITE_ZEROES are served now: they were offered at creation (writable,
+    /// and the first file punched holes) and the current backing file punches holes.
     pub fn discard_supported(&self) -> bool {
         self.disk.punch_hole
+    }
+
+    /// What the device served and refused so far.
+    pub fn counters(&self) -> BlockMetrics {
+        self.metrics
+    }
+
+    /// The rate limiter's current settings.
+    pub fn rate_limiter_config(&self) -> RateLimiterConfig {
+        self.limiter.config()
+    }
+
+    /// Changes the rate limits while the VM runs (see [`RateLimiter::update`]: changed buckets
+    /// start full, `None` is unlimited); invalid settings change nothing. A request the old
+    /// limits were holding back is retried at once through the limiter's timer.
+    pub fn set_rate_limiter(&mut self, config: RateLimiterConfig) -> Result<(), BlockError> {
+        self.limiter
+            .update(config)
+            .map_err(|source| BlockError::RateLimiter {
+                path: self.disk.path.clone(),
+                source,
+            })
+    }
+
+    /// Puts the disk on another file while the VM runs, opened in the drive's current mode
+    /// (read-only stays read-only). Any error names `path` and leaves the device on its old file.
+    ///
+    /// The new file's size becomes the capacity; when the driver runs, it gets a config-change
+    /// interrupt (which also moves the config generation) and Linux re-reads the capacity. The
+    /// offered features cannot change under a driver that already negotiated them, so they stay
+    /// as they were: if the new file cannot punch holes although the first one could, DISCARD and
+    /// WRITE_ZEROES now get UNSUPP; if it can but the first could not, they stay unoffered.
+    ///
+    /// Requests are served synchronously under the same `&mut self`, so none is in flight
+    /// across the swap. The old file is closed without a sync: whatever the guest flushed is
+    /// already on disk, and unflushed writes were never promised.
+    pub fn set_backing_file(&mut self, path: &Path) -> Result<(), BlockError> {
+        let backing = Backing::open(path, self.disk.read_only)?;
+        let discard_offered = self.avail_features & (1 << VIRTIO_BLK_F_DISCARD) != 0;
+        self.disk.file = backing.file;
+        self.disk.path = path.to_path_buf();
+        self.disk.capacity = backing.capacity;
+        self.disk.punch_hole = discard_offered && backing.punch_hole;
+        self.config_space = config_space(backing.capacity, discard_offered);
+        log::info!(
+            "virtio-blk: now on {} ({} sectors)",
+            path.display(),
+            backing.capacity
+        );
+        // Before activation there is nobody to tell: the driver reads the capacity when it
+        // probes the device.
+        if let Some(active) = &self.active {
+            active.interrupt.signal_config_change();
+        }
+        Ok(())
     }
 
     /// The driver kicked the queue.
@@ -263,14 +383,14 @@ impl Block {
             interrupt,
             acked_features,
         } = active;
-        let (disk, limiter) = (&mut self.disk, &mut self.limiter);
+        let (disk, limiter, metrics) = (&mut self.disk, &mut self.limiter, &mut self.metrics);
         drain_queue(
             queue,
             mem,
             &"virtio-blk",
             interrupt,
             &self.queue_evts[0],
-            |chain| handle_chain(disk, limiter, mem, chain, *acked_features),
+            |chain| handle_chain(disk, limiter, metrics, mem, chain, *acked_features),
         );
     }
 }
@@ -354,6 +474,7 @@ fn config_space(capacity: u64, discard: bool) -> Vec<u8> {
 fn handle_chain(
     disk: &mut Disk,
     limiter: &mut RateLimiter,
+    metrics: &mut BlockMetrics,
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     acked_features: u64,
@@ -365,21 +486,23 @@ fn handle_chain(
         count += 1;
         terminated = !desc.has_next();
     }
+    let unanswerable = |metrics: &mut BlockMetrics, why: &str| {
+        log::debug!("virtio-blk: dropping a chain: {why}");
+        bump(&mut metrics.bad_chains, 1);
+        Served::Used(0)
+    };
     if !terminated {
-        log::debug!("virtio-blk: dropping a chain that does not end");
-        return Served::Used(0);
+        return unanswerable(metrics, "it does not end");
     }
     let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
-        log::debug!("virtio-blk: writable buffers outside guest memory");
-        return Served::Used(0);
+        return unanswerable(metrics, "writable buffers outside guest memory");
     };
     // The status byte is the last writable byte; without one there is nowhere to answer.
     let Some(data_len) = writer.available_bytes().checked_sub(1) else {
-        log::debug!("virtio-blk: chain has no status byte");
-        return Served::Used(0);
+        return unanswerable(metrics, "no status byte");
     };
     let Ok(mut status) = writer.split_at(data_len) else {
-        return Served::Used(0);
+        return unanswerable(metrics, "no status byte");
     };
     let code = if count > MAX_DESCRIPTORS {
         log::debug!("virtio-blk: chain of {count} descriptors exceeds seg_max");
@@ -387,7 +510,14 @@ fn handle_chain(
     } else {
         match Reader::new(mem, chain) {
             Ok(mut reader) => {
-                match serve(disk, limiter, &mut reader, &mut writer, acked_features) {
+                match serve(
+                    disk,
+                    limiter,
+                    metrics,
+                    &mut reader,
+                    &mut writer,
+                    acked_features,
+                ) {
                     Some(code) => code,
                     None => return Served::PutBack,
                 }
@@ -398,14 +528,21 @@ fn handle_chain(
             }
         }
     };
+    match code {
+        S_IOERR => bump(&mut metrics.io_errors, 1),
+        S_UNSUPP => bump(&mut metrics.unsupported, 1),
+        _ => {}
+    }
     let written = writer.bytes_written() + usize::from(status.write_all(&[code]).is_ok());
     Served::Used(u32::try_from(written).unwrap_or(u32::MAX))
 }
 
-/// Parses the header and runs the request; None when the rate limiter defers it.
+/// Parses the header and runs the request; None when the rate limiter defers it. Successful
+/// requests are counted here, by type.
 fn serve(
     disk: &mut Disk,
     limiter: &mut RateLimiter,
+    metrics: &mut BlockMetrics,
     reader: &mut Reader,
     writer: &mut Writer,
     acked_features: u64,
@@ -420,11 +557,51 @@ fn serve(
         VIRTIO_BLK_T_IN => writer.available_bytes(),
         VIRTIO_BLK_T_OUT => reader.available_bytes(),
         _ => 0,
-    };
-    if !limiter.consume(bytes as u64) {
+    } as u64;
+    if !limiter.consume(bytes) {
+        bump(&mut metrics.rate_limited, 1);
         return None;
     }
-    Some(match request_type {
+    let code = run(disk, request_type, sector, reader, writer, acked_features);
+    if code == S_OK {
+        metrics.served(request_type, bytes);
+    }
+    Some(code)
+}
+
+impl BlockMetrics {
+    /// Counts a request that succeeded; `bytes` is what a read or write moved.
+    fn served(&mut self, request_type: u32, bytes: u64) {
+        let count = match request_type {
+            VIRTIO_BLK_T_IN => {
+                bump(&mut self.read_bytes, bytes);
+                &mut self.read_count
+            }
+            VIRTIO_BLK_T_OUT => {
+                bump(&mut self.write_bytes, bytes);
+                &mut self.write_count
+            }
+            VIRTIO_BLK_T_FLUSH => &mut self.flush_count,
+            VIRTIO_BLK_T_GET_ID => &mut self.get_id_count,
+            VIRTIO_BLK_T_DISCARD => &mut self.discard_count,
+            VIRTIO_BLK_T_WRITE_ZEROES => &mut self.write_zeroes_count,
+            // Unknown types are never OK.
+            _ => return,
+        };
+        bump(count, 1);
+    }
+}
+
+/// Runs one parsed request on the disk; returns its status.
+fn run(
+    disk: &mut Disk,
+    request_type: u32,
+    sector: u64,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    acked_features: u64,
+) -> u8 {
+    match request_type {
         VIRTIO_BLK_T_IN => disk.read(sector, writer),
         VIRTIO_BLK_T_OUT => disk.write(sector, reader),
         VIRTIO_BLK_T_FLUSH => disk.flush(),
@@ -442,7 +619,7 @@ fn serve(
             }
         }
         _ => S_UNSUPP,
-    })
+    }
 }
 
 /// `virtio_blk_outhdr`: type, ioprio (ignored), sector.
@@ -721,6 +898,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        self.metrics.pairs()
+    }
 }
 
 impl MutEventSubscriber for Block {
@@ -782,7 +963,10 @@ pub fn fuzz_one(data: &[u8]) {
         serial: "fuzz".into(),
         rate_limiter: RateLimiterConfig::default(),
     };
-    let Ok(mut block) = Block::with_file(file, &config) else {
+    let Ok(backing) = Backing::probe(file, &config.path, config.read_only) else {
+        return;
+    };
+    let Ok(mut block) = Block::with_backing(backing, &config) else {
         return;
     };
     let Ok(irqfd) = EventFd::new(libc::EFD_NONBLOCK) else {
@@ -827,6 +1011,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use crate::rate_limiter::TokenBucketConfig;
+    use crate::virtio::INTERRUPT_CONFIG_CHANGE;
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
@@ -849,6 +1034,13 @@ mod tests {
             let data: Vec<u8> = (0..sectors).flat_map(|s| [s as u8; 512]).collect();
             std::fs::write(&path, data).unwrap();
             Self { path }
+        }
+
+        /// A disk of `sectors` sectors, every byte `byte`.
+        fn filled(sectors: u64, byte: u8) -> Self {
+            let disk = Self::new(0);
+            std::fs::write(&disk.path, vec![byte; (sectors * 512) as usize]).unwrap();
+            disk
         }
 
         fn contents(&self) -> Vec<u8> {
@@ -1060,6 +1252,17 @@ mod tests {
         let data = read_sectors(&mut block, &mem, 3, 1024);
         assert!(data[..512].iter().all(|&b| b == 3));
         assert!(data[512..].iter().all(|&b| b == 4));
+        assert_eq!(
+            block.counters(),
+            BlockMetrics {
+                read_count: 1,
+                read_bytes: 1024,
+                ..Default::default()
+            }
+        );
+        let pairs = VirtioDevice::metrics(&block);
+        assert!(pairs.contains(&("read_bytes", 1024)), "{pairs:?}");
+        assert!(pairs.contains(&("rate_limited", 0)), "{pairs:?}");
     }
 
     #[test]
@@ -1099,6 +1302,9 @@ mod tests {
         assert!(file[4 * 512..5 * 512].iter().all(|&b| b == 4));
         assert!(file[7 * 512..8 * 512].iter().all(|&b| b == 7));
         assert_eq!(read_sectors(&mut block, &mem, 5, 1024), payload);
+        let m = block.counters();
+        assert_eq!((m.write_count, m.write_bytes), (1, 1024));
+        assert_eq!((m.read_count, m.read_bytes), (1, 1024));
     }
 
     #[test]
@@ -1118,6 +1324,10 @@ mod tests {
         write_header(&mem, VIRTIO_BLK_T_OUT, 0);
         let (st, used) = request(&mut block, &mem, &[hdr(), (DATA, 512, false), status()]);
         assert_eq!((st, used), (S_IOERR, 1));
+        assert_eq!(
+            (block.counters().io_errors, block.counters().write_count),
+            (1, 0)
+        );
         assert!(disk.contents()[..512].iter().all(|&b| b == 0));
         // Reads still work.
         assert!(read_sectors(&mut block, &mem, 1, 512)
@@ -1132,6 +1342,7 @@ mod tests {
         let mut block = disk.block();
         write_header(&mem, VIRTIO_BLK_T_FLUSH, 0);
         assert_eq!(request(&mut block, &mem, &[hdr(), status()]), (S_OK, 1));
+        assert_eq!(block.counters().flush_count, 1);
 
         let mut block = Block::new(BlockConfig {
             cache_type: CacheType::Unsafe,
@@ -1157,6 +1368,7 @@ mod tests {
         mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id[..14], b"tessera-disk-0");
         assert_eq!(&id[14..], &[0; 6]);
+        assert_eq!(block.counters().get_id_count, 1);
 
         let mut block = Block::new(BlockConfig {
             serial: "0123456789abcdefghijKLMNOP".into(),
@@ -1221,6 +1433,7 @@ mod tests {
         // Discarding what is already a hole (a sparse range) succeeds and changes nothing.
         assert_eq!(request(&mut block, &mem, &parts), (S_OK, 1));
         assert_eq!(disk.contents(), file);
+        assert_eq!(block.counters().discard_count, 2);
 
         // The unmap flag is not allowed on discard; out-of-range and oversized ones fail.
         write_segment(&mem, DATA, 0, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
@@ -1251,6 +1464,7 @@ mod tests {
         assert_eq!(request(&mut block, &mem, &parts), (S_OK, 1));
         write_segment(&mem, DATA, 10, 4, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
         assert_eq!(request(&mut block, &mem, &parts), (S_OK, 1));
+        assert_eq!(block.counters().write_zeroes_count, 2);
         let file = disk.contents();
         for s in 0..64u64 {
             let zeroed = (2..5).contains(&s) || (10..14).contains(&s);
@@ -1311,6 +1525,9 @@ mod tests {
             assert_eq!((st, used), (S_IOERR, 1), "{request_type} {sector} {len}");
         }
         assert_eq!(disk.contents(), before);
+        let m = block.counters();
+        assert_eq!(m.io_errors, cases.len() as u64);
+        assert_eq!((m.read_count, m.write_count, m.read_bytes), (0, 0, 0));
     }
 
     #[test]
@@ -1321,6 +1538,7 @@ mod tests {
         write_header(&mem, 99, 0);
         let parts = [hdr(), (DATA, 512, true), status()];
         assert_eq!(request(&mut block, &mem, &parts), (S_UNSUPP, 1));
+        assert_eq!(block.counters().unsupported, 1);
         // Discard not negotiated by the driver.
         let mut rig_block = disk.block();
         let mut rig = Rig::new(&mem, &mut rig_block);
@@ -1333,6 +1551,7 @@ mod tests {
         rig_block.queue_notified();
         assert_eq!(rig.used(), vec![(0, 1)]);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_UNSUPP);
+        assert_eq!(rig_block.counters().unsupported, 1);
     }
 
     #[test]
@@ -1367,6 +1586,8 @@ mod tests {
         let parts = [hdr(), (u64::MAX - 100, 512, true), status()];
         assert_eq!(request(&mut block, &mem, &parts), (0xff, 0));
         assert_eq!(disk.contents(), before);
+        let m = block.counters();
+        assert_eq!((m.bad_chains, m.io_errors), (4, 3));
     }
 
     #[test]
@@ -1386,6 +1607,10 @@ mod tests {
         block.queue_notified();
         assert_eq!(rig.used(), vec![(0, 0), (2, 0), (4, 513)]);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_OK);
+        assert_eq!(
+            (block.counters().bad_chains, block.counters().read_count),
+            (2, 1)
+        );
     }
 
     #[test]
@@ -1460,6 +1685,7 @@ mod tests {
         block.queue_notified();
         assert_eq!(rig.used(), vec![(0, 4097)], "the second request waits");
         assert!(block.limiter.is_blocked());
+        assert_eq!(block.counters().rate_limited, 1);
         // Kicks while blocked change nothing.
         block.queue_notified();
         assert_eq!(rig.used().len(), 1);
@@ -1481,6 +1707,186 @@ mod tests {
         mem.read_slice(&mut second, GuestAddress(DATA + 4096))
             .unwrap();
         assert_eq!(&second[..], &disk.contents()[..4096]);
+    }
+
+    /// A deferred request is held by a limiter with a minute-long refill.
+    fn blocked_block<'m>(disk: &TempDisk, mem: &'m GuestMemory) -> (Block, Rig<'m>) {
+        let mut block = Block::new(BlockConfig {
+            rate_limiter: RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(TokenBucketConfig {
+                    size: 1,
+                    one_time_burst: 0,
+                    refill_time_ms: 60_000,
+                }),
+            },
+            ..disk.config()
+        })
+        .unwrap();
+        write_header(mem, VIRTIO_BLK_T_IN, 0);
+        let mut rig = Rig::new(mem, &mut block);
+        rig.push(&[hdr(), (DATA, 512, true), status()]);
+        rig.push(&[hdr(), (DATA + 512, 512, true), (STATUS + 1, 1, true)]);
+        block.queue_notified();
+        assert_eq!(rig.used(), vec![(0, 513)]);
+        assert!(block.limiter.is_blocked());
+        (block, rig)
+    }
+
+    fn limiter_fires_within(block: &Block, ms: i32) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: block.limiter.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, length 1.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) == 1 }
+    }
+
+    #[test]
+    fn lifting_the_rate_limit_resumes_a_deferred_request() {
+        let disk = TempDisk::new(16);
+        let mem = memory();
+        let (mut block, rig) = blocked_block(&disk, &mem);
+        let fd = block.limiter.as_raw_fd();
+
+        let bad = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 0,
+                one_time_burst: 0,
+                refill_time_ms: 10,
+            }),
+            ops: None,
+        };
+        let err = block.set_rate_limiter(bad).unwrap_err();
+        assert!(
+            err.to_string().contains(&*disk.path.to_string_lossy()),
+            "{err}"
+        );
+        assert!(block.rate_limiter_config().ops.is_some(), "unchanged");
+        assert!(!limiter_fires_within(&block, 20), "still waiting a minute");
+
+        block
+            .set_rate_limiter(RateLimiterConfig::default())
+            .unwrap();
+        assert_eq!(block.rate_limiter_config(), RateLimiterConfig::default());
+        assert_eq!(block.limiter.as_raw_fd(), fd, "the registered fd stays");
+        // The event loop sees the timer at once and the device serves what waited.
+        assert!(limiter_fires_within(&block, 1000));
+        block.limiter_ready();
+        assert_eq!(rig.used(), vec![(0, 513), (3, 513)]);
+        assert_eq!(block.counters().rate_limited, 1);
+        assert_eq!(block.counters().read_count, 2);
+    }
+
+    #[test]
+    fn swapping_to_a_bigger_file_resizes_and_tells_the_driver() {
+        let old = TempDisk::new(16);
+        let new = TempDisk::filled(64, 0xa5);
+        let mut block = old.block();
+        let features = block.avail_features();
+        let discard = block.discard_supported();
+        let mem = memory();
+        let _rig = Rig::new(&mem, &mut block);
+        let interrupt = block.active.as_ref().unwrap().interrupt.clone();
+
+        block.set_backing_file(&new.path).unwrap();
+
+        assert_eq!(block.capacity_sectors(), 64);
+        assert_eq!(block.path(), new.path.as_path());
+        let mut cap = [0u8; 8];
+        block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 64);
+        assert_eq!(interrupt.status(), INTERRUPT_CONFIG_CHANGE);
+        assert_eq!(interrupt.config_generation(), 1);
+        assert_eq!(block.avail_features(), features, "negotiated features stay");
+        assert_eq!(block.discard_supported(), discard);
+        // Sector 40 did not exist before; reads and writes go to the new file.
+        assert!(read_sectors(&mut block, &mem, 40, 512)
+            .iter()
+            .all(|&b| b == 0xa5));
+        mem.write_slice(&[0x3c; 512], GuestAddress(DATA)).unwrap();
+        write_header(&mem, VIRTIO_BLK_T_OUT, 1);
+        let parts = [hdr(), (DATA, 512, false), status()];
+        assert_eq!(request(&mut block, &mem, &parts), (S_OK, 1));
+        assert!(new.contents()[512..1024].iter().all(|&b| b == 0x3c));
+        assert!(old.contents()[512..1024].iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn a_failed_swap_keeps_the_old_file() {
+        let disk = TempDisk::new(16);
+        let mut block = disk.block();
+        let mem = memory();
+        let _rig = Rig::new(&mem, &mut block);
+        let interrupt = block.active.as_ref().unwrap().interrupt.clone();
+
+        let missing = disk.path.with_extension("missing");
+        let err = block.set_backing_file(&missing).unwrap_err();
+        assert!(matches!(err, BlockError::Open { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&*missing.to_string_lossy()),
+            "{err}"
+        );
+        let err = block.set_backing_file(Path::new("/dev/null")).unwrap_err();
+        assert!(matches!(err, BlockError::NotADisk { .. }), "{err}");
+
+        assert_eq!((interrupt.status(), interrupt.config_generation()), (0, 0));
+        assert_eq!(block.capacity_sectors(), 16);
+        assert_eq!(block.path(), disk.path.as_path());
+        assert!(read_sectors(&mut block, &mem, 9, 512)
+            .iter()
+            .all(|&b| b == 9));
+    }
+
+    #[test]
+    fn swapping_an_inactive_read_only_disk_keeps_it_read_only() {
+        let old = TempDisk::new(16);
+        let new = TempDisk::filled(8, 0x11);
+        let mut block = Block::new(BlockConfig {
+            read_only: true,
+            ..old.config()
+        })
+        .unwrap();
+        // Not activated: only the config space changes, for the driver to read at probe.
+        block.set_backing_file(&new.path).unwrap();
+        assert_eq!(block.capacity_sectors(), 8);
+        assert_ne!(block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert!(!block.discard_supported());
+        let mem = memory();
+        mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+        write_header(&mem, VIRTIO_BLK_T_OUT, 0);
+        let parts = [hdr(), (DATA, 512, false), status()];
+        assert_eq!(request(&mut block, &mem, &parts), (S_IOERR, 1));
+        assert!(new.contents().iter().all(|&b| b == 0x11));
+        // The file was opened read-only: the kernel refuses writes even past our check.
+        assert!(block.disk.file.write_all_at(&[0], 0).is_err());
+    }
+
+    #[test]
+    fn discard_after_a_swap_needs_the_offer_and_the_new_file() {
+        let old = TempDisk::new(16);
+        let new = TempDisk::new(16);
+        let mut block = old.block();
+        let offered = block.avail_features() & (1 << VIRTIO_BLK_F_DISCARD) != 0;
+        let config_before = block.config_space.clone();
+        block.set_backing_file(&new.path).unwrap();
+        // Same-sized file: the config space is byte for byte the same, discard limits included.
+        assert_eq!(block.config_space, config_before);
+        assert_eq!(block.discard_supported(), offered);
+        // A file that cannot punch holes under a driver that took DISCARD: UNSUPP, not IOERR.
+        block.disk.punch_hole = false;
+        let mem = memory();
+        let mut rig = Rig::new(&mem, &mut block);
+        if let Some(active) = block.active.as_mut() {
+            active.acked_features |= 1 << VIRTIO_BLK_F_DISCARD;
+        }
+        write_header(&mem, VIRTIO_BLK_T_DISCARD, 0);
+        write_segment(&mem, DATA, 0, 1, 0);
+        rig.push(&[hdr(), (DATA, 16, false), status()]);
+        block.queue_notified();
+        assert_eq!(rig.used(), vec![(0, 1)]);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_UNSUPP);
     }
 
     #[test]

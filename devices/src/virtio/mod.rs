@@ -10,6 +10,9 @@
 //! Queue notifications reach the device through its queue eventfds (bound to the QueueNotify
 //! register with KVM ioeventfds); interrupts leave through [`Interrupt`] (a KVM irqfd).
 
+// First: its `device_metrics!` macro is used by the devices below.
+#[macro_use]
+mod metrics;
 pub mod block;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -269,6 +272,12 @@ pub trait VirtioDevice: Send {
     /// The VM is ending: release what would outlive the process (socket files). The VMM exits
     /// without dropping devices that vCPU threads still reach, so `Drop` is not enough.
     fn shutdown(&mut self) {}
+    /// The device's counters for the metrics file, as (snake_case name, value): cumulative since
+    /// the device was created (a reset keeps them), saturating rather than wrapping. Every
+    /// device model here reports its own; the empty default is for test doubles.
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Copies `src` into `data` as if `src` were a config space read at `offset`: out-of-range

@@ -20,6 +20,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::metrics::bump;
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::{
     drain_queue, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, Served,
@@ -129,22 +130,31 @@ impl NetBackend for Tap {
 
 impl NetBackend for UnixDatagram {}
 
-/// Counters for what the device moved and what it refused.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetMetrics {
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    /// Frames read from the backend but not delivered: larger than the guest's chain or shorter
-    /// than a header.
-    pub rx_dropped: u64,
-    /// RX chains returned unused: malformed, read-only, outside memory or shorter than a header.
-    pub rx_bad_chains: u64,
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    /// TX chains dropped unsent: malformed, write-only, outside memory or too long.
-    pub tx_bad_chains: u64,
-    /// Frames the backend refused.
-    pub tx_errors: u64,
+device_metrics! {
+    /// Counters for what the device moved and what it refused. Bytes are frame bytes, without
+    /// the virtio-net header.
+    pub struct NetMetrics {
+        pub rx_frames,
+        pub rx_bytes,
+        /// Frames read from the backend but not delivered: larger than the guest's chain or
+        /// shorter than a header.
+        pub rx_dropped,
+        /// RX chains returned unused: malformed, read-only, outside memory or shorter than a
+        /// header.
+        pub rx_bad_chains,
+        /// Reads from the backend that failed (other than "nothing to read").
+        pub rx_errors,
+        /// Times the RX rate limiter stopped delivery until its timer.
+        pub rx_rate_limited,
+        pub tx_frames,
+        pub tx_bytes,
+        /// TX chains dropped unsent: malformed, write-only, outside memory or too long.
+        pub tx_bad_chains,
+        /// Frames the backend refused.
+        pub tx_errors,
+        /// Times the TX rate limiter deferred a frame (one frame may be deferred again).
+        pub tx_rate_limited,
+    }
 }
 
 /// Why a descriptor chain cannot carry a frame.
@@ -489,8 +499,50 @@ impl Net {
         &self.name
     }
 
-    pub fn metrics(&self) -> NetMetrics {
+    /// What the device moved and refused so far.
+    pub fn counters(&self) -> NetMetrics {
         self.metrics
+    }
+
+    /// The current (rx, tx) rate limiter settings.
+    pub fn rate_limiter_configs(&self) -> (RateLimiterConfig, RateLimiterConfig) {
+        (self.rx_limiter.config(), self.tx_limiter.config())
+    }
+
+    /// Changes the rate limits while the VM runs; `None` leaves that direction as it is. Both
+    /// settings are checked before either is applied, so an error changes nothing. Changed
+    /// buckets start full and `None` buckets are unlimited (see [`RateLimiter::update`]); traffic
+    /// the old limits held back resumes at once through the limiters' timers.
+    pub fn set_rate_limiters(
+        &mut self,
+        rx: Option<RateLimiterConfig>,
+        tx: Option<RateLimiterConfig>,
+    ) -> Result<(), NetError> {
+        for (config, direction) in [(rx, "rx"), (tx, "tx")] {
+            if let Some(config) = config {
+                config
+                    .validate()
+                    .map_err(|e| self.limiter_error(direction, e))?;
+            }
+        }
+        // Validated above, so neither update can fail half way.
+        if let Some(config) = rx {
+            let updated = self.rx_limiter.update(config);
+            updated.map_err(|e| self.limiter_error("rx", e))?;
+        }
+        if let Some(config) = tx {
+            let updated = self.tx_limiter.update(config);
+            updated.map_err(|e| self.limiter_error("tx", e))?;
+        }
+        Ok(())
+    }
+
+    fn limiter_error(&self, direction: &'static str, source: RateLimiterError) -> NetError {
+        NetError::RateLimiter {
+            tap: self.name.clone(),
+            direction,
+            source,
+        }
     }
 
     fn kick(&self, queue: usize) {
@@ -535,6 +587,7 @@ impl Net {
         }
         if self.rx_debt > 0 {
             if !self.rx_limiter.consume(self.rx_debt) {
+                bump(&mut self.metrics.rx_rate_limited, 1);
                 return;
             }
             self.rx_debt = 0;
@@ -564,7 +617,7 @@ impl Net {
                 match receive(fd, mem, chain, &mut self.spill) {
                     Err(e) => {
                         log::debug!("net {}: rx chain {head} unusable: {e}", self.name);
-                        self.metrics.rx_bad_chains += 1;
+                        bump(&mut self.metrics.rx_bad_chains, 1);
                         if let Err(e) = queue.add_used(mem, head, 0) {
                             log::debug!("net {}: rx queue: {e}", self.name);
                         }
@@ -576,17 +629,18 @@ impl Net {
                         }
                         used = true;
                         let frame = (n - VNET_HDR_LEN) as u64;
-                        self.metrics.rx_frames += 1;
-                        self.metrics.rx_bytes += frame;
+                        bump(&mut self.metrics.rx_frames, 1);
+                        bump(&mut self.metrics.rx_bytes, frame);
                         if !self.rx_limiter.consume(frame) {
                             self.rx_debt = frame;
+                            bump(&mut self.metrics.rx_rate_limited, 1);
                             break 'notify;
                         }
                     }
                     Ok(RxOutcome::Dropped(n)) => {
                         // The frame is gone; the chain waits for the next one.
                         queue.go_to_previous_position();
-                        self.metrics.rx_dropped += 1;
+                        bump(&mut self.metrics.rx_dropped, 1);
                         log::debug!(
                             "net {}: dropped a {n}-byte rx frame: the guest's buffer is smaller \
                              or it lacks a header",
@@ -599,6 +653,7 @@ impl Net {
                     }
                     Ok(RxOutcome::Failed(e)) => {
                         queue.go_to_previous_position();
+                        bump(&mut self.metrics.rx_errors, 1);
                         log::warn!("net {}: rx read failed: {e}", self.name);
                         break 'notify;
                     }
@@ -632,6 +687,10 @@ impl Net {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        // Its timer brings us back; until then every chain would only be put back.
+        if self.tx_limiter.is_blocked() {
+            return;
+        }
         let fd = self.backend.as_raw_fd();
         let mem = &active.mem;
         let queue = &mut active.tx;
@@ -644,21 +703,22 @@ impl Net {
                 Ok(bufs) => {
                     let frame = (bufs.len - VNET_HDR_LEN) as u64;
                     if !limiter.consume(frame) {
+                        bump(&mut metrics.tx_rate_limited, 1);
                         return Served::PutBack;
                     }
                     match write_frame(fd, &bufs.slices) {
                         Ok(_) => {
-                            metrics.tx_frames += 1;
-                            metrics.tx_bytes += frame;
+                            bump(&mut metrics.tx_frames, 1);
+                            bump(&mut metrics.tx_bytes, frame);
                         }
                         Err(e) => {
-                            metrics.tx_errors += 1;
+                            bump(&mut metrics.tx_errors, 1);
                             log::debug!("net {name}: tx frame dropped: {e}");
                         }
                     }
                 }
                 Err(e) => {
-                    metrics.tx_bad_chains += 1;
+                    bump(&mut metrics.tx_bad_chains, 1);
                     log::debug!("net {name}: tx chain {head} dropped: {e}");
                 }
             }
@@ -718,6 +778,10 @@ impl VirtioDevice for Net {
         if let Err(e) = self.backend.set_offload(0) {
             log::warn!("net {}: {e}", self.name);
         }
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        self.metrics.pairs()
     }
 }
 
@@ -958,8 +1022,11 @@ mod tests {
         assert_eq!(recv(&peer).unwrap(), packet(&hdr, &body));
         assert_eq!(g.tx_used(), vec![(0, 0)]);
         assert_eq!(g.irq.read().unwrap(), 1);
-        assert_eq!(net.metrics().tx_frames, 1);
-        assert_eq!(net.metrics().tx_bytes, 1000);
+        assert_eq!(net.counters().tx_frames, 1);
+        assert_eq!(net.counters().tx_bytes, 1000);
+        let pairs = VirtioDevice::metrics(&net);
+        assert!(pairs.contains(&("tx_bytes", 1000)), "{pairs:?}");
+        assert!(pairs.contains(&("rx_frames", 0)), "{pairs:?}");
     }
 
     #[test]
@@ -989,8 +1056,8 @@ mod tests {
         got.extend(g.read(0x11_0000, 504));
         assert_eq!(got, packet(&want_hdr, &body));
         assert_eq!(g.irq.read().unwrap(), 1);
-        assert_eq!(net.metrics().rx_frames, 1);
-        assert_eq!(net.metrics().rx_bytes, 500);
+        assert_eq!(net.counters().rx_frames, 1);
+        assert_eq!(net.counters().rx_bytes, 500);
     }
 
     #[test]
@@ -1008,7 +1075,7 @@ mod tests {
         peer.send(&packet(&hdr, &body)).unwrap();
         em.run_with_timeout(50).unwrap();
         assert!(g.rx_used().is_empty());
-        assert_eq!(net.lock().unwrap().metrics().rx_frames, 0);
+        assert_eq!(net.lock().unwrap().counters().rx_frames, 0);
 
         // The guest adds a buffer and kicks: the waiting frame is delivered.
         g.rx.add_desc_chains(&[desc(0x10_0000, 1526, WRITE, 0)], 0)
@@ -1044,8 +1111,8 @@ mod tests {
 
         assert_eq!(g.rx_used(), vec![(0, 112)]);
         assert_eq!(g.read(0x10_0000 + 12, 100), frame(100, 2));
-        assert_eq!(net.metrics().rx_dropped, 1);
-        assert_eq!(net.metrics().rx_frames, 1);
+        assert_eq!(net.counters().rx_dropped, 1);
+        assert_eq!(net.counters().rx_frames, 1);
     }
 
     #[test]
@@ -1072,8 +1139,8 @@ mod tests {
         net.process_rx();
 
         assert_eq!(g.rx_used(), vec![(0, 0), (1, 0), (2, 0)]);
-        assert_eq!(net.metrics().rx_bad_chains, 3);
-        assert_eq!(net.metrics().rx_frames, 0);
+        assert_eq!(net.counters().rx_bad_chains, 3);
+        assert_eq!(net.counters().rx_frames, 0);
         // The frame stayed in the backend for the next good buffer.
         g.rx.add_desc_chains(&[desc(0x10_4000, 1526, WRITE, 0)], 4)
             .unwrap();
@@ -1100,8 +1167,8 @@ mod tests {
         // Only the good frame went out.
         assert_eq!(recv(&peer).unwrap(), packet(&header(3), &frame(50, 3)));
         assert_eq!(recv(&peer).unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        assert_eq!(net.metrics().tx_bad_chains, 1);
-        assert_eq!(net.metrics().tx_frames, 1);
+        assert_eq!(net.counters().tx_bad_chains, 1);
+        assert_eq!(net.counters().tx_frames, 1);
     }
 
     #[test]
@@ -1128,11 +1195,11 @@ mod tests {
         net.process_rx();
 
         assert_eq!(g.tx_used(), vec![(0, 0), (2, 0)]);
-        assert_eq!(net.metrics().tx_bad_chains, 2);
+        assert_eq!(net.counters().tx_bad_chains, 2);
         assert_eq!(recv(&peer).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         assert_eq!(g.rx_used(), vec![(0, 0)]);
-        assert_eq!(net.metrics().rx_bad_chains, 1);
-        assert_eq!(net.metrics().rx_frames, 0);
+        assert_eq!(net.counters().rx_bad_chains, 1);
+        assert_eq!(net.counters().rx_frames, 0);
     }
 
     #[test]
@@ -1161,8 +1228,8 @@ mod tests {
 
         assert_eq!(g.tx_used(), vec![(0, 0)]);
         assert_eq!(g.rx_used(), vec![(0, 0)]);
-        assert_eq!(net.metrics().tx_frames, 0);
-        assert_eq!(net.metrics().rx_frames, 0);
+        assert_eq!(net.counters().tx_frames, 0);
+        assert_eq!(net.counters().rx_frames, 0);
         assert_eq!(recv(&peer).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
@@ -1193,7 +1260,7 @@ mod tests {
 
         assert_eq!(g.tx_used(), vec![(0, 0), (2, 0)]);
         assert_eq!(recv(&peer).unwrap(), packet(&header(2), &frame(30, 2)));
-        assert_eq!(net.metrics().tx_bad_chains, 1);
+        assert_eq!(net.counters().tx_bad_chains, 1);
     }
 
     #[test]
@@ -1403,6 +1470,65 @@ mod tests {
         net.handle_event(EV_TX_LIMITER);
         assert_eq!(g.tx_used(), vec![(0, 0), (2, 0)]);
         assert_eq!(recv(&peer).unwrap(), packet(&header(2), &frame(100, 2)));
+        assert_eq!(net.counters().tx_rate_limited, 1);
+        assert_eq!(net.counters().tx_frames, 2);
+    }
+
+    #[test]
+    fn rate_limits_change_at_run_time_and_release_held_frames() {
+        let mem = guest();
+        let g = Guest::new(&mem);
+        let slow = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 100,
+                one_time_burst: 0,
+                refill_time_ms: 60_000,
+            }),
+            ops: None,
+        };
+        let (mut net, peer) = net_with(NetConfig {
+            rx_rate_limiter: slow,
+            tx_rate_limiter: slow,
+            ..config()
+        });
+        let tx_fd = net.tx_limiter.as_raw_fd();
+        g.start(&mut net);
+        g.send(0, 0x10_0000, &header(1), &frame(100, 1));
+        g.send(2, 0x12_0000, &header(2), &frame(100, 2));
+        net.process_tx();
+        assert_eq!(g.tx_used(), vec![(0, 0)]);
+
+        // A bad tx setting refuses the whole change, rx included.
+        let bad = RateLimiterConfig {
+            ops: Some(TokenBucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time_ms: 0,
+            }),
+            ..RateLimiterConfig::default()
+        };
+        let err = net
+            .set_rate_limiters(Some(RateLimiterConfig::default()), Some(bad))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("net test0: tx rate limiter"),
+            "{err}"
+        );
+        assert_eq!(net.rate_limiter_configs(), (slow, slow));
+
+        // Lifting the tx limit (rx left alone) sends the held frame on the timer path.
+        net.set_rate_limiters(None, Some(RateLimiterConfig::default()))
+            .unwrap();
+        assert_eq!(
+            net.rate_limiter_configs(),
+            (slow, RateLimiterConfig::default())
+        );
+        assert_eq!(net.tx_limiter.as_raw_fd(), tx_fd);
+        wait_readable(tx_fd);
+        net.handle_event(EV_TX_LIMITER);
+        assert_eq!(g.tx_used(), vec![(0, 0), (2, 0)]);
+        recv(&peer).unwrap();
+        assert_eq!(recv(&peer).unwrap(), packet(&header(2), &frame(100, 2)));
     }
 
     #[test]
@@ -1439,7 +1565,8 @@ mod tests {
         net.handle_event(EV_RX_LIMITER);
         assert_eq!(g.rx_used(), vec![(0, 112), (1, 112), (2, 112), (3, 112)]);
         assert_eq!(g.read(0x10_3000 + 12, 100), frame(100, 3));
-        assert_eq!(net.metrics().rx_frames, 4);
+        assert_eq!(net.counters().rx_frames, 4);
+        assert!(net.counters().rx_rate_limited >= 3);
     }
 
     #[test]

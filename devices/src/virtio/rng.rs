@@ -8,6 +8,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::metrics::bump;
 use super::{
     drain_queue, ActivateError, Activation, GuestMemory, Interrupt, Served, VirtioDevice, TYPE_RNG,
 };
@@ -25,6 +26,22 @@ pub enum RngError {
     EventFd(io::Error),
 }
 
+device_metrics! {
+    /// What the device handed out and refused since it was created.
+    pub struct RngMetrics {
+        /// Requests filled, and the random bytes they got.
+        pub requests,
+        pub bytes,
+        /// Chains returned empty: unusable descriptors (a loop, outside memory) or no
+        /// device-writable byte.
+        pub bad_chains,
+        /// Requests that failed on the host (getrandom or the copy into guest memory).
+        pub errors,
+        /// Times the rate limiter deferred a request (one request may be deferred again).
+        pub rate_limited,
+    }
+}
+
 struct Active {
     mem: GuestMemory,
     queue: Queue,
@@ -37,6 +54,7 @@ pub struct Rng {
     rate_limiter: RateLimiter,
     active: Option<Active>,
     buffer: Vec<u8>,
+    metrics: RngMetrics,
 }
 
 impl Rng {
@@ -46,7 +64,13 @@ impl Rng {
             rate_limiter: RateLimiter::new(rate_limiter)?,
             active: None,
             buffer: Vec::new(),
+            metrics: RngMetrics::default(),
         })
+    }
+
+    /// What the device handed out and refused so far.
+    pub fn counters(&self) -> RngMetrics {
+        self.metrics
     }
 
     /// Serves every available request the rate limiter allows.
@@ -54,7 +78,8 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let (limiter, buffer) = (&mut self.rate_limiter, &mut self.buffer);
+        let (limiter, buffer, metrics) =
+            (&mut self.rate_limiter, &mut self.buffer, &mut self.metrics);
         let mem = &active.mem;
         let (queue, interrupt, kick) =
             (&mut active.queue, &active.interrupt, &self.queue_events[0]);
@@ -63,20 +88,35 @@ impl Rng {
                 Ok(w) => w,
                 Err(e) => {
                     log::debug!("virtio-rng: bad descriptor chain: {e}");
+                    bump(&mut metrics.bad_chains, 1);
                     return Served::Used(0);
                 }
             };
             let want = writer.available_bytes().min(MAX_REQUEST);
-            if want > 0 && !limiter.consume(want as u64) {
+            if want == 0 {
+                // Nothing device-writable: the chain cannot carry entropy.
+                bump(&mut metrics.bad_chains, 1);
+                return Served::Used(0);
+            }
+            if !limiter.consume(want as u64) {
+                bump(&mut metrics.rate_limited, 1);
                 return Served::PutBack;
             }
             let written = fill_random(buffer, want)
                 .and_then(|bytes| writer.write_all(bytes))
                 .map(|()| writer.bytes_written());
-            Served::Used(written.unwrap_or_else(|e| {
-                log::debug!("virtio-rng: request not served: {e}");
-                0
-            }) as u32)
+            match written {
+                Ok(n) => {
+                    bump(&mut metrics.requests, 1);
+                    bump(&mut metrics.bytes, n as u64);
+                    Served::Used(n as u32)
+                }
+                Err(e) => {
+                    log::debug!("virtio-rng: request not served: {e}");
+                    bump(&mut metrics.errors, 1);
+                    Served::Used(0)
+                }
+            }
         });
     }
 
@@ -152,6 +192,10 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        self.metrics.pairs()
     }
 }
 
@@ -240,6 +284,16 @@ mod tests {
         mem.read_slice(&mut buf, GuestAddress(0x8000)).unwrap();
         assert!(buf.iter().any(|&b| b != 0));
         assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(
+            VirtioDevice::metrics(&rng),
+            vec![
+                ("requests", 1),
+                ("bytes", 64),
+                ("bad_chains", 0),
+                ("errors", 0),
+                ("rate_limited", 0)
+            ]
+        );
     }
 
     #[test]
@@ -260,6 +314,8 @@ mod tests {
         for slot in 0..3 {
             assert_eq!(used_len(&mem, &q, slot), 0, "chain {slot}");
         }
+        let m = rng.counters();
+        assert_eq!((m.requests, m.bad_chains, m.errors), (0, 3, 0));
     }
 
     #[test]
@@ -324,6 +380,8 @@ mod tests {
         rng.rate_limiter.timer_fired();
         rng.process_queue();
         assert_eq!(used_idx(&mem), 2);
+        let m = rng.counters();
+        assert_eq!((m.requests, m.bytes, m.rate_limited), (2, 2000, 1));
     }
 
     #[test]

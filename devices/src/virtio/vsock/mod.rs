@@ -26,6 +26,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::metrics::bump;
 use super::{
     drain_queue, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, Served,
     VirtioDevice,
@@ -61,6 +62,40 @@ pub enum VsockError {
     Bind { path: PathBuf, source: io::Error },
     /// cannot create the vsock device's event fds: {0}
     Fds(io::Error),
+}
+
+device_metrics! {
+    /// What the device carried and refused since it was created. Bytes are payload bytes,
+    /// without the 44-byte packet headers; packets count every op (RW, credit, control).
+    pub struct VsockMetrics {
+        /// Packets put in the guest's RX buffers.
+        pub rx_packets,
+        pub rx_bytes,
+        /// RX buffers returned empty: smaller than a packet header or unusable.
+        pub rx_bad_buffers,
+        /// Packets taken from the guest's TX queue.
+        pub tx_packets,
+        pub tx_bytes,
+        /// TX chains that held no readable packet (short header, bad length, bad buffers).
+        pub tx_bad_packets,
+        /// Guest packets dropped for their addresses (not from the guest's CID or not to the
+        /// host).
+        pub tx_dropped,
+        /// Connections taken on: guest requests that reached a host listener, host streams
+        /// with a valid CONNECT line (counted before the guest answers).
+        pub conns_opened,
+        /// Connections that ended without an RST to the guest: the guest sent one, or the
+        /// device was reset.
+        pub conns_closed,
+        /// Connections that ended with an RST to the guest: the normal end after the guest
+        /// shut both directions down, and aborts (timeouts, credit overruns, host errors).
+        pub conns_reset,
+        /// Connection attempts turned down: guest requests to a host port nobody listens on
+        /// (or over the connection cap), host streams with no valid CONNECT line in time.
+        pub conns_refused,
+        /// RSTs dropped because the guest was not taking them.
+        pub rst_dropped,
+    }
 }
 
 /// What the device holds between activation and reset.
@@ -148,6 +183,11 @@ impl Vsock {
         &self.uds_path
     }
 
+    /// What the device carried and refused so far.
+    pub fn counters(&self) -> VsockMetrics {
+        self.muxer.metrics
+    }
+
     /// Does the device's share of work after an event: accepts, TX, RX.
     fn run_queues(&mut self, tx_kicked: bool, now: Instant) {
         if self.active.is_none() {
@@ -185,8 +225,15 @@ impl Vsock {
                 return Served::PutBack;
             }
             match read_packet(mem, chain, scratch) {
-                Ok((hdr, len)) => muxer.on_guest_packet(&hdr, &scratch[..len]),
-                Err(e) => log::debug!("{e}"),
+                Ok((hdr, len)) => {
+                    bump(&mut muxer.metrics.tx_packets, 1);
+                    bump(&mut muxer.metrics.tx_bytes, len as u64);
+                    muxer.on_guest_packet(&hdr, &scratch[..len]);
+                }
+                Err(e) => {
+                    bump(&mut muxer.metrics.tx_bad_packets, 1);
+                    log::debug!("{e}");
+                }
             }
             Served::Used(0)
         });
@@ -220,7 +267,12 @@ impl Vsock {
                 let len = match chain.writer(mem) {
                     Ok(mut w) if w.available_bytes() >= HDR_LEN => {
                         match self.muxer.write_rx(&mut w, &mut self.scratch, now) {
-                            Some(len) => len,
+                            Some(len) => {
+                                let metrics = &mut self.muxer.metrics;
+                                bump(&mut metrics.rx_packets, 1);
+                                bump(&mut metrics.rx_bytes, u64::from(len) - HDR_LEN as u64);
+                                len
+                            }
                             None => {
                                 // Nothing fits this buffer now: leave it to the guest.
                                 queue.go_to_previous_position();
@@ -230,10 +282,12 @@ impl Vsock {
                     }
                     Ok(_) => {
                         log::debug!("vsock: rx buffer smaller than a packet header");
+                        bump(&mut self.muxer.metrics.rx_bad_buffers, 1);
                         0
                     }
                     Err(e) => {
                         log::debug!("vsock: rx buffer: {e}");
+                        bump(&mut self.muxer.metrics.rx_bad_buffers, 1);
                         0
                     }
                 };
@@ -341,6 +395,10 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
         // The event loop takes the closed streams off its watch list.
         self.kick();
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        self.muxer.metrics.pairs()
     }
 }
 

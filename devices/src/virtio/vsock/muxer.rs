@@ -22,6 +22,8 @@ use virtio_queue::Writer;
 
 use super::connection::{Connection, Rx, Verdict};
 use super::packet::{op, write_packet, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
+use super::VsockMetrics;
+use crate::virtio::metrics::bump;
 
 /// The most connections (established or being set up) the device keeps.
 pub const MAX_CONNS: usize = 1024;
@@ -65,6 +67,8 @@ pub struct Muxer {
     next_port: u32,
     /// The listener may hold connections we have not accepted.
     pub needs_accept: bool,
+    /// The device's counters (the device bumps the packet ones).
+    pub metrics: VsockMetrics,
 }
 
 impl Muxer {
@@ -82,6 +86,7 @@ impl Muxer {
             registered: HashMap::new(),
             next_port: FIRST_LOCAL_PORT,
             needs_accept: false,
+            metrics: VsockMetrics::default(),
         }
     }
 
@@ -168,6 +173,7 @@ impl Muxer {
         };
         let Some(peer_port) = port.filter(|_| self.conns.len() < MAX_CONNS) else {
             log::debug!("vsock: closing a host connection without a valid CONNECT line");
+            bump(&mut self.metrics.conns_refused, 1);
             self.retire(p.stream);
             return;
         };
@@ -189,6 +195,7 @@ impl Muxer {
     }
 
     fn insert(&mut self, conn: Connection) {
+        bump(&mut self.metrics.conns_opened, 1);
         let key = (conn.local_port, conn.peer_port);
         self.fd_conn.insert(conn.fd(), key);
         self.conns.insert(key, conn);
@@ -198,6 +205,7 @@ impl Muxer {
     /// Handles a packet from the guest (`payload` is empty unless it is OP_RW).
     pub fn on_guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
+            bump(&mut self.metrics.tx_dropped, 1);
             log::debug!(
                 "vsock: dropped a packet from cid {} to cid {}",
                 hdr.src_cid,
@@ -227,6 +235,7 @@ impl Muxer {
         let key = (hdr.dst_port, hdr.src_port);
         if self.conns.len() + self.pending.len() >= MAX_CONNS {
             log::debug!("vsock: refusing a guest connection: {MAX_CONNS} connections are open");
+            bump(&mut self.metrics.conns_refused, 1);
             self.push_rst(key);
             return;
         }
@@ -239,6 +248,7 @@ impl Muxer {
                     "vsock: guest connection to {}: {e}",
                     Path::new(&path).display()
                 );
+                bump(&mut self.metrics.conns_refused, 1);
                 self.push_rst(key);
             }
         }
@@ -293,6 +303,7 @@ impl Muxer {
             .collect();
         for fd in expired {
             if let Some(p) = self.pending.remove(&fd) {
+                bump(&mut self.metrics.conns_refused, 1);
                 self.retire(p.stream);
             }
         }
@@ -308,6 +319,7 @@ impl Muxer {
     /// Closes every host stream and forgets every packet (device reset).
     pub fn reset(&mut self) {
         let conns: Vec<Connection> = self.conns.drain().map(|(_, c)| c).collect();
+        bump(&mut self.metrics.conns_closed, conns.len() as u64);
         for conn in conns {
             self.retire(conn.into_stream());
         }
@@ -378,7 +390,10 @@ impl Muxer {
         }
         self.retire(conn.into_stream());
         if rst {
+            bump(&mut self.metrics.conns_reset, 1);
             self.push_rst(key);
+        } else {
+            bump(&mut self.metrics.conns_closed, 1);
         }
         self.needs_accept = true;
     }
@@ -386,6 +401,7 @@ impl Muxer {
     fn push_rst(&mut self, (local_port, peer_port): Key) {
         if self.rst_queue.len() >= RST_QUEUE_MAX {
             log::debug!("vsock: the guest is not taking packets; dropped an RST");
+            bump(&mut self.metrics.rst_dropped, 1);
             return;
         }
         self.rst_queue.push_back(Header {

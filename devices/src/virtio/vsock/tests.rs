@@ -323,6 +323,14 @@ fn host_initiated_connection_carries_data_both_ways() {
     assert_eq!((rst.op, rst.src_port, rst.dst_port), (op::RST, local, 1234));
     assert_closed(&mut host);
     assert_eq!(h.connections(), 0);
+
+    let m = h.dev.lock().unwrap().counters();
+    assert_eq!((m.rx_bytes, m.tx_bytes), (5, 5));
+    // REQUEST, RW, RST out; RESPONSE, RW, SHUTDOWN in.
+    assert_eq!((m.rx_packets, m.tx_packets), (3, 3));
+    assert_eq!((m.conns_opened, m.conns_reset, m.conns_closed), (1, 1, 0));
+    let pairs = VirtioDevice::metrics(&*h.dev.lock().unwrap());
+    assert!(pairs.contains(&("conns_opened", 1)), "{pairs:?}");
 }
 
 #[test]
@@ -334,6 +342,8 @@ fn guest_rst_to_request_closes_the_host_stream() {
     h.send(guest_hdr(op::RST, 77, req.src_port), &[]);
     assert_closed(&mut host);
     assert!(h.rx().is_empty(), "no RST answers an RST");
+    let m = h.dev.lock().unwrap().counters();
+    assert_eq!((m.conns_opened, m.conns_closed, m.conns_reset), (1, 1, 0));
 }
 
 #[test]
@@ -394,6 +404,8 @@ fn guest_connection_to_a_missing_listener_is_reset() {
         (op::RST, 6000, 999, CID)
     );
     assert_eq!(h.connections(), 0);
+    let m = h.dev.lock().unwrap().counters();
+    assert_eq!((m.conns_refused, m.conns_opened), (1, 0));
 }
 
 #[test]
@@ -502,6 +514,9 @@ fn malformed_tx_chains_are_dropped() {
     assert_eq!(used.len(), 6);
     assert!(used.iter().all(|&(_, len)| len == 0));
     assert!(h.rx().is_empty(), "malformed packets got an answer");
+    // The looping one reads as a packet (from CID 0) and is dropped for its address.
+    let m = h.dev.lock().unwrap().counters();
+    assert_eq!((m.tx_bad_packets, m.tx_dropped, m.tx_packets), (5, 1, 1));
 
     // Wrong CIDs are dropped, a wrong type or an unknown connection gets an RST.
     let mut wrong_cid = guest_hdr(op::RW, 1, 2);
@@ -531,6 +546,8 @@ fn small_rx_buffers_are_returned_empty() {
     let used = h.used(RXQ);
     assert_eq!(used[0], (head, 0));
     assert_eq!(used[1].1, HDR_LEN as u32);
+    let m = h.dev.lock().unwrap().counters();
+    assert_eq!((m.rx_bad_buffers, m.rx_packets, m.rx_bytes), (1, 1, 0));
 }
 
 #[test]
@@ -556,6 +573,7 @@ fn bad_connect_lines_close_the_host_stream() {
         .sweep(Instant::now() + Duration::from_secs(3));
     h.kick(RXQ);
     assert_closed(&mut silent);
+    assert_eq!(h.dev.lock().unwrap().counters().conns_refused, 4);
 }
 
 #[test]
@@ -589,6 +607,8 @@ fn host_connections_wait_for_activation_and_die_on_reset() {
     h.pump();
     assert_closed(&mut host);
     assert_eq!(h.connections(), 0);
+    let m = h.dev.lock().unwrap().counters();
+    assert_eq!((m.conns_opened, m.conns_closed), (1, 1));
 }
 
 #[test]
