@@ -88,7 +88,8 @@ struct Version {
 }
 
 /// Where a request goes: the VMM thread, or an answer the API thread gives itself.
-enum Routed {
+#[derive(Debug)]
+pub enum Routed {
     Action(VmmAction),
     Answer(Response),
 }
@@ -126,8 +127,9 @@ fn answer(result: Result<VmmData, ActionError>) -> Response {
     }
 }
 
-/// The route template a request matched (for metrics), and what to do with it.
-fn route(request: &Request) -> (&'static str, Routed) {
+/// The route a request matched (an entry of [`ROUTES`], or `unknown`), and what to do with
+/// it. Pure: nothing is sent to the VMM.
+pub fn route(request: &Request) -> (&'static str, Routed) {
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = request.method.as_str();

@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use devices::timer::nonblocking_timer;
@@ -12,7 +13,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::config::ConsoleOutput;
+use crate::config::{ConsoleOutput, MachineConfig};
 use crate::exit::VmExit;
 use crate::logger;
 use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
@@ -36,6 +37,12 @@ pub enum RunError {
     Timer(io::Error),
 }
 
+/// A KVM VM being created on a helper thread for the machine config as it stood.
+struct Prebuild {
+    machine: MachineConfig,
+    vm: JoinHandle<Result<Vm, VmError>>,
+}
+
 /// The VMM: configuration, metrics, and the VM once it runs.
 pub struct Vmm {
     id: String,
@@ -44,6 +51,7 @@ pub struct Vmm {
     api_counters: ApiCounters,
     console: ConsoleOutput,
     process_start: Instant,
+    prebuild: Option<Prebuild>,
     vm: Option<VmHandle>,
 }
 
@@ -61,6 +69,7 @@ impl Vmm {
             api_counters,
             console,
             process_start,
+            prebuild: None,
             vm: None,
         }
     }
@@ -102,9 +111,18 @@ impl Vmm {
     fn handle_preboot(&mut self, action: VmmAction) -> ActionResult {
         let r = &mut self.resources;
         match action {
-            VmmAction::PutMachineConfig(body) => r.set_machine_config(&body, true)?,
-            VmmAction::PatchMachineConfig(body) => r.set_machine_config(&body, false)?,
-            VmmAction::PutBootSource(body) => r.set_boot_source(&body)?,
+            VmmAction::PutMachineConfig(body) => {
+                r.set_machine_config(&body, true)?;
+                self.prebuild();
+            }
+            VmmAction::PatchMachineConfig(body) => {
+                r.set_machine_config(&body, false)?;
+                self.prebuild();
+            }
+            VmmAction::PutBootSource(body) => {
+                r.set_boot_source(&body)?;
+                self.prebuild();
+            }
             VmmAction::PutDrive(drive) => r.put_drive(&drive)?,
             VmmAction::PutNetworkInterface(iface) => r.put_network_interface(&iface)?,
             VmmAction::PutVsock(vsock) => r.set_vsock(&vsock)?,
@@ -162,7 +180,9 @@ impl Vmm {
             id: update.drive_id.clone(),
             source,
         };
-        let limiter = update.rate_limiter.map(|l| l.to_config());
+        let limiter = update
+            .rate_limiter
+            .map(|l| l.patched(drive.rate_limiter).to_config());
         if let Some(limiter) = &limiter {
             // Checked first so that a bad limiter does not follow a completed file swap.
             limiter.validate().map_err(|e| ActionError::RateLimiter {
@@ -185,6 +205,13 @@ impl Vmm {
         vm: &VmHandle,
         update: &NetworkInterfaceUpdate,
     ) -> Result<(), ActionError> {
+        let iface = self.resources.network_interface(&update.iface_id)?;
+        let rx = update
+            .rx_rate_limiter
+            .map(|l| l.patched(iface.rx_rate_limiter).to_config());
+        let tx = update
+            .tx_rate_limiter
+            .map(|l| l.patched(iface.tx_rate_limiter).to_config());
         let (_, net) = vm
             .devices
             .nets
@@ -195,10 +222,7 @@ impl Vmm {
             })?;
         net.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .set_rate_limiters(
-                update.rx_rate_limiter.map(|l| l.to_config()),
-                update.tx_rate_limiter.map(|l| l.to_config()),
-            )
+            .set_rate_limiters(rx, tx)
             .map_err(|source| ActionError::Net {
                 id: update.iface_id.clone(),
                 source,
@@ -221,16 +245,49 @@ impl Vmm {
         }
     }
 
+    /// Starts creating the KVM VM, its memory and vCPUs for the current machine config on a
+    /// helper thread, so that `InstanceStart` finds them ready (the first memslot alone costs
+    /// milliseconds on some hosts). A VM built for a config that changed since is dropped.
+    fn prebuild(&mut self) {
+        let machine = self.resources.machine;
+        if self.prebuild.as_ref().is_some_and(|p| p.machine == machine) {
+            return;
+        }
+        // A replaced build finishes on its own thread and is dropped there.
+        self.prebuild = thread::Builder::new()
+            .name("vm-prebuild".into())
+            .spawn(move || Vm::create(machine))
+            .inspect_err(|e| log::debug!("cannot start the VM prebuild thread: {e}"))
+            .ok()
+            .map(|vm| Prebuild { machine, vm });
+    }
+
+    /// The prebuilt VM if it matches the machine config and was built; otherwise one built
+    /// now (a failed prebuild is retried, so its error is the one reported).
+    fn take_vm(&mut self) -> Result<Vm, VmError> {
+        let machine = self.resources.machine;
+        match self.prebuild.take() {
+            Some(p) if p.machine == machine => match p.vm.join() {
+                Ok(Ok(vm)) => Ok(vm),
+                _ => Vm::create(machine),
+            },
+            _ => Vm::create(machine),
+        }
+    }
+
     /// Creates and boots the VM from the current configuration. On failure nothing is left
     /// behind and the configuration can be fixed and the start retried.
     pub fn start(&mut self) -> Result<RunningVm, ActionError> {
         let started = Instant::now();
+        if self.resources.boot_source.is_none() {
+            return Err(ActionError::MissingBootSource);
+        }
+        let vm = self.take_vm()?;
         let (_, boot) = self
             .resources
             .boot_source
             .as_ref()
             .ok_or(ActionError::MissingBootSource)?;
-        let vm = Vm::create(self.resources.machine)?;
         let running = vm.boot(
             boot,
             &self.resources.devices,

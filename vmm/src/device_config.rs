@@ -58,6 +58,17 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// This `PATCH` limiter applied over `current`, as Firecracker does it: a bucket the
+    /// update names replaces the current one (a zero-sized bucket lifts that limit), a bucket
+    /// it leaves out stays as it is.
+    pub fn patched(self, current: Option<RateLimiter>) -> RateLimiter {
+        let current = current.unwrap_or_default();
+        RateLimiter {
+            bandwidth: self.bandwidth.or(current.bandwidth),
+            ops: self.ops.or(current.ops),
+        }
+    }
+
     /// The device-model limits. As in Firecracker, a bucket with a zero `size` or
     /// `refill_time` is no bucket: that resource is unlimited (how a PATCH lifts a limit).
     pub fn to_config(self) -> RateLimiterConfig {

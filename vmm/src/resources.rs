@@ -300,7 +300,7 @@ impl VmResources {
             drive.path_on_host = path.clone();
         }
         if let Some(limiter) = update.rate_limiter {
-            drive.rate_limiter = Some(limiter);
+            drive.rate_limiter = Some(limiter.patched(drive.rate_limiter));
         }
         Ok(())
     }
@@ -341,19 +341,20 @@ impl VmResources {
             .find(|n| n.iface_id == update.iface_id)
             .ok_or_else(|| ResourcesError::UnknownInterface(update.iface_id.clone()))?;
         if let Some(limiter) = update.rx_rate_limiter {
-            iface.rx_rate_limiter = Some(limiter);
+            iface.rx_rate_limiter = Some(limiter.patched(iface.rx_rate_limiter));
         }
         if let Some(limiter) = update.tx_rate_limiter {
-            iface.tx_rate_limiter = Some(limiter);
+            iface.tx_rate_limiter = Some(limiter.patched(iface.tx_rate_limiter));
         }
         Ok(())
     }
 
-    pub fn has_network_interface(&self, id: &str) -> bool {
+    pub fn network_interface(&self, id: &str) -> Result<&NetworkInterface, ResourcesError> {
         self.devices
             .network_interfaces
             .iter()
-            .any(|n| n.iface_id == id)
+            .find(|n| n.iface_id == id)
+            .ok_or_else(|| ResourcesError::UnknownInterface(id.to_string()))
     }
 
     pub fn set_vsock(&mut self, vsock: &Vsock) -> Result<(), ResourcesError> {

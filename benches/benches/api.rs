@@ -1,0 +1,214 @@
+//! REST API figures for docs/SPECIFICATION.md:
+//!
+//! - spawn `tessera --api-sock` -> the API socket accepts a connection;
+//! - `PUT /machine-config` round trip on one kept-alive connection (2000 requests);
+//! - `PUT /actions InstanceStart` sent -> the tiny guest's first instruction (tiny guest on
+//!   /dev/kvm; the KVM VM was prebuilt when the machine config arrived).
+//!
+//! Run: `cargo build --release -p api -p tests && cargo bench -p benches --bench api`
+//! (`API_SPAWN_RUNS=N`, default 100; `API_PUT_REQUESTS=N`, default 2000; `API_START_RUNS=N`,
+//! default 30). Prints medians, p90s and p99s.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use benches::{field_u64, median, monotonic_us};
+use tests::{kvm_unavailable, tessera_bin, tiny_guest};
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)]
+}
+
+fn socket_path(tag: &str, run: usize) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "tessera-bench-api-{}-{tag}-{run}.sock",
+        std::process::id()
+    ))
+}
+
+fn spawn(tessera: &Path, socket: &Path, stderr: Stdio) -> Child {
+    let _ = std::fs::remove_file(socket);
+    Command::new(tessera)
+        .arg("--api-sock")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn tessera")
+}
+
+fn stop(mut child: Child, socket: &Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(socket);
+}
+
+/// Connects, retrying until the socket accepts (at most 5 s).
+fn connect(socket: &Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => return stream,
+            Err(e) if Instant::now() > deadline => panic!("{}: {e}", socket.display()),
+            Err(_) => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// Sends one request and reads its response; returns the status.
+fn request(stream: &mut UnixStream, method: &str, path: &str, body: &str) -> u16 {
+    let message = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(message.as_bytes()).expect("send request");
+    read_response(stream)
+}
+
+fn read_response(stream: &mut UnixStream) -> u16 {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+            return status.expect("a status line");
+        }
+    }
+}
+
+/// Spawn -> connect accepted, in ms.
+fn spawn_to_accept(tessera: &Path, run: usize) -> f64 {
+    let socket = socket_path("spawn", run);
+    let start = Instant::now();
+    let child = spawn(tessera, &socket, Stdio::null());
+    let stream = connect(&socket);
+    let elapsed = start.elapsed().as_secs_f64() * 1e3;
+    drop(stream);
+    stop(child, &socket);
+    elapsed
+}
+
+/// Round trips of `PUT /machine-config` on one connection, in µs.
+fn put_machine_config(tessera: &Path, requests: usize) -> Vec<f64> {
+    let socket = socket_path("put", 0);
+    let child = spawn(tessera, &socket, Stdio::null());
+    let mut stream = connect(&socket);
+    let body = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
+    // Warm up: the first PUT also starts the VM prebuild on its helper thread.
+    for _ in 0..200 {
+        assert_eq!(request(&mut stream, "PUT", "/machine-config", body), 204);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut us = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let start = Instant::now();
+        let status = request(&mut stream, "PUT", "/machine-config", body);
+        us.push(start.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(status, 204);
+    }
+    stop(child, &socket);
+    us
+}
+
+/// `InstanceStart` sent -> the guest's boot-done write, in ms.
+fn start_to_first_instruction(tessera: &Path, guest: &Path, run: usize) -> f64 {
+    let socket = socket_path("start", run);
+    let mut child = spawn(tessera, &socket, Stdio::piped());
+    let mut stream = connect(&socket);
+    let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display());
+    assert_eq!(
+        request(
+            &mut stream,
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#
+        ),
+        204
+    );
+    assert_eq!(request(&mut stream, "PUT", "/boot-source", &boot), 204);
+    // What a client does between configuring and starting (drives, network...).
+    std::thread::sleep(Duration::from_millis(50));
+    let sent = monotonic_us();
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(request(&mut stream, "PUT", "/actions", start), 204);
+    let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let first = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("guest boot-done") => {
+                break field_u64(&line, "monotonic_us=").expect("monotonic_us in the line")
+            }
+            Some(Ok(_)) => {}
+            _ => panic!("tessera ended before the guest started"),
+        }
+    };
+    stop(child, &socket);
+    (first.saturating_sub(sent)) as f64 / 1e3
+}
+
+fn main() {
+    let tessera = tessera_bin();
+    let spawn_runs = env_count("API_SPAWN_RUNS", 100);
+    let put_requests = env_count("API_PUT_REQUESTS", 2000);
+    let start_runs = env_count("API_START_RUNS", 30);
+
+    let mut accept_ms: Vec<f64> = (0..spawn_runs)
+        .map(|run| spawn_to_accept(&tessera, run))
+        .collect();
+    let mut put_us = put_machine_config(&tessera, put_requests);
+
+    println!("| figure | median | p90 | p99 | samples |");
+    println!("|---|---|---|---|---|");
+    let mut row = |name: &str, v: &mut Vec<f64>, unit: &str| {
+        let (p90, p99) = (percentile(v, 0.90), percentile(v, 0.99));
+        println!(
+            "| {name} | {:.3} {unit} | {p90:.3} {unit} | {p99:.3} {unit} | {} |",
+            median(v),
+            v.len()
+        );
+    };
+    row("spawn -> API socket accepting", &mut accept_ms, "ms");
+    row(
+        "PUT /machine-config, kept-alive connection",
+        &mut put_us,
+        "us",
+    );
+    match kvm_unavailable() {
+        Some(why) => println!("SKIPPED InstanceStart -> first guest instruction: {why}"),
+        None => {
+            let guest = tiny_guest("reset64");
+            let mut start_ms: Vec<f64> = (0..start_runs)
+                .map(|run| start_to_first_instruction(&tessera, &guest, run))
+                .collect();
+            row(
+                "PUT /actions InstanceStart -> first guest instruction",
+                &mut start_ms,
+                "ms",
+            );
+        }
+    }
+}
