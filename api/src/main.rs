@@ -300,7 +300,11 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
                 }
             })
             .map_err(|e| format!("cannot start the API thread: {e}"))?;
-        log::info!("API listening on {}", args.api_sock.display());
+        log::info!(
+            "API listening on {} ({:?} after start)",
+            args.api_sock.display(),
+            process_start.elapsed()
+        );
         api = Some((thread, vmm_end, shutdown));
     }
     let (thread, end, shutdown) = match api {

@@ -1,11 +1,12 @@
 //! REST API figures for docs/SPECIFICATION.md:
 //!
-//! - spawn `tessera --api-sock` -> the API socket accepts a connection;
+//! - spawn `tessera --api-sock` -> the API socket accepts a connection, and the same for
+//!   `socket_floor` (a program that only binds and listens: the process-creation floor);
 //! - `PUT /machine-config` round trip on one kept-alive connection (2000 requests);
 //! - `PUT /actions InstanceStart` sent -> the tiny guest's first instruction (tiny guest on
 //!   /dev/kvm; the KVM VM was prebuilt when the machine config arrived).
 //!
-//! Run: `cargo build --release -p api -p tests && cargo bench -p benches --bench api`
+//! Run: `cargo build --release --workspace --bins && cargo bench -p benches --bench api`
 //! (`API_SPAWN_RUNS=N`, default 100; `API_PUT_REQUESTS=N`, default 2000; `API_START_RUNS=N`,
 //! default 30). Prints medians, p90s and p99s.
 
@@ -40,8 +41,11 @@ fn socket_path(tag: &str, run: usize) -> PathBuf {
 
 fn spawn(tessera: &Path, socket: &Path, stderr: Stdio) -> Child {
     let _ = std::fs::remove_file(socket);
-    Command::new(tessera)
-        .arg("--api-sock")
+    let mut command = Command::new(tessera);
+    if tessera.ends_with("tessera") {
+        command.arg("--api-sock");
+    }
+    command
         .arg(socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -101,11 +105,11 @@ fn read_response(stream: &mut UnixStream) -> u16 {
     }
 }
 
-/// Spawn -> connect accepted, in ms.
-fn spawn_to_accept(tessera: &Path, run: usize) -> f64 {
+/// Spawn `program` (`tessera` or `socket_floor`) -> connect accepted, in ms.
+fn spawn_to_accept(program: &Path, run: usize) -> f64 {
     let socket = socket_path("spawn", run);
     let start = Instant::now();
-    let child = spawn(tessera, &socket, Stdio::null());
+    let child = spawn(program, &socket, Stdio::null());
     let stream = connect(&socket);
     let elapsed = start.elapsed().as_secs_f64() * 1e3;
     drop(stream);
@@ -113,23 +117,23 @@ fn spawn_to_accept(tessera: &Path, run: usize) -> f64 {
     elapsed
 }
 
-/// Round trips of `PUT /machine-config` on one connection, in µs.
-fn put_machine_config(tessera: &Path, requests: usize) -> Vec<f64> {
-    let socket = socket_path("put", 0);
+/// Round trips of `method path body` on one kept-alive connection, in µs.
+fn round_trips(tessera: &Path, requests: usize, method: &str, path: &str, body: &str) -> Vec<f64> {
+    let socket = socket_path("requests", 0);
     let child = spawn(tessera, &socket, Stdio::null());
     let mut stream = connect(&socket);
-    let body = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
-    // Warm up: the first PUT also starts the VM prebuild on its helper thread.
+    let expected = if method == "GET" { 200 } else { 204 };
+    // Warm up: the first PUT /machine-config also starts the VM prebuild on its helper thread.
     for _ in 0..200 {
-        assert_eq!(request(&mut stream, "PUT", "/machine-config", body), 204);
+        assert_eq!(request(&mut stream, method, path, body), expected);
     }
     std::thread::sleep(Duration::from_millis(100));
     let mut us = Vec::with_capacity(requests);
     for _ in 0..requests {
         let start = Instant::now();
-        let status = request(&mut stream, "PUT", "/machine-config", body);
+        let status = request(&mut stream, method, path, body);
         us.push(start.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(status, 204);
+        assert_eq!(status, expected);
     }
     stop(child, &socket);
     us
@@ -176,14 +180,24 @@ fn main() {
     let put_requests = env_count("API_PUT_REQUESTS", 2000);
     let start_runs = env_count("API_START_RUNS", 30);
 
-    let mut accept_ms: Vec<f64> = (0..spawn_runs)
-        .map(|run| spawn_to_accept(&tessera, run))
-        .collect();
-    let mut put_us = put_machine_config(&tessera, put_requests);
+    let floor = tessera.with_file_name("socket_floor");
+    assert!(
+        floor.exists(),
+        "{} is missing: run `cargo build --release --workspace --bins`",
+        floor.display()
+    );
+    // Interleaved so that host noise hits both alike.
+    let (mut accept_ms, mut floor_ms): (Vec<f64>, Vec<f64>) = (0..spawn_runs)
+        .map(|run| (spawn_to_accept(&tessera, run), spawn_to_accept(&floor, run)))
+        .unzip();
+    let machine = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
+    let mut put_us = round_trips(&tessera, put_requests, "PUT", "/machine-config", machine);
+    // The floor: a request the API thread answers without the VMM thread.
+    let mut version_us = round_trips(&tessera, put_requests, "GET", "/version", "");
 
     println!("| figure | median | p90 | p99 | samples |");
     println!("|---|---|---|---|---|");
-    let mut row = |name: &str, v: &mut Vec<f64>, unit: &str| {
+    let row = |name: &str, v: &mut Vec<f64>, unit: &str| {
         let (p90, p99) = (percentile(v, 0.90), percentile(v, 0.99));
         println!(
             "| {name} | {:.3} {unit} | {p90:.3} {unit} | {p99:.3} {unit} | {} |",
@@ -193,8 +207,18 @@ fn main() {
     };
     row("spawn -> API socket accepting", &mut accept_ms, "ms");
     row(
+        "floor: spawn -> socket_floor accepting",
+        &mut floor_ms,
+        "ms",
+    );
+    row(
         "PUT /machine-config, kept-alive connection",
         &mut put_us,
+        "us",
+    );
+    row(
+        "GET /version (API thread only), kept-alive connection",
+        &mut version_us,
         "us",
     );
     match kvm_unavailable() {

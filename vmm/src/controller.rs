@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -18,7 +18,9 @@ use crate::exit::VmExit;
 use crate::logger;
 use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
 use crate::resources::{DriveUpdate, NetworkInterfaceUpdate, VmConfig, VmResources};
-use crate::rpc::{ActionError, ActionResult, InstanceInfo, VmmAction, VmmData, VmmEnd};
+use crate::rpc::{
+    poll_recv, ActionError, ActionResult, InstanceInfo, VmmAction, VmmData, VmmEnd, HANDOFF_POLL,
+};
 use crate::vm::{RunningVm, Vm, VmError, VmHandle};
 
 /// The name `GET /` reports.
@@ -357,10 +359,16 @@ fn lock(vmm: &Mutex<Vmm>) -> MutexGuard<'_, Vmm> {
     vmm.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The pre-boot loop: the VMM thread waits on the channel itself (no event loop exists yet).
+/// The pre-boot loop: the VMM thread waits on the channel itself (no event loop exists yet),
+/// polling a moment after each answer for the client's next request.
 fn serve_until_started(vmm: &mut Vmm, end: &VmmEnd) -> Result<RunningVm, RunError> {
     loop {
-        match end.actions.recv_timeout(FLUSH_PERIOD) {
+        let next = match poll_recv(&end.actions, HANDOFF_POLL) {
+            Err(TryRecvError::Empty) => end.actions.recv_timeout(FLUSH_PERIOD),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Ok(action) => Ok(action),
+        };
+        match next {
             Ok(VmmAction::InstanceStart) => match vmm.start() {
                 Ok(running) => {
                     let _ = end.results.send(Ok(VmmData::Empty));
