@@ -11,7 +11,7 @@ use api::server::ApiServer;
 use clap::{Parser, Subcommand};
 use guest_init::task::Task;
 use vmm::config::{BootSource, ConsoleOutput, MachineConfig, DEFAULT_CMDLINE};
-use vmm::controller::{self, Vmm};
+use vmm::controller::{self, RunError, Vmm};
 use vmm::exit::EXIT_NO_STATUS;
 use vmm::metrics::ApiCounters;
 use vmm::resources::VmConfig;
@@ -317,8 +317,14 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
         let _ = shutdown.write(1);
         let _ = thread.join();
     }
-    let exit = result.map_err(|e| e.to_string())?;
-    Ok(exit_code(exit, false))
+    match result {
+        Ok(exit) => Ok(exit_code(exit, false)),
+        Err(e @ RunError::Signal(signal)) => {
+            log::info!("{e}");
+            Ok(u8::try_from(128 + signal).unwrap_or(EXIT_VMM_ERROR))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn read_config_file(path: &Path) -> Result<VmConfig, String> {

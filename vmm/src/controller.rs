@@ -3,10 +3,11 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use devices::timer::nonblocking_timer;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -15,7 +16,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{ConsoleOutput, MachineConfig};
 use crate::exit::VmExit;
-use crate::logger;
+use crate::logger::{self, PreparedLogger};
 use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
 use crate::resources::{DriveUpdate, NetworkInterfaceUpdate, VmConfig, VmResources};
 use crate::rpc::{
@@ -37,6 +38,48 @@ pub enum RunError {
     ApiStopped,
     /// cannot set up the metrics timer: {0}
     Timer(io::Error),
+    /// cannot install a signal handler: {0}
+    SignalHandler(io::Error),
+    /// stopped by signal {0} before the microVM was started
+    Signal(i32),
+}
+
+/// How often the pre-boot loop looks at the signal flags while it waits for requests.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// SIGINT and SIGTERM before the VM exists: noted, so the pre-boot loop can end the process
+/// cleanly (the API socket removed) instead of the default action killing it. Unregistered
+/// on drop; the running VM has its own handling (Ctrl-Alt-Del on SIGTERM).
+struct PrebootSignals {
+    flags: Vec<(i32, Arc<AtomicBool>, signal_hook::SigId)>,
+}
+
+impl PrebootSignals {
+    fn register() -> Result<Self, RunError> {
+        let mut flags = Vec::new();
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let flag = Arc::new(AtomicBool::new(false));
+            let id = signal_hook::flag::register(signal, flag.clone())
+                .map_err(RunError::SignalHandler)?;
+            flags.push((signal, flag, id));
+        }
+        Ok(Self { flags })
+    }
+
+    fn received(&self) -> Option<i32> {
+        self.flags
+            .iter()
+            .find(|(_, flag, _)| flag.load(Ordering::Relaxed))
+            .map(|(signal, _, _)| *signal)
+    }
+}
+
+impl Drop for PrebootSignals {
+    fn drop(&mut self) {
+        for (_, _, id) in &self.flags {
+            signal_hook::low_level::unregister(*id);
+        }
+    }
 }
 
 /// A KVM VM being created on a helper thread for the machine config as it stood.
@@ -80,13 +123,20 @@ impl Vmm {
     /// before anything changes.
     pub fn configure(&mut self, config: &VmConfig) -> Result<(), ActionError> {
         let resources = VmResources::from_config(config)?;
-        let metrics = resources
-            .metrics
+        let logger = resources
+            .logger
             .as_ref()
-            .map(MetricsSink::open)
+            .map(PreparedLogger::open)
             .transpose()?;
-        if let Some(logger_config) = &resources.logger {
-            logger::configure(logger_config)?;
+        let metrics = match resources.metrics.as_ref().map(MetricsSink::open) {
+            Some(Err(e)) => {
+                logger.map(PreparedLogger::discard);
+                return Err(e.into());
+            }
+            metrics => metrics.transpose()?,
+        };
+        if let Some(logger) = logger {
+            logger.apply()?;
         }
         self.resources = resources;
         self.metrics = metrics;
@@ -362,9 +412,18 @@ fn lock(vmm: &Mutex<Vmm>) -> MutexGuard<'_, Vmm> {
 /// The pre-boot loop: the VMM thread waits on the channel itself (no event loop exists yet),
 /// polling a moment after each answer for the client's next request.
 fn serve_until_started(vmm: &mut Vmm, end: &VmmEnd) -> Result<RunningVm, RunError> {
+    let signals = PrebootSignals::register()?;
+    let mut next_flush = Instant::now() + FLUSH_PERIOD;
     loop {
+        if let Some(signal) = signals.received() {
+            return Err(RunError::Signal(signal));
+        }
+        if Instant::now() >= next_flush {
+            vmm.flush_metrics_quietly();
+            next_flush += FLUSH_PERIOD;
+        }
         let next = match poll_recv(&end.actions, HANDOFF_POLL) {
-            Err(TryRecvError::Empty) => end.actions.recv_timeout(FLUSH_PERIOD),
+            Err(TryRecvError::Empty) => end.actions.recv_timeout(SIGNAL_CHECK),
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Ok(action) => Ok(action),
         };
@@ -382,7 +441,7 @@ fn serve_until_started(vmm: &mut Vmm, end: &VmmEnd) -> Result<RunningVm, RunErro
             Ok(action) => {
                 let _ = end.results.send(vmm.handle(action));
             }
-            Err(RecvTimeoutError::Timeout) => vmm.flush_metrics_quietly(),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Err(RunError::ApiStopped),
         }
     }

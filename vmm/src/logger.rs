@@ -92,43 +92,79 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
+/// A checked logger configuration with its destination open, not yet in use.
+pub struct PreparedLogger {
+    config: LoggerConfig,
+    level: Option<LevelFilter>,
+    target: Option<Box<dyn Write + Send>>,
+    /// The log file, when opening it created it.
+    created: Option<PathBuf>,
+}
+
+impl PreparedLogger {
+    /// Checks `config` and opens its destination; nothing changes until [`Self::apply`].
+    pub fn open(config: &LoggerConfig) -> Result<Self, LoggerError> {
+        let level = config.level.as_deref().map(parse_level).transpose()?;
+        let (target, created): (Option<Box<dyn Write + Send>>, _) = match &config.log_path {
+            Some(path) => {
+                let existed = path.exists();
+                let file = OpenOptions::new()
+                    // Read access lets a FIFO open without a reader; append keeps files whole.
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|source| LoggerError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                (Some(Box::new(file)), (!existed).then(|| path.clone()))
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            config: config.clone(),
+            level,
+            target,
+            created,
+        })
+    }
+
+    /// Gives up on this configuration, removing the log file if opening it created it.
+    pub fn discard(self) {
+        if let Some(path) = self.created {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Sends the process's log lines where this configuration says.
+    pub fn apply(self) -> Result<(), LoggerError> {
+        let logger = LOGGER.get().ok_or(LoggerError::NotInitialised)?;
+        let mut output = logger.output.lock().unwrap_or_else(|p| p.into_inner());
+        let config = self.config;
+        if let Some(target) = self.target {
+            output.target = target;
+        }
+        if let Some(show) = config.show_level {
+            output.show_level = show;
+        }
+        if let Some(show) = config.show_log_origin {
+            output.show_origin = show;
+        }
+        if config.module.is_some() {
+            output.module = config.module.clone();
+        }
+        if let Some(level) = self.level {
+            log::set_max_level(level);
+        }
+        Ok(())
+    }
+}
+
 /// Applies `config`: the destination is opened first, so an error changes nothing.
 pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
-    let logger = LOGGER.get().ok_or(LoggerError::NotInitialised)?;
-    let level = config.level.as_deref().map(parse_level).transpose()?;
-    let target: Option<Box<dyn Write + Send>> = match &config.log_path {
-        Some(path) => Some(Box::new(
-            OpenOptions::new()
-                // Read access lets a FIFO open without a reader; append keeps files whole.
-                .read(true)
-                .append(true)
-                .create(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|source| LoggerError::Open {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-        )),
-        None => None,
-    };
-    let mut output = logger.output.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(target) = target {
-        output.target = target;
-    }
-    if let Some(show) = config.show_level {
-        output.show_level = show;
-    }
-    if let Some(show) = config.show_log_origin {
-        output.show_origin = show;
-    }
-    if config.module.is_some() {
-        output.module = config.module.clone();
-    }
-    if let Some(level) = level {
-        log::set_max_level(level);
-    }
-    Ok(())
+    PreparedLogger::open(config)?.apply()
 }
 
 /// Lines lost because the destination was full or failing.
