@@ -210,11 +210,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message runs to the first blank line (a missing argument's name is on
+            // the line after "not provided:"); usage and tips follow.
             let rendered = e.render().to_string();
-            eprintln!(
-                "tessera: {}",
-                rendered.lines().next().unwrap_or("invalid arguments")
-            );
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("tessera: {}", message.join(" "));
             return ExitCode::from(EXIT_USAGE);
         }
     };
