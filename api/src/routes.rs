@@ -232,8 +232,11 @@ fn action(request: &Request, template: &str, id: &str) -> Result<Routed, String>
 /// The JSON body as `T`; unknown fields, wrong types and missing fields are refused with
 /// serde's message, which names the field and the position.
 fn body<T: DeserializeOwned>(request: &Request) -> Result<T, String> {
-    if request.body.iter().all(u8::is_ascii_whitespace) {
-        return Err("the request has no body: a JSON object is expected".into());
+    match request.body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err("the request has no body: a JSON object is expected".into()),
+        // serde would read a struct from an array of its fields in order: refuse that.
+        Some(b'[') => return Err("the request body must be a JSON object, not an array".into()),
+        Some(_) => {}
     }
     serde_json::from_slice(&request.body).map_err(|e| format!("invalid request body: {e}"))
 }
@@ -357,5 +360,10 @@ mod tests {
         assert!(message.contains("unknown variant `Explode`"), "{message}");
         let (_, message) = put("/boot-source", "");
         assert!(message.contains("no body"), "{message}");
+        let (_, message) = put("/machine-config", "[2, 64]");
+        assert_eq!(
+            message,
+            "the request body must be a JSON object, not an array"
+        );
     }
 }

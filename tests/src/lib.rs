@@ -13,6 +13,7 @@ pub fn tiny_guest(name: &str) -> PathBuf {
     path
 }
 
+pub mod api_client;
 pub mod test_host;
 
 /// The directory holding this build's binaries (`tessera`, `tessera-init`).

@@ -130,7 +130,9 @@ impl Vmm {
             .transpose()?;
         let metrics = match resources.metrics.as_ref().map(MetricsSink::open) {
             Some(Err(e)) => {
-                logger.map(PreparedLogger::discard);
+                if let Some(logger) = logger {
+                    logger.discard();
+                }
                 return Err(e.into());
             }
             metrics => metrics.transpose()?,
@@ -202,14 +204,16 @@ impl Vmm {
             VmmAction::PatchDrive(update) => self.update_drive(vm, &update)?,
             VmmAction::PatchNetworkInterface(update) => self.update_interface(vm, &update)?,
             VmmAction::SendCtrlAltDel => vm.send_ctrl_alt_del().map_err(ActionError::CtrlAltDel)?,
-            VmmAction::Pause => {
+            VmmAction::Pause if !vm.is_paused() => {
                 vm.pause()?;
                 log::info!("VM paused");
             }
-            VmmAction::Resume => {
+            VmmAction::Resume if vm.is_paused() => {
                 vm.resume();
                 log::info!("VM resumed");
             }
+            // Already in the state asked for: nothing to do, as in Firecracker.
+            VmmAction::Pause | VmmAction::Resume => {}
             _ => return Err(ActionError::NotAfterStart),
         }
         Ok(VmmData::Empty)
