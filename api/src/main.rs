@@ -25,6 +25,10 @@ mod guest_image;
 const EXIT_VMM_ERROR: u8 = 1;
 /// Exit code for a command-line usage error.
 const EXIT_USAGE: u8 = 2;
+/// Where the API listens without `--api-sock` (Firecracker's is /run/firecracker.socket).
+const DEFAULT_API_SOCK: &str = "/run/tessera.socket";
+/// The instance id without `--id` (Firecracker's).
+const DEFAULT_ID: &str = "anonymous-instance";
 
 #[derive(Parser)]
 #[command(
@@ -34,8 +38,7 @@ const EXIT_USAGE: u8 = 2;
     long_about = "Tessera: a minimal KVM microVM monitor.\n\nWithout a subcommand it works as \
         Firecracker does: it serves Firecracker's REST API on a unix socket (--api-sock) and \
         boots when asked (PUT /actions InstanceStart), or at once from --config-file. The \
-        guest's serial console is on stdin/stdout.",
-    args_conflicts_with_subcommands = true
+        guest's serial console is on stdin/stdout."
 )]
 struct Cli {
     /// Log level for VMM messages on stderr: off, error, warn, info, debug or trace
@@ -54,9 +57,9 @@ struct Cli {
 #[derive(clap::Args)]
 struct VmmArgs {
     /// Serve the REST API on a unix socket at PATH (a stale socket file there is replaced;
-    /// the file is removed when tessera exits).
-    #[arg(long, value_name = "PATH", default_value = "/run/tessera.socket")]
-    api_sock: PathBuf,
+    /// the file is removed when tessera exits) [default: /run/tessera.socket].
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 
     /// Configure the microVM from a JSON file (Firecracker's config-file shape: boot-source,
     /// machine-config, drives, network-interfaces, vsock, entropy, logger, metrics) and boot
@@ -68,9 +71,24 @@ struct VmmArgs {
     #[arg(long, requires = "config_file")]
     no_api: bool,
 
-    /// The instance id `GET /` reports.
-    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
-    id: String,
+    /// The instance id `GET /` reports [default: anonymous-instance].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+}
+
+impl VmmArgs {
+    /// The flags given, for the error when they come with `run` (which has its own).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--api-sock", self.api_sock.is_some()),
+            ("--config-file", self.config_file.is_some()),
+            ("--no-api", self.no_api),
+            ("--id", self.id.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
 }
 
 #[derive(Subcommand)]
@@ -228,6 +246,14 @@ fn main() -> ExitCode {
     };
     vmm::logger::init(cli.log_level.unwrap_or(default_level));
     let result = match cli.command {
+        // Checked here rather than by clap, which would also refuse the global --log-level.
+        Some(Command::Run(_)) if !cli.vmm.given().is_empty() => {
+            eprintln!(
+                "tessera: error: {} cannot be used with the `run` subcommand",
+                cli.vmm.given().join(", ")
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
         Some(Command::Run(args)) => boot_and_wait(args, process_start),
         None => serve(cli.vmm, process_start),
     };
@@ -274,8 +300,11 @@ fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
 /// Serves the API and/or boots the config file's VM; exits when the VM ends.
 fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
     let counters = ApiCounters::default();
+    let api_sock = args
+        .api_sock
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCK));
     let mut vmm = Vmm::new(
-        args.id,
+        args.id.unwrap_or_else(|| DEFAULT_ID.to_string()),
         counters.clone(),
         ConsoleOutput::Stdio,
         process_start,
@@ -287,7 +316,7 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
     }
     let mut api = None;
     if !args.no_api {
-        let server = ApiServer::bind(&args.api_sock).map_err(|e| e.to_string())?;
+        let server = ApiServer::bind(&api_sock).map_err(|e| e.to_string())?;
         let (api_end, vmm_end) =
             vmm::rpc::channel().map_err(|e| format!("cannot set up the API channel: {e}"))?;
         let shutdown =
@@ -306,7 +335,7 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
             .map_err(|e| format!("cannot start the API thread: {e}"))?;
         log::info!(
             "API listening on {} ({:?} after start)",
-            args.api_sock.display(),
+            api_sock.display(),
             process_start.elapsed()
         );
         api = Some((thread, vmm_end, shutdown));

@@ -190,3 +190,33 @@ fn missing_disk_and_existing_vsock_path_are_named() {
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert_eq!(kept, b"someone's file");
 }
+
+/// The global `--log-level` may come before `run`; the API flags may not come with it.
+#[test]
+fn global_log_level_before_run_and_api_flags_with_run() {
+    let tessera = tests::tessera_bin();
+    let out = std::process::Command::new(&tessera)
+        .args([
+            "--log-level",
+            "debug",
+            "run",
+            "--kernel",
+            "/nonexistent/vmlinux",
+        ])
+        .output()
+        .expect("run tessera");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/vmlinux"), "{stderr}");
+
+    let out = std::process::Command::new(&tessera)
+        .args(["--api-sock", "/tmp/x.sock", "run", "--", "true"])
+        .output()
+        .expect("run tessera");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "tessera: error: --api-sock cannot be used with the `run` subcommand"
+    );
+}
