@@ -309,14 +309,23 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
         ConsoleOutput::Stdio,
         process_start,
     );
-    if let Some(path) = &args.config_file {
-        let config = read_config_file(path)?;
-        vmm.configure(&config)
+    let config = args
+        .config_file
+        .as_deref()
+        .map(read_config_file)
+        .transpose()?;
+    // Bound before the config file is applied, which may create log and metrics files: a
+    // socket in use must not leave them behind.
+    let server = match args.no_api {
+        true => None,
+        false => Some(ApiServer::bind(&api_sock).map_err(|e| e.to_string())?),
+    };
+    if let (Some(path), Some(config)) = (&args.config_file, &config) {
+        vmm.configure(config)
             .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
     }
     let mut api = None;
-    if !args.no_api {
-        let server = ApiServer::bind(&api_sock).map_err(|e| e.to_string())?;
+    if let Some(server) = server {
         let (api_end, vmm_end) =
             vmm::rpc::channel().map_err(|e| format!("cannot set up the API channel: {e}"))?;
         let shutdown =

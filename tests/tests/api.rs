@@ -737,6 +737,11 @@ fn preboot_bad_requests_are_refused_and_change_nothing() {
     let root = dir.file("root.img", MIB);
     let data = dir.file("data.img", MIB);
     let uds = dir.join("v.sock");
+    // A FIFO with no writer: a plain read-only open of it would block the VMM for good.
+    let fifo = dir.join("fifo");
+    let c_fifo = std::ffi::CString::new(path_str(&fifo)).expect("no NUL in the path");
+    // SAFETY: mkfifo on a NUL-terminated path; the result is checked.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0, "mkfifo");
 
     expect(
         api.put(
@@ -1021,6 +1026,19 @@ fn preboot_bad_requests_are_refused_and_change_nothing() {
             "/metrics".into(),
             "{}".into(),
             "missing field `metrics_path`",
+        ),
+        // Special files are refused without blocking on them.
+        (
+            "PUT",
+            "/drives/fifo".into(),
+            json!({"drive_id": "fifo", "path_on_host": fifo, "is_read_only": true}).to_string(),
+            "is not a regular file or block device",
+        ),
+        (
+            "PUT",
+            "/boot-source".into(),
+            json!({"kernel_image_path": fifo}).to_string(),
+            "is not a regular file",
         ),
         // Actions and states.
         (

@@ -183,7 +183,11 @@ impl Vmm {
             VmmAction::PutEntropy(entropy) => r.set_entropy(&entropy)?,
             VmmAction::PutLogger(config) => {
                 logger::configure(&config)?;
-                r.logger = Some(config);
+                // The live logger keeps what a later body leaves out: record the same.
+                r.logger = Some(match r.logger.take() {
+                    Some(old) => config.over(old),
+                    None => config,
+                });
             }
             VmmAction::PutMetrics(config) => {
                 if self.metrics.is_some() {
@@ -236,16 +240,11 @@ impl Vmm {
             id: update.drive_id.clone(),
             source,
         };
+        // (Zero buckets become "no bucket", so a patched limiter is always valid and cannot
+        // fail after the file swap.)
         let limiter = update
             .rate_limiter
             .map(|l| l.patched(drive.rate_limiter).to_config());
-        if let Some(limiter) = &limiter {
-            // Checked first so that a bad limiter does not follow a completed file swap.
-            limiter.validate().map_err(|e| ActionError::RateLimiter {
-                what: format!("drive {}", update.drive_id),
-                source: e,
-            })?;
-        }
         if let Some(path) = &update.path_on_host {
             block.set_backing_file(path).map_err(drive_err)?;
         }
@@ -306,10 +305,16 @@ impl Vmm {
     /// milliseconds on some hosts). A VM built for a config that changed since is dropped.
     fn prebuild(&mut self) {
         let machine = self.resources.machine;
-        if self.prebuild.as_ref().is_some_and(|p| p.machine == machine) {
+        // One build at a time: a client changing the config faster than a VM builds must not
+        // pile up threads. If the config changed meanwhile, `take_vm` builds afresh.
+        if self
+            .prebuild
+            .as_ref()
+            .is_some_and(|p| p.machine == machine || !p.vm.is_finished())
+        {
             return;
         }
-        // A replaced build finishes on its own thread and is dropped there.
+        // A replaced build has finished; its VM is dropped with the handle.
         self.prebuild = thread::Builder::new()
             .name("vm-prebuild".into())
             .spawn(move || Vm::create(machine))
@@ -389,24 +394,50 @@ impl Vmm {
 /// with `start_now`, the config-file path), then runs the VM, still serving actions, until it
 /// ends.
 pub fn run(mut vmm: Vmm, end: Option<VmmEnd>, start_now: bool) -> Result<VmExit, RunError> {
-    let mut running = match (&end, start_now) {
-        (_, true) => vmm.start().map_err(RunError::Start)?,
-        (Some(end), false) => serve_until_started(&mut vmm, end)?,
-        (None, false) => return Err(RunError::ApiStopped),
+    let signals = PrebootSignals::register()?;
+    let started = start(&mut vmm, end.as_ref(), start_now, &signals);
+    // The running VM has its own SIGINT/SIGTERM handling by now: hand it a signal that came
+    // while it was being built.
+    if let (Ok(_), Some(signal)) = (&started, signals.received()) {
+        let _ = signal_hook::low_level::raise(signal);
+    }
+    drop(signals);
+    let (mut running, metrics_timer) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            vmm.flush_metrics_quietly();
+            return Err(e);
+        }
     };
     let vmm = Arc::new(Mutex::new(vmm));
-    let mut metrics_timer = nonblocking_timer().map_err(RunError::Timer)?;
-    metrics_timer
-        .reset(FLUSH_PERIOD, Some(FLUSH_PERIOD))
-        .map_err(|e| RunError::Timer(io::Error::from_raw_os_error(e.errno())))?;
     running.add_subscriber(Arc::new(Mutex::new(RuntimeEvents {
         vmm: vmm.clone(),
         end,
         metrics_timer,
     })));
-    let exit = running.wait()?;
+    let exit = running.wait();
     lock(&vmm).flush_metrics_quietly();
-    Ok(exit)
+    Ok(exit?)
+}
+
+/// The running VM and its metrics timer (made first, so that nothing can fail once the VM
+/// runs and the client has been told so).
+fn start(
+    vmm: &mut Vmm,
+    end: Option<&VmmEnd>,
+    start_now: bool,
+    signals: &PrebootSignals,
+) -> Result<(RunningVm, TimerFd), RunError> {
+    let mut metrics_timer = nonblocking_timer().map_err(RunError::Timer)?;
+    metrics_timer
+        .reset(FLUSH_PERIOD, Some(FLUSH_PERIOD))
+        .map_err(|e| RunError::Timer(io::Error::from_raw_os_error(e.errno())))?;
+    let running = match (end, start_now) {
+        (_, true) => vmm.start().map_err(RunError::Start)?,
+        (Some(end), false) => serve_until_started(vmm, end, signals)?,
+        (None, false) => return Err(RunError::ApiStopped),
+    };
+    Ok((running, metrics_timer))
 }
 
 fn lock(vmm: &Mutex<Vmm>) -> MutexGuard<'_, Vmm> {
@@ -415,8 +446,11 @@ fn lock(vmm: &Mutex<Vmm>) -> MutexGuard<'_, Vmm> {
 
 /// The pre-boot loop: the VMM thread waits on the channel itself (no event loop exists yet),
 /// polling a moment after each answer for the client's next request.
-fn serve_until_started(vmm: &mut Vmm, end: &VmmEnd) -> Result<RunningVm, RunError> {
-    let signals = PrebootSignals::register()?;
+fn serve_until_started(
+    vmm: &mut Vmm,
+    end: &VmmEnd,
+    signals: &PrebootSignals,
+) -> Result<RunningVm, RunError> {
     let mut next_flush = Instant::now() + FLUSH_PERIOD;
     loop {
         if let Some(signal) = signals.received() {

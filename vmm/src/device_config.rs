@@ -23,6 +23,8 @@ pub enum DeviceConfigError {
     BadDriveId(String),
     /// more than one drive is marked as the root device
     TwoRootDevices,
+    /// iface_id {0:?} must be 1 to 20 characters of letters, digits, '-' or '_'
+    BadInterfaceId(String),
     /// network interface id {0:?} is used twice
     DuplicateInterface(String),
     /// network interface {iface}: host_dev_name {name:?} must be 1 to 15 bytes without '/' or spaces
@@ -178,11 +180,7 @@ impl DevicesConfig {
         let mut root_device = None;
         let mut drives = Vec::new();
         for (index, d) in self.drives.iter().enumerate() {
-            let id_ok = (1..=MAX_ID_LEN).contains(&d.drive_id.len())
-                && d.drive_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !id_ok {
+            if !valid_id(&d.drive_id) {
                 return Err(DeviceConfigError::BadDriveId(d.drive_id.clone()));
             }
             if !ids.insert(d.drive_id.as_str()) {
@@ -209,6 +207,9 @@ impl DevicesConfig {
         let mut iface_ids = HashSet::new();
         let mut nets = Vec::new();
         for n in &self.network_interfaces {
+            if !valid_id(&n.iface_id) {
+                return Err(DeviceConfigError::BadInterfaceId(n.iface_id.clone()));
+            }
             if !iface_ids.insert(n.iface_id.as_str()) {
                 return Err(DeviceConfigError::DuplicateInterface(n.iface_id.clone()));
             }
@@ -263,6 +264,15 @@ impl DevicesConfig {
             entropy,
         })
     }
+}
+
+/// Drive and interface ids appear in API paths, metrics names and the disk serial: 1 to 20
+/// characters that need no escaping anywhere.
+fn valid_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The name Linux gives the `index`th virtio disk: vda .. vdz, vdaa ...
@@ -369,6 +379,11 @@ mod tests {
             c.settings(),
             Err(DeviceConfigError::BadDriveId(_))
         ));
+        c.drives = vec![drive("")];
+        assert!(matches!(
+            c.settings(),
+            Err(DeviceConfigError::BadDriveId(_))
+        ));
         let mut two_roots = vec![drive("a"), drive("b")];
         two_roots.iter_mut().for_each(|d| d.is_root_device = true);
         c.drives = two_roots;
@@ -409,6 +424,13 @@ mod tests {
             c.settings(),
             Err(DeviceConfigError::BadTapName { .. })
         ));
+        let mut c = c;
+        c.network_interfaces[0].host_dev_name = "tap0".into();
+        c.network_interfaces[0].iface_id = "eth 0".into();
+        assert_eq!(
+            c.settings().err(),
+            Some(DeviceConfigError::BadInterfaceId("eth 0".into()))
+        );
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! Lines are written with a single `write` each, so concurrent threads never interleave within
 //! a line; a FIFO nobody drains loses lines (counted) rather than stalling the VMM.
 
+use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,20 @@ pub struct LoggerConfig {
     /// Only records whose module path starts with this are written.
     #[serde(default)]
     pub module: Option<String>,
+}
+
+impl LoggerConfig {
+    /// This configuration over `old`: the fields it sets replace `old`'s, as the live logger
+    /// applies them.
+    pub fn over(self, old: LoggerConfig) -> LoggerConfig {
+        LoggerConfig {
+            log_path: self.log_path.or(old.log_path),
+            level: self.level.or(old.level),
+            show_level: self.show_level.or(old.show_level),
+            show_log_origin: self.show_log_origin.or(old.show_log_origin),
+            module: self.module.or(old.module),
+        }
+    }
 }
 
 /// Firecracker's level names (and Rust's `Warn`), any case.
@@ -196,7 +211,11 @@ impl Log for Logger {
                 return;
             }
         }
-        let mut line = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        // humantime cannot format a clock before 1970 (and errs past 9999): fall back to the
+        // epoch and ignore a formatting error rather than panic in the logger.
+        let now = SystemTime::now().max(UNIX_EPOCH);
+        let mut line = String::with_capacity(128);
+        let _ = write!(line, "{}", humantime::format_rfc3339_micros(now));
         if output.show_level {
             line.push_str(&format!(" {:<5}", record.level()));
         }

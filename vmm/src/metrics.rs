@@ -35,11 +35,16 @@ pub struct MetricsConfig {
 /// Cumulative counters: group (`api_requests`, `block_rootfs`, `vmm` ...) -> name -> value.
 pub type Snapshot = BTreeMap<String, BTreeMap<String, u64>>;
 
+/// Most bytes kept for a FIFO that is not being read; lines beyond it are dropped whole.
+const MAX_PENDING: usize = 1 << 20;
+
 /// The open metrics destination and the values last written, to report deltas.
 pub struct MetricsSink {
     path: PathBuf,
     file: File,
     last: Snapshot,
+    /// What a full FIFO has not taken yet: sent before the next line, so lines stay whole.
+    pending: Vec<u8>,
 }
 
 impl MetricsSink {
@@ -60,19 +65,41 @@ impl MetricsSink {
             path,
             file,
             last: Snapshot::new(),
+            pending: Vec::new(),
         })
     }
 
-    /// Writes one line with each counter's change since the previous line.
+    /// Writes one line with each counter's change since the previous line. A FIFO that is
+    /// full keeps the rest for the next write (the file is non-blocking: a slow reader must
+    /// not stall the VMM).
     pub fn write(&mut self, snapshot: Snapshot) -> Result<(), MetricsError> {
         let line = self.line(&snapshot);
         self.last = snapshot;
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|source| MetricsError::Write {
-                path: self.path.display().to_string(),
-                source,
-            })
+        if self.pending.len() + line.len() > MAX_PENDING {
+            return Err(self.write_error(io::Error::other(
+                "the reader is not keeping up; line dropped",
+            )));
+        }
+        self.pending.extend_from_slice(line.as_bytes());
+        while !self.pending.is_empty() {
+            match self.file.write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(self.write_error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_error(&self, source: io::Error) -> MetricsError {
+        MetricsError::Write {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     fn line(&self, snapshot: &Snapshot) -> String {

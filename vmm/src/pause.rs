@@ -6,7 +6,7 @@
 //! `KVM_RUN` and be lost, so the VMM kicks again until all have parked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,15 +50,14 @@ fn kick_signal() -> i32 {
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// Installs the kick handler once per process; without one the signal would kill it.
+/// Installs the kick handler once per process; without one the signal would kill it, so a
+/// failure is remembered and every later pause refuses to kick.
 pub fn install_kick_handler() -> Result<(), PauseError> {
-    static INSTALL: Once = Once::new();
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
-        result = register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| PauseError::Signal(e.to_string()));
-    });
-    result
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(PauseError::Signal)
 }
 
 impl PauseGate {

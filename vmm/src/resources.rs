@@ -4,7 +4,8 @@
 //! Every update is checked in full on a copy before it replaces the current value, so a request
 //! that fails changes nothing.
 
-use std::fs::OpenOptions;
+use std::fs::{File, FileType, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,12 @@ pub enum ResourcesError {
         what: &'static str,
         path: String,
         source: std::io::Error,
+    },
+    /// {what} {path} is not {expected}
+    NotAFile {
+        what: &'static str,
+        path: String,
+        expected: &'static str,
     },
     /// {what} is not supported by Tessera yet
     NotSupportedYet { what: &'static str },
@@ -376,23 +383,55 @@ impl VmResources {
     }
 }
 
-/// A drive's file must exist and open with the access the guest will get.
+/// A drive's file must be a regular file or block device that opens with the access the guest
+/// will get.
 fn check_drive_file(drive: &Drive) -> Result<(), ResourcesError> {
-    OpenOptions::new()
-        .read(true)
-        .write(!drive.is_read_only)
-        .open(&drive.path_on_host)
-        .map(drop)
-        .map_err(|source| ResourcesError::File {
+    let file = open_checked(
+        "drive path_on_host",
+        &drive.path_on_host,
+        !drive.is_read_only,
+    )?;
+    let kind = file_type("drive path_on_host", &drive.path_on_host, &file)?;
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(ResourcesError::NotAFile {
             what: "drive path_on_host",
             path: drive.path_on_host.display().to_string(),
+            expected: "a regular file or block device",
+        });
+    }
+    Ok(())
+}
+
+/// A kernel or initrd must be a regular file we can read.
+fn check_readable(what: &'static str, path: &Path) -> Result<(), ResourcesError> {
+    let file = open_checked(what, path, false)?;
+    if !file_type(what, path, &file)?.is_file() {
+        return Err(ResourcesError::NotAFile {
+            what,
+            path: path.display().to_string(),
+            expected: "a regular file",
+        });
+    }
+    Ok(())
+}
+
+/// Opens `path` without blocking on a FIFO or taking a tty as controlling terminal.
+fn open_checked(what: &'static str, path: &Path, write: bool) -> Result<File, ResourcesError> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| ResourcesError::File {
+            what,
+            path: path.display().to_string(),
             source,
         })
 }
 
-fn check_readable(what: &'static str, path: &Path) -> Result<(), ResourcesError> {
-    std::fs::File::open(path)
-        .map(drop)
+fn file_type(what: &'static str, path: &Path, file: &File) -> Result<FileType, ResourcesError> {
+    file.metadata()
+        .map(|m| m.file_type())
         .map_err(|source| ResourcesError::File {
             what,
             path: path.display().to_string(),
@@ -464,6 +503,29 @@ mod tests {
         let err = r.put_drive(&missing).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/disk.img"), "{err}");
         assert_eq!(r.devices.drives, vec![drive("rootfs", true)]);
+        // A FIFO would block a plain open until a writer came: refused at once instead.
+        let fifo =
+            std::env::temp_dir().join(format!("tessera-resources-{}-fifo", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let mut fifo_drive = drive("fifo", false);
+        fifo_drive.path_on_host = fifo.clone();
+        fifo_drive.is_read_only = true;
+        let err = r.put_drive(&fifo_drive).unwrap_err().to_string();
+        assert!(
+            err.contains("is not a regular file or block device"),
+            "{err}"
+        );
+        let boot = BootSourceConfig {
+            kernel_image_path: fifo.clone(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        let err = r.set_boot_source(&boot).unwrap_err().to_string();
+        assert!(err.ends_with("is not a regular file"), "{err}");
+        std::fs::remove_file(fifo).unwrap();
         // A PUT with an existing id replaces it in place.
         r.put_drive(&drive("rootfs", false)).unwrap();
         assert_eq!(r.devices.drives, vec![drive("rootfs", false)]);

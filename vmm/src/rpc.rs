@@ -14,7 +14,6 @@ use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use devices::rate_limiter::RateLimiterError;
 use devices::virtio::block::BlockError;
 use devices::virtio::net::NetError;
 use serde::Serialize;
@@ -81,7 +80,7 @@ pub enum ActionError {
     NotAfterStart,
     /// The requested operation is not supported before starting the microVM.
     NotBeforeStart,
-    /// Cannot start microvm without kernel configuration: PUT /boot-source first.
+    /// Cannot start microvm without kernel configuration: set the boot-source first.
     MissingBootSource,
     /// {0}
     Resources(#[from] ResourcesError),
@@ -103,11 +102,6 @@ pub enum ActionError {
     Drive { id: String, source: BlockError },
     /// network interface {id}: {source}
     Net { id: String, source: NetError },
-    /// {what}: {source}
-    RateLimiter {
-        what: String,
-        source: RateLimiterError,
-    },
     /// the VMM thread has stopped
     VmmGone,
 }

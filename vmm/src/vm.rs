@@ -423,19 +423,21 @@ struct VmControl {
     reset_evt: EventFd,
     sigint: UnixStream,
     sigterm: UnixStream,
+    signal_ids: [signal_hook::SigId; 2],
     i8042: Arc<Mutex<I8042>>,
     asked_guest_to_stop: bool,
     exit: Option<VmExit>,
 }
 
-/// A socket that receives a byte each time `signal` arrives.
-fn signal_stream(signal: i32) -> Result<UnixStream, VmError> {
+/// A socket that receives a byte each time `signal` arrives, with the handler's id (to
+/// unregister it when the VM is dropped, say after a failed start).
+fn signal_stream(signal: i32) -> Result<(UnixStream, signal_hook::SigId), VmError> {
     let (read, write) = UnixStream::pair().map_err(io_err("create a signal socket"))?;
     read.set_nonblocking(true)
         .map_err(io_err("configure a signal socket"))?;
-    signal_hook::low_level::pipe::register(signal, write)
+    let id = signal_hook::low_level::pipe::register(signal, write)
         .map_err(io_err("install a signal handler"))?;
-    Ok(read)
+    Ok((read, id))
 }
 
 impl VmControl {
@@ -445,12 +447,15 @@ impl VmControl {
         reset_evt: EventFd,
         i8042: Arc<Mutex<I8042>>,
     ) -> Result<Self, VmError> {
+        let (sigint, sigint_id) = signal_stream(signal_hook::consts::SIGINT)?;
+        let (sigterm, sigterm_id) = signal_stream(signal_hook::consts::SIGTERM)?;
         Ok(Self {
             exit_rx,
             exit_evt,
             reset_evt,
-            sigint: signal_stream(signal_hook::consts::SIGINT)?,
-            sigterm: signal_stream(signal_hook::consts::SIGTERM)?,
+            sigint,
+            sigterm,
+            signal_ids: [sigint_id, sigterm_id],
             i8042,
             asked_guest_to_stop: false,
             exit: None,
@@ -476,6 +481,14 @@ impl VmControl {
                     signal: signal_hook::consts::SIGTERM,
                 });
             }
+        }
+    }
+}
+
+impl Drop for VmControl {
+    fn drop(&mut self) {
+        for id in self.signal_ids {
+            signal_hook::low_level::unregister(id);
         }
     }
 }

@@ -20,6 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::mem::{offset_of, size_of};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -172,11 +173,14 @@ struct Backing {
 }
 
 impl Backing {
-    /// Opens `path` (O_RDONLY when `read_only`, else O_RDWR) and probes it.
+    /// Opens `path` (O_RDONLY when `read_only`, else O_RDWR) and probes it. O_NONBLOCK keeps a
+    /// FIFO given by mistake from blocking the open (it is refused as not a disk); it changes
+    /// nothing for files and block devices. O_NOCTTY keeps a tty from becoming ours.
     fn open(path: &Path, read_only: bool) -> Result<Backing, BlockError> {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(path)
             .map_err(|source| BlockError::Open {
                 path: path.to_path_buf(),
@@ -1230,6 +1234,22 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(err, BlockError::NotADisk { .. }), "{err}");
+
+        // A FIFO with no writer: a plain read-only open would block forever.
+        let fifo = std::env::temp_dir().join(format!("tessera-block-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = Block::new(BlockConfig {
+            path: fifo.clone(),
+            read_only: true,
+            ..disk.config()
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, BlockError::NotADisk { .. }), "{err}");
+        std::fs::remove_file(fifo).unwrap();
     }
 
     #[test]
