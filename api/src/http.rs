@@ -95,7 +95,8 @@ pub enum Method {
 }
 
 impl Method {
-    fn parse(name: &str) -> Method {
+    /// The method named `name` (case-sensitive, as on the wire).
+    pub fn parse(name: &str) -> Method {
         match name {
             "GET" => Method::Get,
             "PUT" => Method::Put,

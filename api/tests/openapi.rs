@@ -235,15 +235,7 @@ fn concrete_path(template: &str, body: Option<&Value>) -> String {
 }
 
 fn method(name: &str) -> Method {
-    match name.to_ascii_uppercase().as_str() {
-        "GET" => Method::Get,
-        "PUT" => Method::Put,
-        "PATCH" => Method::Patch,
-        "POST" => Method::Post,
-        "DELETE" => Method::Delete,
-        "HEAD" => Method::Head,
-        other => Method::Other(other.to_string()),
-    }
+    Method::parse(&name.to_ascii_uppercase())
 }
 
 fn request(method_name: &str, path: &str, body: &[u8]) -> Request {
