@@ -1,0 +1,119 @@
+//! The jail's file system: the root directory with a copy of the VMM, entered through a private
+//! mount namespace and `pivot_root`, then the device nodes the VMM needs.
+
+use std::fs;
+use std::os::unix::fs::{chown, DirBuilderExt};
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, chroot, pivot_root};
+
+use crate::args::JailSpec;
+use crate::error::{at, JailError};
+
+/// A character device the VMM opens: path in the jail, major, minor.
+const DEVICES: &[(&str, u64, u64)] = &[
+    // KVM itself.
+    ("/dev/kvm", 10, 232),
+    // TAP devices for virtio-net.
+    ("/dev/net/tun", 10, 200),
+    // Randomness for anything that reads it rather than calling getrandom.
+    ("/dev/urandom", 1, 9),
+];
+
+/// Makes `<jail dir>/root` (owned by the VMM's user, so it can make its API socket there)
+/// with `/run` and a copy of the VMM. The jail directory must not exist yet.
+pub fn prepare(spec: &JailSpec) -> Result<(), JailError> {
+    let base = spec.jail_dir.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(base).map_err(at("create the chroot base", base))?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&spec.jail_dir)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => JailError::Refused {
+                step: "create the jail",
+                reason: format!(
+                    "{}: a jail with id {} exists (remove it first)",
+                    spec.jail_dir.display(),
+                    spec.id
+                ),
+            },
+            _ => at("create the jail", &spec.jail_dir)(e),
+        })?;
+    let root = spec.root();
+    for dir in [root.clone(), root.join("run")] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .map_err(at("create a jail directory", &dir))?;
+        chown(&dir, Some(spec.uid), Some(spec.gid)).map_err(at("chown", &dir))?;
+    }
+    // A copy, not a link: the jail must not share an inode with a binary outside it.
+    let exec = root.join(&spec.exec_name);
+    fs::copy(&spec.exec_file, &exec).map_err(at("copy the VMM into the jail", &exec))?;
+    Ok(())
+}
+
+/// Enters the jail: a private mount namespace in which the root is bind-mounted onto itself,
+/// becomes `/` through `pivot_root`, and the old root is detached and removed.
+pub fn enter(root: &Path) -> Result<(), JailError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(at("unshare the mount namespace", root))?;
+    // Nothing mounted from now on may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(at("make mounts private", Path::new("/")))?;
+    // pivot_root needs the new root to be a mount point.
+    mount(
+        Some(root),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(at("bind-mount the jail", root))?;
+    chdir(root).map_err(at("chdir", root))?;
+    let old_root = Path::new("old_root");
+    fs::create_dir(old_root)
+        .map_err(at("make the old-root mount point", &root.join("old_root")))?;
+    pivot_root(".", old_root).map_err(at("pivot_root", root))?;
+    chdir("/").map_err(at("chdir", Path::new("/")))?;
+    umount2("/old_root", MntFlags::MNT_DETACH)
+        .map_err(at("detach the old root", Path::new("/old_root")))?;
+    fs::remove_dir("/old_root").map_err(at(
+        "remove the old-root mount point",
+        Path::new("/old_root"),
+    ))?;
+    chroot(".").map_err(at("chroot", root))?;
+    Ok(())
+}
+
+/// Makes the device nodes in the jail, owned by the VMM's user and group (read-write for
+/// them only).
+pub fn make_devices(uid: u32, gid: u32) -> Result<(), JailError> {
+    for (path, major, minor) in DEVICES {
+        let path = Path::new(path);
+        if let Some(dir) = path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(at("create a device directory", dir))?;
+        }
+        mknod(
+            path,
+            SFlag::S_IFCHR,
+            Mode::S_IRUSR | Mode::S_IWUSR | Mode::S_IRGRP | Mode::S_IWGRP,
+            makedev(*major, *minor),
+        )
+        .map_err(at("mknod", path))?;
+        chown(path, Some(uid), Some(gid)).map_err(at("chown", path))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The jailer's steps, in Firecracker's order: sanitise the process, make the jail (copy of the
+//! VMM, rlimits, cgroup), enter it (mount namespace, pivot_root, chroot), make the device nodes,
+//! join the network namespace, detach and/or enter a new PID namespace, drop privileges, exec.
+//!
+//! Until the jail is entered, a failure removes what was made (jail directory, cgroups); after
+//! `pivot_root` the host's view of the jail is out of reach, and a failure leaves the jail
+//! directory for the caller to remove, as Firecracker's jailer does.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{
+    dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, setgroups, setresgid, setresuid, setsid,
+    ForkResult, Gid, Uid,
+};
+
+use crate::args::{JailSpec, Limit};
+use crate::cgroup::Cgroups;
+use crate::chroot;
+use crate::error::{at, JailError};
+
+/// What the jail made on the host, removed if a later step fails before the jail is entered.
+struct Undo<'a> {
+    spec: &'a JailSpec,
+    cgroups: Cgroups,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cgroups.remove();
+            let _ = fs::remove_dir_all(&self.spec.jail_dir);
+        }
+    }
+}
+
+/// Runs every step; returns only on failure (success ends in the VMM's exec).
+pub fn run(spec: &JailSpec) -> Result<Infallible, JailError> {
+    close_inherited_fds()?;
+    // Opened while the host's paths are still visible.
+    let netns = spec
+        .netns
+        .as_deref()
+        .map(|path| File::open(path).map_err(at("open the network namespace", path)))
+        .transpose()?;
+    let dev_null = match spec.daemonize {
+        true => Some(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/null")
+                .map_err(at("open", Path::new("/dev/null")))?,
+        ),
+        false => None,
+    };
+    // Modes below are meant as written.
+    umask(Mode::empty());
+
+    chroot::prepare(spec)?;
+    let mut undo = Undo {
+        spec,
+        cgroups: Cgroups::default(),
+        armed: true,
+    };
+    set_limits(&spec.limits)?;
+    undo.cgroups = Cgroups::create(spec)?;
+    undo.cgroups.join()?;
+    let root = spec.root();
+    chroot::enter(&root)?;
+    undo.armed = false;
+
+    chroot::make_devices(spec.uid, spec.gid)?;
+    if let Some(netns) = &netns {
+        let path = spec.netns.as_deref().unwrap_or(Path::new("?"));
+        setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(at("join the network namespace", path))?;
+    }
+    if spec.new_pid_ns {
+        unshare(CloneFlags::CLONE_NEWPID).map_err(at("unshare the PID namespace", &root))?;
+    }
+    if spec.new_pid_ns || spec.daemonize {
+        fork_vmm_process(spec)?;
+    }
+    if let Some(dev_null) = dev_null {
+        detach(&dev_null)?;
+    }
+    drop_privileges(spec.uid, spec.gid)?;
+    exec_vmm(spec)
+}
+
+/// Closes every descriptor but stdin, stdout and stderr, so the VMM inherits nothing else.
+fn close_inherited_fds() -> Result<(), JailError> {
+    let dir = Path::new("/proc/self/fd");
+    let fds: Vec<RawFd> = fs::read_dir(dir)
+        .map_err(at("list open files", dir))?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: closing a descriptor this process holds and no Rust object owns (the
+        // directory listing that showed it is gone; a stale number just gives EBADF).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn set_limits(limits: &[Limit]) -> Result<(), JailError> {
+    for limit in limits {
+        let (resource, value, name) = match *limit {
+            Limit::FileSize(n) => (Resource::RLIMIT_FSIZE, n, "fsize"),
+            Limit::OpenFiles(n) => (Resource::RLIMIT_NOFILE, n, "no-file"),
+        };
+        setrlimit(resource, value, value).map_err(|e| JailError::Refused {
+            step: "set resource limit",
+            reason: format!("{name}={value}: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Forks the process that becomes the VMM (PID 1 of the new PID namespace if one was made).
+/// The jailer writes its host pid to `/<exec name>.pid` in the jail, then exits at once when
+/// daemonizing, or waits for it and exits with its status.
+fn fork_vmm_process(spec: &JailSpec) -> Result<(), JailError> {
+    let pid_file = format!("/{}.pid", spec.exec_name);
+    // SAFETY: the jailer is single-threaded, so the child may run any code after fork.
+    match unsafe { fork() }.map_err(at("fork", Path::new("/")))? {
+        ForkResult::Child => Ok(()),
+        ForkResult::Parent { child } => {
+            if let Err(e) = fs::write(&pid_file, format!("{child}\n")) {
+                eprintln!("tessera-jailer: error: write the pid file: {pid_file}: {e}");
+            }
+            let code = match spec.daemonize {
+                true => 0,
+                false => match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => code,
+                    Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+                    _ => 1,
+                },
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// A new session without a terminal, stdio on /dev/null.
+fn detach(dev_null: &File) -> Result<(), JailError> {
+    setsid().map_err(at("setsid", Path::new("/")))?;
+    let redirect = at("redirect stdio", Path::new("/dev/null"));
+    dup2_stdin(dev_null)
+        .and_then(|()| dup2_stdout(dev_null))
+        .and_then(|()| dup2_stderr(dev_null))
+        .map_err(redirect)
+}
+
+/// Becomes `uid:gid` with no supplementary groups, and can never gain privileges again.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
+    let step = |step| {
+        move |e: nix::Error| JailError::Refused {
+            step,
+            reason: format!("{uid}:{gid}: {e}"),
+        }
+    };
+    setgroups(&[]).map_err(step("clear supplementary groups"))?;
+    let gid = Gid::from_raw(gid);
+    setresgid(gid, gid, gid).map_err(step("set the group id"))?;
+    let uid = Uid::from_raw(uid);
+    setresuid(uid, uid, uid).map_err(step("set the user id"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
+    Ok(())
+}
+
+/// Runs `/<exec name> --id <id> <VMM args>` with an empty environment.
+fn exec_vmm(spec: &JailSpec) -> Result<Infallible, JailError> {
+    let path = format!("/{}", spec.exec_name);
+    let c = |s: &OsStr| CString::new(s.as_bytes());
+    let mut argv: Vec<OsString> = vec![path.clone().into(), "--id".into(), spec.id.clone().into()];
+    argv.extend(spec.vmm_args.iter().cloned());
+    let argv = argv
+        .iter()
+        .map(|a| c(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| JailError::Refused {
+            step: "exec the VMM",
+            reason: "an argument contains a NUL byte".into(),
+        })?;
+    let program = CString::new(path.clone()).map_err(|_| JailError::Refused {
+        step: "exec the VMM",
+        reason: "the exec file name contains a NUL byte".into(),
+    })?;
+    let env: [CString; 0] = [];
+    let error = execve(&program, &argv, &env).unwrap_err();
+    Err(at("exec the VMM", Path::new(&path))(error))
+}
