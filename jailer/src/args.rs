@@ -19,6 +19,8 @@ pub enum ArgsError {
     ExecNotAFile(String),
     /// --exec-file {0}: has no file name
     ExecNoName(String),
+    /// --exec-file {path}: {why}
+    ExecUnusable { path: String, why: &'static str },
     /// --cgroup {0:?}: expected FILE=VALUE with FILE like memory.max (controller.setting)
     BadCgroup(String),
     /// --cgroup-version {0}: use 1 or 2
@@ -145,6 +147,7 @@ impl Args {
         if !std::fs::metadata(&self.exec_file).is_ok_and(|m| m.is_file()) {
             return Err(ArgsError::ExecNotAFile(shown));
         }
+        check_static_executable(&self.exec_file)?;
         let exec_name = self
             .exec_file
             .file_name()
@@ -195,6 +198,54 @@ impl Args {
     }
 }
 
+/// The VMM must be a statically linked 64-bit ELF program: the jail holds no libraries or
+/// dynamic loader, so anything else would fail only at exec, inside the jail.
+fn check_static_executable(path: &Path) -> Result<(), ArgsError> {
+    let unusable = |why| ArgsError::ExecUnusable {
+        path: path.display().to_string(),
+        why,
+    };
+    let mode = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .map_err(|_| unusable("cannot be read"))?;
+    if mode & 0o111 == 0 {
+        return Err(unusable("is not executable"));
+    }
+    let bytes = std::fs::read(path).map_err(|_| unusable("cannot be read"))?;
+    if bytes.get(..5) != Some(b"\x7fELF\x02") {
+        return Err(unusable("is not a 64-bit ELF program"));
+    }
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    const PT_INTERP: u32 = 3;
+    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return Err(unusable("has a truncated ELF header"));
+    };
+    for index in 0..usize::from(count) {
+        let at = usize::try_from(phoff)
+            .ok()
+            .and_then(|off| off.checked_add(index * usize::from(entsize)))
+            .and_then(|at| bytes.get(at..at + 4))
+            .ok_or(unusable("has a truncated program header table"))?;
+        if u32::from_le_bytes([at[0], at[1], at[2], at[3]]) == PT_INTERP {
+            return Err(unusable(
+                "is dynamically linked; the jail has no libraries (build it static)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn valid_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -242,6 +293,8 @@ fn parse_limit(text: &str) -> Result<Limit, ArgsError> {
 mod tests {
     use super::*;
 
+    /// The static test executable itself stands in for the VMM (the workspace builds
+    /// static-pie binaries).
     fn args(extra: &[&str]) -> Result<JailSpec, ArgsError> {
         let exe = std::env::current_exe().unwrap();
         let mut argv = vec![
@@ -273,6 +326,24 @@ mod tests {
         assert_eq!(spec.cgroup_version, 2);
         assert_eq!(spec.limits, vec![Limit::OpenFiles(DEFAULT_NO_FILE)]);
         assert_eq!(spec.vmm_args, vec!["--api-sock", "/api.sock"]);
+    }
+
+    #[test]
+    fn only_static_elf_programs_can_be_jailed() {
+        let dir = std::env::temp_dir();
+        let script = dir.join(format!("jailer-args-{}.sh", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = check_static_executable(&script).unwrap_err().to_string();
+        assert!(err.ends_with("is not a 64-bit ELF program"), "{err}");
+        std::fs::remove_file(&script).unwrap();
+        // /bin/sh is a dynamically linked program on any distribution this runs on.
+        let err = check_static_executable(Path::new("/bin/sh"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dynamically linked"), "{err}");
+        check_static_executable(&std::env::current_exe().unwrap()).unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! mount namespace and `pivot_root`, then the device nodes the VMM needs.
 
 use std::fs;
-use std::os::unix::fs::{chown, DirBuilderExt};
+use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -113,6 +113,8 @@ pub fn make_devices(uid: u32, gid: u32) -> Result<(), JailError> {
             makedev(*major, *minor),
         )
         .map_err(at("mknod", path))?;
+        // mknod's mode is cut by the umask; set it exactly.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(at("chmod", path))?;
         chown(path, Some(uid), Some(gid)).map_err(at("chown", path))?;
     }
     Ok(())

@@ -9,14 +9,15 @@
 use std::convert::Infallible;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
-use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{
     dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, setgroups, setresgid, setresuid, setsid,
@@ -47,12 +48,12 @@ impl Drop for Undo<'_> {
 /// Runs every step; returns only on failure (success ends in the VMM's exec).
 pub fn run(spec: &JailSpec) -> Result<Infallible, JailError> {
     close_inherited_fds()?;
-    // Opened while the host's paths are still visible.
-    let netns = spec
-        .netns
-        .as_deref()
-        .map(|path| File::open(path).map_err(at("open the network namespace", path)))
-        .transpose()?;
+    // Joined first: a bad namespace file is refused before anything is made.
+    if let Some(path) = spec.netns.as_deref() {
+        let netns = File::open(path).map_err(at("open the network namespace", path))?;
+        setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(at("join the network namespace", path))?;
+    }
     let dev_null = match spec.daemonize {
         true => Some(
             OpenOptions::new()
@@ -64,9 +65,6 @@ pub fn run(spec: &JailSpec) -> Result<Infallible, JailError> {
         ),
         false => None,
     };
-    // Modes below are meant as written.
-    umask(Mode::empty());
-
     chroot::prepare(spec)?;
     let mut undo = Undo {
         spec,
@@ -81,19 +79,26 @@ pub fn run(spec: &JailSpec) -> Result<Infallible, JailError> {
     undo.armed = false;
 
     chroot::make_devices(spec.uid, spec.gid)?;
-    if let Some(netns) = &netns {
-        let path = spec.netns.as_deref().unwrap_or(Path::new("?"));
-        setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(at("join the network namespace", path))?;
-    }
     if spec.new_pid_ns {
         unshare(CloneFlags::CLONE_NEWPID).map_err(at("unshare the PID namespace", &root))?;
     }
-    if spec.new_pid_ns || spec.daemonize {
-        fork_vmm_process(spec)?;
+    let report = match spec.new_pid_ns || spec.daemonize {
+        true => Some(fork_vmm_process(spec)?),
+        false => None,
+    };
+    let result = finish(spec, dev_null.as_ref());
+    // Only a failure gets here: tell the waiting jailer, whose stderr is still the caller's.
+    if let (Some(mut report), Err(e)) = (report, &result) {
+        let _ = write!(report, "{e}");
+        std::process::exit(1);
     }
+    result
+}
+
+/// The last steps, in the process that becomes the VMM.
+fn finish(spec: &JailSpec, dev_null: Option<&File>) -> Result<Infallible, JailError> {
     if let Some(dev_null) = dev_null {
-        detach(&dev_null)?;
+        detach(dev_null)?;
     }
     drop_privileges(spec.uid, spec.gid)?;
     exec_vmm(spec)
@@ -129,15 +134,32 @@ fn set_limits(limits: &[Limit]) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Forks the process that becomes the VMM (PID 1 of the new PID namespace if one was made).
-/// The jailer writes its host pid to `/<exec name>.pid` in the jail, then exits at once when
-/// daemonizing, or waits for it and exits with its status.
-fn fork_vmm_process(spec: &JailSpec) -> Result<(), JailError> {
+/// Forks the process that becomes the VMM (PID 1 of the new PID namespace if one was made)
+/// and returns, in it, the write end of a close-on-exec pipe for reporting a failure.
+///
+/// The jailer waits until the pipe closes: a successful exec closes it empty, a failed step
+/// writes its error first, which the jailer prints before exiting 1. After an exec it writes
+/// the VMM's host pid to `/<exec name>.pid` in the jail, then exits at once when daemonizing,
+/// or waits for the VMM and exits with its status.
+fn fork_vmm_process(spec: &JailSpec) -> Result<File, JailError> {
     let pid_file = format!("/{}.pid", spec.exec_name);
+    let (read, write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(at("create a pipe", Path::new("/")))?;
     // SAFETY: the jailer is single-threaded, so the child may run any code after fork.
     match unsafe { fork() }.map_err(at("fork", Path::new("/")))? {
-        ForkResult::Child => Ok(()),
+        ForkResult::Child => {
+            drop(read);
+            Ok(File::from(write))
+        }
         ForkResult::Parent { child } => {
+            drop(write);
+            let mut failure = String::new();
+            let _ = File::from(read).read_to_string(&mut failure);
+            if !failure.is_empty() {
+                let _ = waitpid(child, None);
+                eprintln!("tessera-jailer: error: {failure}");
+                std::process::exit(1);
+            }
             if let Err(e) = fs::write(&pid_file, format!("{child}\n")) {
                 eprintln!("tessera-jailer: error: write the pid file: {pid_file}: {e}");
             }

@@ -38,6 +38,17 @@ pub fn tessera_bin() -> PathBuf {
     bin
 }
 
+/// The `tessera-jailer` binary of this build.
+pub fn jailer_bin() -> PathBuf {
+    let bin = bin_dir().join("tessera-jailer");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p jailer`)",
+        bin.display()
+    );
+    bin
+}
+
 /// Why tiny-guest tests cannot run here, if they cannot.
 pub fn kvm_unavailable() -> Option<String> {
     match std::fs::OpenOptions::new()
