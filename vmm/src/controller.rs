@@ -452,6 +452,9 @@ fn serve_until_started(
     signals: &PrebootSignals,
 ) -> Result<RunningVm, RunError> {
     let mut next_flush = Instant::now() + FLUSH_PERIOD;
+    // Poll only right after answering, when the client's next request is likely near; an
+    // idle VMM just sleeps between signal checks.
+    let mut answered = false;
     loop {
         if let Some(signal) = signals.received() {
             return Err(RunError::Signal(signal));
@@ -460,11 +463,17 @@ fn serve_until_started(
             vmm.flush_metrics_quietly();
             next_flush += FLUSH_PERIOD;
         }
-        let next = match poll_recv(&end.actions, HANDOFF_POLL) {
+        let poll = if answered {
+            HANDOFF_POLL
+        } else {
+            Duration::ZERO
+        };
+        let next = match poll_recv(&end.actions, poll) {
             Err(TryRecvError::Empty) => end.actions.recv_timeout(SIGNAL_CHECK),
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Ok(action) => Ok(action),
         };
+        answered = next.is_ok();
         match next {
             Ok(VmmAction::InstanceStart) => match vmm.start() {
                 Ok(running) => {
