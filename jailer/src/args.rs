@@ -31,6 +31,10 @@ pub enum ArgsError {
     BadResourceLimit(String),
     /// --chroot-base-dir {0}: must be an absolute path
     RelativeBase(String),
+    /// --{which} {value}: not a usable id (4294967295 means "unchanged" to the kernel)
+    BadOwner { which: &'static str, value: u32 },
+    /// --exec-file {0}: the name collides with the jail's own entries (dev, run, old_root)
+    ReservedName(String),
 }
 
 /// Builds a jail for a VMM and runs it there, as Firecracker's jailer does.
@@ -147,6 +151,11 @@ impl Args {
         if !std::fs::metadata(&self.exec_file).is_ok_and(|m| m.is_file()) {
             return Err(ArgsError::ExecNotAFile(shown));
         }
+        for (which, value) in [("uid", self.uid), ("gid", self.gid)] {
+            if value == u32::MAX {
+                return Err(ArgsError::BadOwner { which, value });
+            }
+        }
         check_static_executable(&self.exec_file)?;
         let exec_name = self
             .exec_file
@@ -154,6 +163,9 @@ impl Args {
             .and_then(|n| n.to_str())
             .ok_or(ArgsError::ExecNoName(shown))?
             .to_string();
+        if ["dev", "run", "old_root"].contains(&exec_name.as_str()) || exec_name.ends_with(".pid") {
+            return Err(ArgsError::ReservedName(exec_name));
+        }
         if !self.chroot_base_dir.is_absolute() {
             return Err(ArgsError::RelativeBase(
                 self.chroot_base_dir.display().to_string(),
@@ -235,7 +247,7 @@ fn check_static_executable(path: &Path) -> Result<(), ArgsError> {
         let at = usize::try_from(phoff)
             .ok()
             .and_then(|off| off.checked_add(index * usize::from(entsize)))
-            .and_then(|at| bytes.get(at..at + 4))
+            .and_then(|at| bytes.get(at..at.checked_add(4)?))
             .ok_or(unusable("has a truncated program header table"))?;
         if u32::from_le_bytes([at[0], at[1], at[2], at[3]]) == PT_INTERP {
             return Err(unusable(
@@ -393,6 +405,28 @@ mod tests {
             args(&["--chroot-base-dir", "rel"]),
             Err(ArgsError::RelativeBase(_))
         ));
+        // -1 to setresuid means "leave as is": the VMM would stay root.
+        let exe = std::env::current_exe().unwrap();
+        let owner = Args::try_parse_from([
+            "j",
+            "--id",
+            "a",
+            "--exec-file",
+            exe.to_str().unwrap(),
+            "--uid",
+            "4294967295",
+            "--gid",
+            "1",
+        ])
+        .unwrap()
+        .check();
+        assert_eq!(
+            owner.unwrap_err(),
+            ArgsError::BadOwner {
+                which: "uid",
+                value: u32::MAX
+            }
+        );
         let spec = args(&[
             "--cgroup",
             "memory.max=64M",

@@ -78,12 +78,10 @@ impl Cgroups {
             self.write_settings(&dir, spec.cgroups.iter())?;
             self.dirs.push((hierarchy.mount.clone(), dir));
         } else {
-            for controller in spec
-                .cgroups
-                .iter()
-                .map(|c| c.controller.as_str())
-                .collect::<BTreeSet<_>>()
-            {
+            // Controllers can share a hierarchy (cpu,cpuacct): one cgroup per hierarchy.
+            let mut by_hierarchy: Vec<(&Hierarchy, Vec<&CgroupSetting>)> = Vec::new();
+            for setting in &spec.cgroups {
+                let controller = setting.controller.as_str();
                 let hierarchy = found
                     .iter()
                     .find(|h| h.controllers.iter().any(|c| c == controller))
@@ -91,13 +89,21 @@ impl Cgroups {
                         step: "cgroup",
                         reason: format!("no cgroup v1 hierarchy has the {controller} controller"),
                     })?;
+                match by_hierarchy
+                    .iter_mut()
+                    .find(|(h, _)| h.mount == hierarchy.mount)
+                {
+                    Some((_, settings)) => settings.push(setting),
+                    None => by_hierarchy.push((hierarchy, vec![setting])),
+                }
+            }
+            for (hierarchy, settings) in by_hierarchy {
                 let dir = hierarchy.mount.join(&relative);
                 self.make_dirs(&hierarchy.mount, &relative, &BTreeSet::new())?;
-                if controller == "cpuset" {
+                if hierarchy.controllers.iter().any(|c| c == "cpuset") {
                     inherit_cpuset(&hierarchy.mount, &relative)?;
                 }
-                let settings = spec.cgroups.iter().filter(|c| c.controller == controller);
-                self.write_settings(&dir, settings)?;
+                self.write_settings(&dir, settings.into_iter())?;
                 self.dirs.push((hierarchy.mount.clone(), dir));
             }
         }

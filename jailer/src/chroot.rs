@@ -2,7 +2,7 @@
 //! mount namespace and `pivot_root`, then the device nodes the VMM needs.
 
 use std::fs;
-use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{lchown, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -23,11 +23,14 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("/dev/urandom", 1, 9),
 ];
 
-/// Makes `<jail dir>/root` (owned by the VMM's user, so it can make its API socket there)
-/// with `/run` and a copy of the VMM. The jail directory must not exist yet.
-pub fn prepare(spec: &JailSpec) -> Result<(), JailError> {
+/// Makes the jail directory, which must not exist yet (so no two jailers share one).
+pub fn create_jail_dir(spec: &JailSpec) -> Result<(), JailError> {
     let base = spec.jail_dir.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(base).map_err(at("create the chroot base", base))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(base)
+        .map_err(at("create the chroot base", base))?;
     fs::DirBuilder::new()
         .mode(0o755)
         .create(&spec.jail_dir)
@@ -41,18 +44,38 @@ pub fn prepare(spec: &JailSpec) -> Result<(), JailError> {
                 ),
             },
             _ => at("create the jail", &spec.jail_dir)(e),
-        })?;
+        })
+}
+
+/// Fills the jail: `root` with `/run` and a copy of the VMM, made while `root` is still
+/// root's, and only then handed to the VMM's user (so it can make its API socket there): a
+/// process of that user can plant no link for root to follow.
+pub fn populate(spec: &JailSpec) -> Result<(), JailError> {
     let root = spec.root();
-    for dir in [root.clone(), root.join("run")] {
+    let run = root.join("run");
+    for dir in [&root, &run] {
         fs::DirBuilder::new()
             .mode(0o755)
-            .create(&dir)
-            .map_err(at("create a jail directory", &dir))?;
-        chown(&dir, Some(spec.uid), Some(spec.gid)).map_err(at("chown", &dir))?;
+            .create(dir)
+            .map_err(at("create a jail directory", dir))?;
     }
     // A copy, not a link: the jail must not share an inode with a binary outside it.
     let exec = root.join(&spec.exec_name);
-    fs::copy(&spec.exec_file, &exec).map_err(at("copy the VMM into the jail", &exec))?;
+    let copy = || -> std::io::Result<()> {
+        let mut from = fs::File::open(&spec.exec_file)?;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&exec)?;
+        std::io::copy(&mut from, &mut to)?;
+        Ok(())
+    };
+    copy().map_err(at("copy the VMM into the jail", &exec))?;
+    for dir in [&run, &root] {
+        lchown(dir, Some(spec.uid), Some(spec.gid)).map_err(at("chown", dir))?;
+    }
     Ok(())
 }
 
@@ -94,8 +117,8 @@ pub fn enter(root: &Path) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Makes the device nodes in the jail, owned by the VMM's user and group (read-write for
-/// them only).
+/// Makes the device nodes in the jail, owned by the VMM's user and group, read-write for the
+/// user only (Firecracker's modes).
 pub fn make_devices(uid: u32, gid: u32) -> Result<(), JailError> {
     for (path, major, minor) in DEVICES {
         let path = Path::new(path);
@@ -109,13 +132,13 @@ pub fn make_devices(uid: u32, gid: u32) -> Result<(), JailError> {
         mknod(
             path,
             SFlag::S_IFCHR,
-            Mode::S_IRUSR | Mode::S_IWUSR | Mode::S_IRGRP | Mode::S_IWGRP,
+            Mode::S_IRUSR | Mode::S_IWUSR,
             makedev(*major, *minor),
         )
         .map_err(at("mknod", path))?;
         // mknod's mode is cut by the umask; set it exactly.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(at("chmod", path))?;
-        chown(path, Some(uid), Some(gid)).map_err(at("chown", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(at("chmod", path))?;
+        lchown(path, Some(uid), Some(gid)).map_err(at("chown", path))?;
     }
     Ok(())
 }

@@ -18,7 +18,8 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{
     dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, setgroups, setresgid, setresuid, setsid,
     ForkResult, Gid, Uid,
@@ -65,12 +66,17 @@ pub fn run(spec: &JailSpec) -> Result<Infallible, JailError> {
         ),
         false => None,
     };
-    chroot::prepare(spec)?;
+    // Directories and the device nodes get the modes written here, whatever the caller's
+    // umask (0077 would lock the VMM out of /dev; 0 would leave the base world-writable).
+    umask(Mode::from_bits_truncate(0o022));
+    chroot::create_jail_dir(spec)?;
+    // From here on the jail directory is ours to remove on failure (never an existing one).
     let mut undo = Undo {
         spec,
         cgroups: Cgroups::default(),
         armed: true,
     };
+    chroot::populate(spec)?;
     set_limits(&spec.limits)?;
     undo.cgroups = Cgroups::create(spec)?;
     undo.cgroups.join()?;
@@ -155,13 +161,33 @@ fn fork_vmm_process(spec: &JailSpec) -> Result<File, JailError> {
             drop(write);
             let mut failure = String::new();
             let _ = File::from(read).read_to_string(&mut failure);
+            // An empty pipe means an exec, unless the child died first (say, killed by a tiny
+            // memory limit) without writing anything.
+            if failure.is_empty() {
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(status) => {
+                        failure = format!("the VMM process ended before it started ({status:?})")
+                    }
+                    Err(e) => failure = format!("the VMM process: {e}"),
+                }
+            }
             if !failure.is_empty() {
                 let _ = waitpid(child, None);
                 eprintln!("tessera-jailer: error: {failure}");
                 std::process::exit(1);
             }
-            if let Err(e) = fs::write(&pid_file, format!("{child}\n")) {
+            let written = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&pid_file)
+                .and_then(|mut file| writeln!(file, "{child}"));
+            if let Err(e) = written {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(child, None);
                 eprintln!("tessera-jailer: error: write the pid file: {pid_file}: {e}");
+                std::process::exit(1);
             }
             let code = match spec.daemonize {
                 true => 0,
@@ -200,6 +226,16 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     let uid = Uid::from_raw(uid);
     setresuid(uid, uid, uid).map_err(step("set the user id"))?;
     nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
+    // Trust nothing: the ids must be the asked ones now (a -1 would have meant "unchanged").
+    let ids = (nix::unistd::getresuid(), nix::unistd::getresgid());
+    let dropped = matches!(&ids, (Ok(u), Ok(g))
+        if [u.real, u.effective, u.saved] == [uid; 3] && [g.real, g.effective, g.saved] == [gid; 3]);
+    if !dropped {
+        return Err(JailError::Refused {
+            step: "drop privileges",
+            reason: format!("the process still runs as {ids:?}"),
+        });
+    }
     Ok(())
 }
 

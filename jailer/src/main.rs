@@ -40,7 +40,12 @@ fn main() -> ExitCode {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("tessera-jailer: error: {e}");
-            ExitCode::from(1)
+            // A bad argument is a usage error; a failed step is not.
+            ExitCode::from(if matches!(e, error::JailError::Args(_)) {
+                2
+            } else {
+                1
+            })
         }
     }
 }
