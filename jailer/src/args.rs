@@ -227,6 +227,10 @@ fn check_static_executable(path: &Path) -> Result<(), ArgsError> {
     if bytes.get(..5) != Some(b"\x7fELF\x02") {
         return Err(unusable("is not a 64-bit ELF program"));
     }
+    // Little-endian x86_64 (EI_DATA = 1, e_machine = EM_X86_64).
+    if bytes.get(5) != Some(&1) || bytes.get(0x12..0x14) != Some(&62u16.to_le_bytes()[..]) {
+        return Err(unusable("is not an x86_64 program"));
+    }
     let u16_at = |at: usize| {
         bytes
             .get(at..at + 2)

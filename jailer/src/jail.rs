@@ -17,12 +17,14 @@ use std::path::Path;
 
 use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::prctl::set_pdeathsig;
 use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{
     dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, setgroups, setresgid, setresuid, setsid,
-    ForkResult, Gid, Uid,
+    ForkResult, Gid, Pid, Uid,
 };
 
 use crate::args::{JailSpec, Limit};
@@ -107,6 +109,14 @@ fn finish(spec: &JailSpec, dev_null: Option<&File>) -> Result<Infallible, JailEr
         detach(dev_null)?;
     }
     drop_privileges(spec.uid, spec.gid)?;
+    if spec.new_pid_ns && !spec.daemonize {
+        // The jailer waits for this VMM: if it dies, so does the VMM (set after the
+        // credential change, which clears it).
+        set_pdeathsig(Signal::SIGKILL).map_err(|e| JailError::Refused {
+            step: "set the parent-death signal",
+            reason: e.to_string(),
+        })?;
+    }
     exec_vmm(spec)
 }
 
@@ -191,14 +201,50 @@ fn fork_vmm_process(spec: &JailSpec) -> Result<File, JailError> {
             }
             let code = match spec.daemonize {
                 true => 0,
-                false => match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => code,
-                    Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-                    _ => 1,
-                },
+                false => wait_forwarding_signals(child),
             };
             std::process::exit(code);
         }
+    }
+}
+
+/// Waits for the VMM, passing on the signals a supervisor or a terminal sends the jailer (as
+/// PID 1 of its namespace the VMM sees only what is sent to it), and returns its exit status.
+fn wait_forwarding_signals(child: Pid) -> i32 {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(signal);
+    }
+    // Blocked only here, after the fork: the VMM must not inherit a blocked mask.
+    if set.thread_block().is_err() {
+        return status_code(waitpid(child, None));
+    }
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            other => return status_code(other),
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(signal) => {
+                let _ = kill(child, signal);
+            }
+            Err(_) => return status_code(waitpid(child, None)),
+        }
+    }
+}
+
+fn status_code(status: nix::Result<WaitStatus>) -> i32 {
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+        _ => 1,
     }
 }
 
@@ -220,6 +266,27 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
             reason: format!("{uid}:{gid}: {e}"),
         }
     };
+    // Neither inherited securebits (which could keep capabilities across the uid change) nor
+    // ambient capabilities survive.
+    // SAFETY: prctl with integer arguments only; the results are checked.
+    let (securebits, ambient) = unsafe {
+        (
+            libc::prctl(libc::PR_SET_SECUREBITS, 0, 0, 0, 0),
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
+        )
+    };
+    if securebits != 0 || ambient != 0 {
+        return Err(JailError::Refused {
+            step: "clear securebits and ambient capabilities",
+            reason: std::io::Error::last_os_error().to_string(),
+        });
+    }
     setgroups(&[]).map_err(step("clear supplementary groups"))?;
     let gid = Gid::from_raw(gid);
     setresgid(gid, gid, gid).map_err(step("set the group id"))?;

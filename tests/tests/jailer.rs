@@ -1741,3 +1741,33 @@ fn new_pid_ns_runs_the_vmm_as_pid_1_and_writes_its_host_pid() {
     let status = jail.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{status}");
 }
+
+/// A jailer waiting for a VMM in a new PID namespace passes SIGTERM on (the VMM, PID 1 there,
+/// gets only what is sent to it): the VMM ends cleanly, removing its socket, and the jailer exits
+/// with its status. The VMM also carries no capabilities.
+#[test]
+fn waiting_jailer_forwards_sigterm_to_the_vmm() {
+    let test = "waiting_jailer_forwards_sigterm_to_the_vmm";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("fwd");
+    jail.spawn(&["--new-pid-ns"], &["--api-sock", "/api.sock"]);
+    let mut api = jail.client();
+    expect(api.get("/"), 200, "GET /");
+    let pid = read_pid_file(&jail);
+    assert_eq!(status_field(pid, "CapEff"), ["0000000000000000"]);
+    assert_eq!(status_field(pid, "CapAmb"), ["0000000000000000"]);
+    // SAFETY: signalling the jailer of this test's jail.
+    assert_eq!(unsafe { libc::kill(jail.pid(), libc::SIGTERM) }, 0);
+    let status = jail.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+    assert!(
+        !jail.root().join("api.sock").exists(),
+        "the VMM ended cleanly and removed its socket"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the VMM is gone"
+    );
+}
