@@ -324,34 +324,32 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
         vmm.configure(config)
             .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
     }
-    let mut api = None;
-    if let Some(server) = server {
-        let (api_end, vmm_end) =
-            vmm::rpc::channel().map_err(|e| format!("cannot set up the API channel: {e}"))?;
-        let shutdown =
-            EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot create an eventfd: {e}"))?;
-        let stop = shutdown
-            .try_clone()
-            .map_err(|e| format!("cannot clone an eventfd: {e}"))?;
-        let mut router = Router::new(api_end, counters);
-        let thread = thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                if let Err(e) = server.run(|request| router.handle(request), Some(&stop)) {
-                    log::error!("API server stopped: {e}");
-                }
-            })
-            .map_err(|e| format!("cannot start the API thread: {e}"))?;
-        log::info!(
-            "API listening on {} ({:?} after start)",
-            api_sock.display(),
-            process_start.elapsed()
-        );
-        api = Some((thread, vmm_end, shutdown));
-    }
-    let (thread, end, shutdown) = match api {
-        Some((thread, end, shutdown)) => (Some(thread), Some(end), Some(shutdown)),
+    let (thread, end, shutdown) = match server {
         None => (None, None, None),
+        Some(server) => {
+            let (api_end, vmm_end) =
+                vmm::rpc::channel().map_err(|e| format!("cannot set up the API channel: {e}"))?;
+            let shutdown =
+                EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot create an eventfd: {e}"))?;
+            let stop = shutdown
+                .try_clone()
+                .map_err(|e| format!("cannot clone an eventfd: {e}"))?;
+            let mut router = Router::new(api_end, counters);
+            let thread = thread::Builder::new()
+                .name("api".into())
+                .spawn(move || {
+                    if let Err(e) = server.run(|request| router.handle(request), Some(&stop)) {
+                        log::error!("API server stopped: {e}");
+                    }
+                })
+                .map_err(|e| format!("cannot start the API thread: {e}"))?;
+            log::info!(
+                "API listening on {} ({:?} after start)",
+                api_sock.display(),
+                process_start.elapsed()
+            );
+            (Some(thread), Some(vmm_end), Some(shutdown))
+        }
     };
     let result = controller::run(vmm, end, args.config_file.is_some());
     // Stop the API thread so that it removes its socket file.
