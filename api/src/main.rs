@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
@@ -15,6 +16,8 @@ use vmm::controller::{self, RunError, Vmm};
 use vmm::exit::EXIT_NO_STATUS;
 use vmm::metrics::ApiCounters;
 use vmm::resources::VmConfig;
+use vmm::seccomp::{Filters, ThreadKind};
+use vmm::signals;
 use vmm::{Vm, VmExit};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -45,6 +48,15 @@ struct Cli {
     /// [default: info; warn when running a command, so stderr carries only the command's].
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<log::LevelFilter>,
+
+    /// Run without seccomp filters (for debugging; never in production).
+    #[arg(long, global = true, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+
+    /// Use the seccomp filters in FILE instead of the built-in ones: JSON in seccompiler's
+    /// format with one filter each for the "vmm", "api" and "vcpu" threads.
+    #[arg(long, global = true, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
 
     #[command(flatten)]
     vmm: VmmArgs,
@@ -245,6 +257,14 @@ fn main() -> ExitCode {
         _ => log::LevelFilter::Info,
     };
     vmm::logger::init(cli.log_level.unwrap_or(default_level));
+    let filters = match (cli.no_seccomp, &cli.seccomp_filter) {
+        (true, _) => Filters::none(),
+        (false, Some(path)) => match Filters::from_file(path) {
+            Ok(filters) => filters,
+            Err(e) => return finish(Err(e.to_string())),
+        },
+        (false, None) => Filters::builtin(),
+    };
     let result = match cli.command {
         // Checked here rather than by clap, which would also refuse the global --log-level.
         Some(Command::Run(_)) if !cli.vmm.given().is_empty() => {
@@ -254,8 +274,8 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(EXIT_USAGE);
         }
-        Some(Command::Run(args)) => boot_and_wait(args, process_start),
-        None => serve(cli.vmm, process_start),
+        Some(Command::Run(args)) => boot_and_wait(args, process_start, &filters),
+        None => serve(cli.vmm, process_start, filters),
     };
     finish(result)
 }
@@ -273,7 +293,7 @@ fn finish(result: Result<u8, String>) -> ExitCode {
     }
 }
 
-fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
+fn boot_and_wait(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u8, String> {
     let machine = MachineConfig::new(args.vcpus, args.memory).map_err(|e| e.to_string())?;
     let boot = args.boot_source()?;
     let runs_command = !args.command.is_empty();
@@ -291,14 +311,14 @@ fn boot_and_wait(args: RunArgs, process_start: Instant) -> Result<u8, String> {
 
     let vm = Vm::create(machine).map_err(|e| e.to_string())?;
     let running = vm
-        .boot(&boot, &devices, &console, process_start)
+        .boot(&boot, &devices, &console, process_start, filters)
         .map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
     Ok(exit_code(exit, runs_command))
 }
 
 /// Serves the API and/or boots the config file's VM; exits when the VM ends.
-fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
+fn serve(args: VmmArgs, process_start: Instant, filters: Filters) -> Result<u8, String> {
     let counters = ApiCounters::default();
     let api_sock = args
         .api_sock
@@ -308,6 +328,7 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
         counters.clone(),
         ConsoleOutput::Stdio,
         process_start,
+        filters.clone(),
     );
     let config = args
         .config_file
@@ -335,14 +356,26 @@ fn serve(args: VmmArgs, process_start: Instant) -> Result<u8, String> {
                 .try_clone()
                 .map_err(|e| format!("cannot clone an eventfd: {e}"))?;
             let mut router = Router::new(api_end, counters);
+            let (ready_tx, ready_rx) = mpsc::sync_channel(1);
             let thread = thread::Builder::new()
                 .name("api".into())
                 .spawn(move || {
+                    let ready = signals::leave_to_vmm_thread(&[])
+                        .map_err(|e| format!("cannot block signals on the API thread: {e}"))
+                        .and_then(|()| filters.apply(ThreadKind::Api).map_err(|e| e.to_string()));
+                    let failed = ready.is_err();
+                    let _ = ready_tx.send(ready);
+                    if failed {
+                        return;
+                    }
                     if let Err(e) = server.run(|request| router.handle(request), Some(&stop)) {
                         log::error!("API server stopped: {e}");
                     }
                 })
                 .map_err(|e| format!("cannot start the API thread: {e}"))?;
+            ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err("the API thread ended before it was ready".into()))?;
             log::info!(
                 "API listening on {} ({:?} after start)",
                 api_sock.display(),

@@ -1419,6 +1419,7 @@ fn a_vmm_before_start_accepts_the_examples_and_answers_as_documented() {
         ApiCounters::default(),
         ConsoleOutput::Stdio,
         Instant::now(),
+        vmm::seccomp::Filters::none(),
     );
     let mut errors = Vec::new();
     let mut ops = operations();

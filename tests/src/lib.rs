@@ -179,3 +179,31 @@ pub fn debian_vmlinuz() -> Option<PathBuf> {
             })
     })
 }
+
+/// Each thread of process `pid` as (name, seccomp mode from /proc/PID/task/TID/status: "0"
+/// none, "2" a filter). KVM's own workers (`kvm-nx-lpage-recovery`), which newer kernels put in
+/// the VMM's thread group but which never run user code, are left out.
+pub fn thread_filters(pid: i32) -> Vec<(String, String)> {
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(&tasks).expect("list the process's threads") {
+        let dir = task.expect("a thread entry").path();
+        // A thread that ends while we look is simply left out.
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(|m| m.trim().to_string())
+            .unwrap_or_else(|| panic!("no Seccomp line in {}", dir.display()));
+        let name = name.trim();
+        if !name.starts_with("kvm-") {
+            threads.push((name.to_string(), mode));
+        }
+    }
+    threads
+}

@@ -878,6 +878,15 @@ fn jailed_tessera_boots_a_tiny_guest_through_its_api_socket() {
         "{}",
         jail.output_so_far()
     );
+    // The jailed VMM (the jailer's own process, exec'd) runs every thread under its filter.
+    let threads = tests::thread_filters(jail.pid());
+    assert_eq!(threads.len(), 3, "tessera, api, vcpu0: {threads:?}");
+    for (name, mode) in &threads {
+        assert_eq!(
+            mode, "2",
+            "jailed thread {name} runs without a seccomp filter"
+        );
+    }
 
     expect(
         api.put("/actions", &action("SendCtrlAltDel")),

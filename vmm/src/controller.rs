@@ -22,6 +22,7 @@ use crate::resources::{DriveUpdate, NetworkInterfaceUpdate, VmConfig, VmResource
 use crate::rpc::{
     poll_recv, ActionError, ActionResult, InstanceInfo, VmmAction, VmmData, VmmEnd, HANDOFF_POLL,
 };
+use crate::seccomp::Filters;
 use crate::vm::{RunningVm, Vm, VmError, VmHandle};
 
 /// The name `GET /` reports.
@@ -98,6 +99,7 @@ pub struct Vmm {
     process_start: Instant,
     prebuild: Option<Prebuild>,
     vm: Option<VmHandle>,
+    filters: Filters,
 }
 
 impl Vmm {
@@ -106,6 +108,7 @@ impl Vmm {
         api_counters: ApiCounters,
         console: ConsoleOutput,
         process_start: Instant,
+        filters: Filters,
     ) -> Self {
         Self {
             id,
@@ -116,6 +119,7 @@ impl Vmm {
             process_start,
             prebuild: None,
             vm: None,
+            filters,
         }
     }
 
@@ -354,6 +358,7 @@ impl Vmm {
             &self.resources.devices,
             &self.console,
             self.process_start,
+            &self.filters,
         )?;
         self.vm = Some(running.handle());
         log::info!("microVM started in {:?}", started.elapsed());

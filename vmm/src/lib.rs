@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod pause;
 pub mod resources;
 pub mod rpc;
+pub mod seccomp;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;

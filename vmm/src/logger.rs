@@ -7,9 +7,10 @@
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,6 +113,8 @@ pub struct PreparedLogger {
     config: LoggerConfig,
     level: Option<LevelFilter>,
     target: Option<Box<dyn Write + Send>>,
+    /// The descriptor behind `target`, for [`write_raw`].
+    target_fd: Option<RawFd>,
     /// The log file, when opening it created it.
     created: Option<PathBuf>,
 }
@@ -120,7 +123,8 @@ impl PreparedLogger {
     /// Checks `config` and opens its destination; nothing changes until [`Self::apply`].
     pub fn open(config: &LoggerConfig) -> Result<Self, LoggerError> {
         let level = config.level.as_deref().map(parse_level).transpose()?;
-        let (target, created): (Option<Box<dyn Write + Send>>, _) = match &config.log_path {
+        let (target, created): (Option<(Box<dyn Write + Send>, RawFd)>, _) = match &config.log_path
+        {
             Some(path) => {
                 let existed = path.exists();
                 let file = OpenOptions::new()
@@ -134,14 +138,17 @@ impl PreparedLogger {
                         path: path.display().to_string(),
                         source,
                     })?;
-                (Some(Box::new(file)), (!existed).then(|| path.clone()))
+                let fd = file.as_raw_fd();
+                (Some((Box::new(file), fd)), (!existed).then(|| path.clone()))
             }
             None => (None, None),
         };
+        let (target, target_fd) = target.unzip();
         Ok(Self {
             config: config.clone(),
             level,
             target,
+            target_fd,
             created,
         })
     }
@@ -159,6 +166,10 @@ impl PreparedLogger {
         let mut output = logger.output.lock().unwrap_or_else(|p| p.into_inner());
         let config = self.config;
         if let Some(target) = self.target {
+            RAW_FD.store(
+                self.target_fd.unwrap_or(libc::STDERR_FILENO),
+                Ordering::Relaxed,
+            );
             output.target = target;
         }
         if let Some(show) = config.show_level {
@@ -180,6 +191,25 @@ impl PreparedLogger {
 /// Applies `config`: the destination is opened first, so an error changes nothing.
 pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
     PreparedLogger::open(config)?.apply()
+}
+
+/// Where the log goes, for [`write_raw`]: stderr until a log file is configured.
+static RAW_FD: AtomicI32 = AtomicI32::new(libc::STDERR_FILENO);
+
+/// Writes a whole line to the log's destination, and to stderr too when the log goes elsewhere,
+/// with no lock and no allocation: for a signal handler, which may have interrupted the logger.
+pub fn write_raw(line: &[u8]) {
+    let fd = RAW_FD.load(Ordering::Relaxed);
+    write_fd(fd, line);
+    if fd != libc::STDERR_FILENO {
+        write_fd(libc::STDERR_FILENO, line);
+    }
+}
+
+fn write_fd(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: writes from a valid buffer to a descriptor this process owns (a log file stays
+    // open while it is the destination); a failure only loses the line.
+    let _ = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// Lines lost because the destination was full or failing.

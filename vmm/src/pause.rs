@@ -44,7 +44,7 @@ pub struct PauseGate {
 }
 
 /// The signal that kicks a vCPU out of `KVM_RUN`.
-fn kick_signal() -> i32 {
+pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
