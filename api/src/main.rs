@@ -373,9 +373,14 @@ fn serve(args: VmmArgs, process_start: Instant, filters: Filters) -> Result<u8, 
                     }
                 })
                 .map_err(|e| format!("cannot start the API thread: {e}"))?;
-            ready_rx
+            let ready = ready_rx
                 .recv()
-                .unwrap_or_else(|_| Err("the API thread ended before it was ready".into()))?;
+                .unwrap_or_else(|_| Err("the API thread ended before it was ready".into()));
+            if let Err(e) = ready {
+                // It removes its socket file as it ends.
+                let _ = thread.join();
+                return Err(e);
+            }
             log::info!(
                 "API listening on {} ({:?} after start)",
                 api_sock.display(),

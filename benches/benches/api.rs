@@ -2,9 +2,11 @@
 //!
 //! - spawn `tessera --api-sock` -> the API socket accepts a connection, and the same for
 //!   `socket_floor` (a program that only binds and listens: the process-creation floor);
-//! - `PUT /machine-config` round trip on one kept-alive connection (2000 requests);
+//! - `PUT /machine-config` round trip on one kept-alive connection (2000 requests), with the
+//!   seccomp filters and with `--no-seccomp`;
 //! - `PUT /actions InstanceStart` sent -> the tiny guest's first instruction (tiny guest on
-//!   /dev/kvm; the KVM VM was prebuilt when the machine config arrived).
+//!   /dev/kvm; the KVM VM was prebuilt when the machine config arrived), with and without the
+//!   seccomp filters, interleaved.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p benches --bench api`
 //! (`API_SPAWN_RUNS=N`, default 100; `API_PUT_REQUESTS=N`, default 2000; `API_START_RUNS=N`,
@@ -18,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use benches::{field_u64, median, monotonic_us};
 use tests::{kvm_unavailable, tessera_bin, tiny_guest};
+
+/// The comparison runs: everything as usual but without the seccomp filters.
+const NO_SECCOMP: &str = "--no-seccomp";
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -39,9 +44,10 @@ fn socket_path(tag: &str, run: usize) -> PathBuf {
     ))
 }
 
-fn spawn(tessera: &Path, socket: &Path, stderr: Stdio) -> Child {
+fn spawn(tessera: &Path, socket: &Path, stderr: Stdio, args: &[&str]) -> Child {
     let _ = std::fs::remove_file(socket);
     let mut command = Command::new(tessera);
+    command.args(args);
     if tessera.ends_with("tessera") {
         command.arg("--api-sock");
     }
@@ -109,7 +115,7 @@ fn read_response(stream: &mut UnixStream) -> u16 {
 fn spawn_to_accept(program: &Path, run: usize) -> f64 {
     let socket = socket_path("spawn", run);
     let start = Instant::now();
-    let child = spawn(program, &socket, Stdio::null());
+    let child = spawn(program, &socket, Stdio::null(), &[]);
     let stream = connect(&socket);
     let elapsed = start.elapsed().as_secs_f64() * 1e3;
     drop(stream);
@@ -118,9 +124,14 @@ fn spawn_to_accept(program: &Path, run: usize) -> f64 {
 }
 
 /// Round trips of `method path body` on one kept-alive connection, in µs.
-fn round_trips(tessera: &Path, requests: usize, method: &str, path: &str, body: &str) -> Vec<f64> {
+fn round_trips(
+    tessera: &Path,
+    args: &[&str],
+    requests: usize,
+    (method, path, body): (&str, &str, &str),
+) -> Vec<f64> {
     let socket = socket_path("requests", 0);
-    let child = spawn(tessera, &socket, Stdio::null());
+    let child = spawn(tessera, &socket, Stdio::null(), args);
     let mut stream = connect(&socket);
     let expected = if method == "GET" { 200 } else { 204 };
     // Warm up: the first PUT /machine-config also starts the VM prebuild on its helper thread.
@@ -140,9 +151,9 @@ fn round_trips(tessera: &Path, requests: usize, method: &str, path: &str, body: 
 }
 
 /// `InstanceStart` sent -> the guest's boot-done write, in ms.
-fn start_to_first_instruction(tessera: &Path, guest: &Path, run: usize) -> f64 {
+fn start_to_first_instruction(tessera: &Path, args: &[&str], guest: &Path, run: usize) -> f64 {
     let socket = socket_path("start", run);
-    let mut child = spawn(tessera, &socket, Stdio::piped());
+    let mut child = spawn(tessera, &socket, Stdio::piped(), args);
     let mut stream = connect(&socket);
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display());
     assert_eq!(
@@ -191,9 +202,12 @@ fn main() {
         .map(|run| (spawn_to_accept(&tessera, run), spawn_to_accept(&floor, run)))
         .unzip();
     let machine = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
-    let mut put_us = round_trips(&tessera, put_requests, "PUT", "/machine-config", machine);
+    let put = ("PUT", "/machine-config", machine);
+    let mut put_us = round_trips(&tessera, &[], put_requests, put);
+    let mut put_unfiltered_us = round_trips(&tessera, &[NO_SECCOMP], put_requests, put);
     // The floor: a request the API thread answers without the VMM thread.
-    let mut version_us = round_trips(&tessera, put_requests, "GET", "/version", "");
+    let version = ("GET", "/version", "");
+    let mut version_us = round_trips(&tessera, &[], put_requests, version);
 
     println!("| figure | median | p90 | p99 | samples |");
     println!("|---|---|---|---|---|");
@@ -216,6 +230,7 @@ fn main() {
         &mut put_us,
         "us",
     );
+    row("the same with --no-seccomp", &mut put_unfiltered_us, "us");
     row(
         "GET /version (API thread only), kept-alive connection",
         &mut version_us,
@@ -225,14 +240,21 @@ fn main() {
         Some(why) => println!("SKIPPED InstanceStart -> first guest instruction: {why}"),
         None => {
             let guest = tiny_guest("reset64");
-            let mut start_ms: Vec<f64> = (0..start_runs)
-                .map(|run| start_to_first_instruction(&tessera, &guest, run))
-                .collect();
+            // Interleaved so that host noise hits both alike.
+            let (mut start_ms, mut unfiltered_ms): (Vec<f64>, Vec<f64>) = (0..start_runs)
+                .map(|run| {
+                    (
+                        start_to_first_instruction(&tessera, &[], &guest, run),
+                        start_to_first_instruction(&tessera, &[NO_SECCOMP], &guest, run),
+                    )
+                })
+                .unzip();
             row(
                 "PUT /actions InstanceStart -> first guest instruction",
                 &mut start_ms,
                 "ms",
             );
+            row("the same with --no-seccomp", &mut unfiltered_ms, "ms");
         }
     }
 }

@@ -180,10 +180,19 @@ pub fn debian_vmlinuz() -> Option<PathBuf> {
     })
 }
 
-/// Each thread of process `pid` as (name, seccomp mode from /proc/PID/task/TID/status: "0"
-/// none, "2" a filter). KVM's own workers (`kvm-nx-lpage-recovery`), which newer kernels put in
-/// the VMM's thread group but which never run user code, are left out.
-pub fn thread_filters(pid: i32) -> Vec<(String, String)> {
+/// A thread's seccomp state, from /proc/PID/task/TID/status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    pub name: String,
+    /// "0": no filter, "2": filtered.
+    pub mode: String,
+    /// How many filters are stacked on the thread.
+    pub filters: String,
+}
+
+/// Each thread of process `pid`. KVM's own workers (`kvm-nx-lpage-recovery`), which newer
+/// kernels put in the VMM's thread group but which never run user code, are left out.
+pub fn thread_filters(pid: i32) -> Vec<ThreadSeccomp> {
     let tasks = Path::new("/proc").join(pid.to_string()).join("task");
     let mut threads = Vec::new();
     for task in std::fs::read_dir(&tasks).expect("list the process's threads") {
@@ -195,14 +204,20 @@ pub fn thread_filters(pid: i32) -> Vec<(String, String)> {
         ) else {
             continue;
         };
-        let mode = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .map(|m| m.trim().to_string())
-            .unwrap_or_else(|| panic!("no Seccomp line in {}", dir.display()));
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {key} line in {}", dir.display()))
+        };
         let name = name.trim();
         if !name.starts_with("kvm-") {
-            threads.push((name.to_string(), mode));
+            threads.push(ThreadSeccomp {
+                name: name.to_string(),
+                mode: field("Seccomp:"),
+                filters: field("Seccomp_filters:"),
+            });
         }
     }
     threads

@@ -82,6 +82,8 @@ fn help_explains_every_flag() {
         "--memory",
         "--console-output",
         "--log-level",
+        "--no-seccomp",
+        "--seccomp-filter",
     ] {
         let line = help
             .lines()

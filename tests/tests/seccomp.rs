@@ -6,6 +6,8 @@
 //! shipped filters, handler and exit path without a hidden debug action in the binary. Tests
 //! that boot a tiny guest need /dev/kvm and say SKIPPED without it.
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,27 +65,69 @@ fn every_thread_of_a_running_vmm_has_its_filter() {
     }
     let dir = TempDir::new("seccomp-all");
     let socket = dir.join("api.sock");
+    let uds = dir.join("v.sock");
+    let metrics = dir.join("metrics.json");
+    let (disk, bigger) = (
+        dir.file("disk.img", 1 << 20),
+        dir.file("bigger.img", 2 << 20),
+    );
     let mut tessera = Tessera::spawn_with(Some(&socket), &[]);
     configure_tick64(&mut tessera, 2);
+    // Devices and metrics, so that their runtime paths run under the VMM thread's filter.
+    let mut api = tessera.client();
+    let drive = json!({"drive_id": "scratch", "path_on_host": disk, "is_root_device": false,
+                       "is_read_only": false});
+    for (path, body) in [
+        ("/drives/scratch", drive),
+        ("/vsock", json!({"guest_cid": 3, "uds_path": uds})),
+        ("/metrics", json!({"metrics_path": metrics})),
+    ] {
+        let response = api.put(path, &body.to_string());
+        assert_eq!(response.status, 204, "PUT {path}: {response}");
+    }
     // Before the boot only the API thread, which parses what clients send, is filtered.
-    let api = thread_filters(tessera.pid());
+    let before = thread_filters(tessera.pid());
     assert!(
-        api.iter().any(|(name, mode)| name == "api" && mode == "2"),
-        "{api:?}"
+        before.iter().any(|t| t.name == "api" && t.mode == "2"),
+        "{before:?}"
     );
     start(&mut tessera);
     tessera.wait_for_ticks(2, WAIT);
 
     let threads = thread_filters(tessera.pid());
-    let mut names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+    let mut names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["api", "tessera", "vcpu0", "vcpu1"], "{threads:?}");
-    for (name, mode) in &threads {
-        assert_eq!(mode, "2", "thread {name} runs without a seccomp filter");
+    for thread in &threads {
+        // One filter each: none inherited another's (which would stack two).
+        assert_eq!(
+            (thread.mode.as_str(), thread.filters.as_str()),
+            ("2", "1"),
+            "thread {} should run under exactly one filter",
+            thread.name
+        );
     }
 
-    // Runtime actions pass their filters: pause, resume, Ctrl-Alt-Del to a clean exit.
+    // Runtime paths pass their filters: a drive's new file and rate limiter, a host vsock
+    // connection, metrics, pause and resume, then Ctrl-Alt-Del to a clean exit.
     let mut api = tessera.client();
+    let limiter = json!({"bandwidth": {"size": 1048576, "refill_time": 100}});
+    let patches = [
+        json!({"drive_id": "scratch", "path_on_host": bigger}),
+        json!({"drive_id": "scratch", "rate_limiter": limiter}),
+    ];
+    for body in patches {
+        let response = api.patch("/drives/scratch", &body.to_string());
+        assert_eq!(response.status, 204, "PATCH {body}: {response}");
+    }
+    let missing = json!({"drive_id": "scratch", "path_on_host": dir.join("missing.img")});
+    let response = api.patch("/drives/scratch", &missing.to_string());
+    assert_eq!(response.status, 400, "PATCH to a missing file: {response}");
+    let mut host = UnixStream::connect(&uds).expect("connect to the vsock socket");
+    host.write_all(b"CONNECT 1234\n").expect("send CONNECT");
+    let response = api.put("/actions", r#"{"action_type": "FlushMetrics"}"#);
+    assert_eq!(response.status, 204, "FlushMetrics: {response}");
+    drop(host);
     for state in ["Paused", "Resumed"] {
         let response = api.patch("/vm", &json!({ "state": state }).to_string());
         assert_eq!(response.status, 204, "{state}: {response}");
@@ -93,6 +137,15 @@ fn every_thread_of_a_running_vmm_has_its_filter() {
     let finished = tessera.wait(EXIT_TIMEOUT);
     assert_eq!(finished.code, Some(0), "{}", finished.stderr);
     assert!(!finished.stderr.contains("seccomp:"), "{}", finished.stderr);
+    assert!(
+        !uds.exists(),
+        "the vsock socket is removed under the filter"
+    );
+    let flushed = std::fs::read_to_string(&metrics).expect("read the metrics file");
+    assert!(
+        flushed.lines().count() >= 2,
+        "FlushMetrics and the exit flush: {flushed}"
+    );
 }
 
 #[test]
@@ -108,8 +161,8 @@ fn no_seccomp_leaves_every_thread_unfiltered() {
     tessera.wait_for_ticks(1, WAIT);
     let threads = thread_filters(tessera.pid());
     assert_eq!(threads.len(), 3, "{threads:?}");
-    for (name, mode) in &threads {
-        assert_eq!(mode, "0", "thread {name} has a filter under --no-seccomp");
+    for thread in &threads {
+        assert_eq!(thread.mode, "0", "{thread:?} under --no-seccomp");
     }
 }
 

@@ -336,7 +336,12 @@ impl Vmm {
                 Ok(Ok(vm)) => Ok(vm),
                 _ => Vm::create(machine),
             },
-            _ => Vm::create(machine),
+            Some(stale) => {
+                // Joined, not left behind: no unfiltered thread may outlive the boot.
+                let _ = stale.vm.join();
+                Vm::create(machine)
+            }
+            None => Vm::create(machine),
         }
     }
 

@@ -160,23 +160,33 @@ thread_local! {
     static THREAD_KIND: Cell<&'static str> = const { Cell::new("unfiltered") };
 }
 
-/// Readies the process for its first filter: the SIGSYS handler, and no heap trimming.
+/// The most malloc arenas (glibc's default is 8 per core); threads beyond share them.
+const MALLOC_ARENAS: i32 = 16;
+
+/// Readies the process for its first filter: the SIGSYS handler, no heap trimming and a fixed
+/// arena count.
 ///
 /// glibc probes /proc/sys/vm/overcommit_memory (openat, read, close) the first time it trims a
-/// thread's heap, on whichever thread frees; no vCPU or API filter should allow `openat` for
-/// that. With trimming off the probe never runs; free memory at the top of a heap is kept for
-/// reuse rather than given back, which costs a VMM with small heaps next to nothing.
+/// thread's heap, and reads /sys/devices/system/cpu/online before its ninth arena, on whichever
+/// thread allocates or frees; no vCPU or API filter should allow `openat` for that. With
+/// trimming off the probe never runs; free memory at the top of a heap is kept for reuse rather
+/// than given back, which costs a VMM with small heaps next to nothing.
 fn prepare_process() -> Result<(), SeccompError> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     let result = INSTALLED.get_or_init(|| {
-        // SAFETY: mallopt only changes malloc's tuning; -1 means "never trim".
-        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, -1) };
+        // SAFETY: mallopt only changes malloc's tuning: -1 means "never trim", and a fixed
+        // arena limit spares glibc reading /sys/devices/system/cpu/online when it would make
+        // its ninth arena.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
         // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C"` function with the
         // SA_SIGINFO signature, and only the SIGSYS disposition changes.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_sigsys as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
             if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
                 return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
@@ -332,6 +342,49 @@ mod tests {
     fn disabled_filters_install_nothing() {
         assert!(!Filters::none().enabled());
         Filters::none().apply(ThreadKind::Vcpu).unwrap();
+    }
+
+    /// Set in a child copy of this test binary: the test then plays the filtered process.
+    const CHILD: &str = "TESSERA_SECCOMP_TEST_CHILD";
+
+    /// A panic, then an abort, on threads under the built-in filters end the process as a
+    /// panic and an abort do, not as a forbidden syscall. Run in a child process (this test
+    /// binary again), so that the filters and the abort stay there.
+    #[test]
+    fn panics_and_aborts_under_a_filter_are_not_mistaken_for_bad_syscalls() {
+        let test =
+            "seccomp::tests::panics_and_aborts_under_a_filter_are_not_mistaken_for_bad_syscalls";
+        if std::env::var_os(CHILD).is_some() {
+            let filters = Filters::builtin();
+            let for_vcpu = filters.clone();
+            let panicked = std::thread::spawn(move || {
+                for_vcpu.apply(ThreadKind::Vcpu).unwrap();
+                panic!("deliberate panic under the vcpu filter");
+            })
+            .join();
+            assert!(panicked.is_err());
+            let _ = std::thread::spawn(move || {
+                filters.apply(ThreadKind::Api).unwrap();
+                std::process::abort();
+            })
+            .join();
+            unreachable!("the abort ends the process");
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            // A backtrace reads files (getcwd, openat) that no filter allows.
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("deliberate panic under the vcpu filter"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("seccomp: syscall"), "{stderr}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{stderr}");
     }
 
     #[test]

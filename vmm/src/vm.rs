@@ -441,8 +441,10 @@ fn start_vcpus(
                 let ready = signals::leave_to_vmm_thread(&[pause::kick_signal()])
                     .map_err(|e| format!("cannot block signals on a vCPU thread: {e}"))
                     .and_then(|()| filters.apply(ThreadKind::Vcpu).map_err(|e| e.to_string()));
-                // The receiver waits for every vCPU thread before it signals.
+                // The receiver waits for every vCPU thread before it signals; the sender goes
+                // now, so that a thread that dies before this point is seen as gone.
                 let _ = ready_tx.send(ready);
+                drop(ready_tx);
                 if !go.wait() {
                     return;
                 }
