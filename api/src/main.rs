@@ -309,9 +309,9 @@ fn boot_and_wait(args: RunArgs, process_start: Instant, filters: &Filters) -> Re
     }
     .to_config()?;
 
-    let vm = Vm::create(machine).map_err(|e| e.to_string())?;
+    let vm = Vm::create(machine, filters).map_err(|e| e.to_string())?;
     let running = vm
-        .boot(&boot, &devices, &console, process_start, filters)
+        .boot(&boot, &devices, &console, process_start)
         .map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
     Ok(exit_code(exit, runs_command))

@@ -318,10 +318,12 @@ impl Vmm {
         {
             return;
         }
-        // A replaced build has finished; its VM is dropped with the handle.
+        // A replaced build has finished; its VM (and its parked vCPU threads) is dropped with
+        // the handle.
+        let filters = self.filters.clone();
         self.prebuild = thread::Builder::new()
             .name("vm-prebuild".into())
-            .spawn(move || Vm::create(machine))
+            .spawn(move || Vm::create(machine, &filters))
             .inspect_err(|e| log::debug!("cannot start the VM prebuild thread: {e}"))
             .ok()
             .map(|vm| Prebuild { machine, vm });
@@ -334,14 +336,14 @@ impl Vmm {
         match self.prebuild.take() {
             Some(p) if p.machine == machine => match p.vm.join() {
                 Ok(Ok(vm)) => Ok(vm),
-                _ => Vm::create(machine),
+                _ => Vm::create(machine, &self.filters),
             },
             Some(stale) => {
                 // Joined, not left behind: no unfiltered thread may outlive the boot.
                 let _ = stale.vm.join();
-                Vm::create(machine)
+                Vm::create(machine, &self.filters)
             }
-            None => Vm::create(machine),
+            None => Vm::create(machine, &self.filters),
         }
     }
 
@@ -363,7 +365,6 @@ impl Vmm {
             &self.resources.devices,
             &self.console,
             self.process_start,
-            &self.filters,
         )?;
         self.vm = Some(running.handle());
         log::info!("microVM started in {:?}", started.elapsed());

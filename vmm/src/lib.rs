@@ -21,6 +21,7 @@ pub mod rpc;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
+pub mod vcpu_threads;
 pub mod vm;
 pub mod x86_64;
 

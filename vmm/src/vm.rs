@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
@@ -33,10 +33,10 @@ use crate::kvm::{self, KvmError};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::metrics::Snapshot;
-use crate::pause::{self, PauseError, PauseGate};
-use crate::seccomp::{Filters, SeccompError, ThreadKind};
-use crate::signals;
+use crate::pause::{PauseError, PauseGate};
+use crate::seccomp::{Filters, ThreadKind};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
+use crate::vcpu_threads::ParkedVcpus;
 use crate::x86_64::boot_params::{self, BootInfo, BootParamsError};
 use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 use crate::x86_64::mptable::{self, MpTableError};
@@ -79,8 +79,6 @@ pub enum VmError {
     },
     /// {0}
     VcpuThread(String),
-    /// {0}
-    Seccomp(#[from] SeccompError),
     /// VMM event loop failed: {0}
     EventLoop(event_manager::Error),
     /// {0}
@@ -105,12 +103,16 @@ pub struct Vm {
     vm_fd: VmFd,
     memory: GuestMemory,
     vcpus: Vec<Vcpu>,
+    /// One thread per vCPU, filtered and waiting for the boot (which takes them).
+    vcpu_threads: Option<ParkedVcpus>,
+    filters: Filters,
 }
 
 impl Vm {
     /// Creates the KVM VM, guest memory and memslots, the in-kernel IRQ chip and PIT, and the
-    /// vCPUs with their CPUID, MSRs, FPU and LAPIC state.
-    pub fn create(machine: MachineConfig) -> Result<Self, VmError> {
+    /// vCPUs with their CPUID, MSRs, FPU and LAPIC state; and the vCPU threads, which install
+    /// their `filters` now so that the boot does not wait for it.
+    pub fn create(machine: MachineConfig, filters: &Filters) -> Result<Self, VmError> {
         let started = Instant::now();
         let kvm = kvm::open()?;
         // KVM_GET_SUPPORTED_CPUID takes ~0.3 ms here: ask for it while the VM and its memory
@@ -130,15 +132,18 @@ impl Vm {
         );
 
         let count = machine.vcpu_count;
-        let vcpus = (0..count)
+        let vcpus: Vec<Vcpu> = (0..count)
             .map(|index| Vcpu::new(&vm_fd, index, count, &supported))
             .collect::<Result<_, _>>()?;
+        let vcpu_threads = ParkedVcpus::spawn(vcpus.len(), filters)?;
         log::debug!("{count} vCPUs ready at {:?}", started.elapsed());
         Ok(Self {
             machine,
             vm_fd,
             memory,
             vcpus,
+            vcpu_threads: Some(vcpu_threads),
+            filters: filters.clone(),
         })
     }
 
@@ -154,7 +159,6 @@ impl Vm {
         virtio: &DevicesConfig,
         console: &ConsoleOutput,
         process_start: Instant,
-        filters: &Filters,
     ) -> Result<RunningVm, VmError> {
         let started = Instant::now();
         let settings = virtio.settings()?;
@@ -198,14 +202,20 @@ impl Vm {
         }
 
         let gate = Arc::new(PauseGate::new(self.vcpus.len()));
-        let vcpu_threads = start_vcpus(
-            self.vcpus.drain(..),
-            &buses,
-            &gate,
-            exit_tx,
-            &exit_evt,
-            filters,
-        )?;
+        let parked = self.vcpu_threads.take().ok_or_else(|| {
+            VmError::VcpuThread("this VM's vCPU threads were already started".into())
+        })?;
+        let vcpu_threads =
+            parked.start(self.vcpus.drain(..), &buses, &gate, &exit_tx, &exit_evt)?;
+        // While the guest starts: this thread handles nothing the guest can influence until it
+        // reaches the event loop, after this. Installing the filter costs 0.2-0.5 ms here, kept
+        // off the path to the guest's first instruction.
+        if let Err(e) = self.filters.apply(ThreadKind::Vmm) {
+            // The guest runs and cannot be taken back: stop rather than run it with an
+            // unfiltered VMM thread.
+            log::error!("{e}; tessera stops");
+            std::process::exit(1);
+        }
         log::debug!(
             "devices and vCPU threads started at {:?}",
             started.elapsed()
@@ -410,94 +420,6 @@ impl LegacyDevices {
             GUEST_REPORT_LEN,
         )?;
         Ok(bus)
-    }
-}
-
-/// Spawns one thread per vCPU. Each blocks the process's signals and installs its filter, then
-/// waits: only when every vCPU thread and the calling (VMM) thread have their filters does any
-/// vCPU enter the guest. On any failure the threads end without running it.
-fn start_vcpus(
-    vcpus: impl Iterator<Item = Vcpu>,
-    buses: &Buses,
-    gate: &Arc<PauseGate>,
-    exit_tx: mpsc::Sender<VmExit>,
-    exit_evt: &EventFd,
-    filters: &Filters,
-) -> Result<Vec<JoinHandle<()>>, VmError> {
-    // Installed now: sigaction is not in the VMM thread's filter.
-    if let Err(e) = pause::install_kick_handler() {
-        log::warn!("{e}; pausing this VM will be refused");
-    }
-    let go = Arc::new(StartSignal::default());
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let mut threads = Vec::new();
-    let spawned = vcpus.into_iter().try_for_each(|mut vcpu| {
-        let (buses, exit_tx, gate) = (buses.clone(), exit_tx.clone(), gate.clone());
-        let (filters, go, ready_tx) = (filters.clone(), go.clone(), ready_tx.clone());
-        let exit_evt = exit_evt.try_clone().map_err(io_err("clone an eventfd"))?;
-        let thread = thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index))
-            .spawn(move || {
-                let ready = signals::leave_to_vmm_thread(&[pause::kick_signal()])
-                    .map_err(|e| format!("cannot block signals on a vCPU thread: {e}"))
-                    .and_then(|()| filters.apply(ThreadKind::Vcpu).map_err(|e| e.to_string()));
-                // The receiver waits for every vCPU thread before it signals; the sender goes
-                // now, so that a thread that dies before this point is seen as gone.
-                let _ = ready_tx.send(ready);
-                drop(ready_tx);
-                if !go.wait() {
-                    return;
-                }
-                let exit = vcpu.run(&buses, &gate);
-                gate.vcpu_exited();
-                // The receiver is gone only when the VMM is already exiting.
-                let _ = exit_tx.send(exit);
-                let _ = exit_evt.write(1);
-            })
-            .map_err(io_err("start a vCPU thread"))?;
-        threads.push(thread);
-        Ok::<(), VmError>(())
-    });
-    drop(ready_tx);
-    let ready = spawned.and_then(|()| {
-        for _ in &threads {
-            ready_rx
-                .recv()
-                .unwrap_or_else(|_| Err("a vCPU thread ended before it was ready".into()))
-                .map_err(VmError::VcpuThread)?;
-        }
-        filters.apply(ThreadKind::Vmm).map_err(VmError::Seccomp)
-    });
-    go.send(ready.is_ok());
-    if ready.is_err() {
-        for thread in threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-    ready.map(|()| threads)
-}
-
-/// Tells waiting vCPU threads whether to enter the guest.
-#[derive(Default)]
-struct StartSignal {
-    go: Mutex<Option<bool>>,
-    changed: Condvar,
-}
-
-impl StartSignal {
-    fn wait(&self) -> bool {
-        let mut go = self.go.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            match *go {
-                Some(go) => return go,
-                None => go = self.changed.wait(go).unwrap_or_else(|p| p.into_inner()),
-            }
-        }
-    }
-
-    fn send(&self, go: bool) {
-        *self.go.lock().unwrap_or_else(|p| p.into_inner()) = Some(go);
-        self.changed.notify_all();
     }
 }
 
