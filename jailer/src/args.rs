@@ -1,6 +1,8 @@
 //! The jailer's command line, with Firecracker's jailer flags, checked before anything is made.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -223,7 +225,18 @@ fn check_static_executable(path: &Path) -> Result<(), ArgsError> {
     if mode & 0o111 == 0 {
         return Err(unusable("is not executable"));
     }
-    let bytes = std::fs::read(path).map_err(|_| unusable("cannot be read"))?;
+    // Only the ELF header and the program header table are read: reading the whole 3 MB VMM
+    // took 4-7 ms here, a third of the jailer's start-up.
+    let file = File::open(path).map_err(|_| unusable("cannot be read"))?;
+    let size = file
+        .metadata()
+        .map_err(|_| unusable("cannot be read"))?
+        .len();
+    let read = |offset: u64, len: u64| {
+        read_at_most(&file, size, offset, len).map_err(|_| unusable("cannot be read"))
+    };
+    // The 64-byte ELF header, or as much of it as the file has.
+    let bytes = read(0, 64)?;
     if bytes.get(..5) != Some(b"\x7fELF\x02") {
         return Err(unusable("is not a 64-bit ELF program"));
     }
@@ -247,11 +260,16 @@ fn check_static_executable(path: &Path) -> Result<(), ArgsError> {
     else {
         return Err(unusable("has a truncated ELF header"));
     };
+    // From the table's start to the end of the last entry's type (4 bytes), or as much of it as
+    // the file has: entry `index`'s type is at `index * entsize` in it.
+    let table = match u64::from(count).checked_sub(1) {
+        Some(last) => read(phoff, last * u64::from(entsize) + 4)?,
+        None => Vec::new(),
+    };
     for index in 0..usize::from(count) {
-        let at = usize::try_from(phoff)
-            .ok()
-            .and_then(|off| off.checked_add(index * usize::from(entsize)))
-            .and_then(|at| bytes.get(at..at.checked_add(4)?))
+        let at = index * usize::from(entsize);
+        let at = table
+            .get(at..at + 4)
             .ok_or(unusable("has a truncated program header table"))?;
         if u32::from_le_bytes([at[0], at[1], at[2], at[3]]) == PT_INTERP {
             return Err(unusable(
@@ -260,6 +278,19 @@ fn check_static_executable(path: &Path) -> Result<(), ArgsError> {
         }
     }
     Ok(())
+}
+
+/// Up to `len` bytes of `file` (`size` bytes long) from `offset`: fewer where the file ends
+/// first, none from past its end.
+fn read_at_most(file: &File, size: u64, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let Some(len) = size.checked_sub(offset).map(|left| left.min(len)) else {
+        return Ok(Vec::new());
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    file.take(len).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -360,6 +391,45 @@ mod tests {
             .to_string();
         assert!(err.contains("dynamically linked"), "{err}");
         check_static_executable(&std::env::current_exe().unwrap()).unwrap();
+    }
+
+    /// Only the headers are read: a file cut short in them, or pointing past its end, is named
+    /// as before, and a program whose interpreter entry is all that is left is still refused.
+    #[test]
+    fn cut_programs_are_named() {
+        let path = std::env::temp_dir().join(format!("jailer-args-{}.elf", std::process::id()));
+        let check = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            check_static_executable(&path).map_err(|e| e.to_string())
+        };
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let phoff = u64::from_le_bytes(exe[0x20..0x28].try_into().unwrap()) as usize;
+        let entsize = usize::from(u16::from_le_bytes([exe[0x36], exe[0x37]]));
+        let count = usize::from(u16::from_le_bytes([exe[0x38], exe[0x39]]));
+        let table_end = phoff + (count - 1) * entsize + 4;
+        assert!(check(&exe[..table_end]).is_ok());
+        let err = check(&exe[..0x30]).unwrap_err();
+        assert!(err.ends_with("has a truncated ELF header"), "{err}");
+        let err = check(&exe[..table_end - 1]).unwrap_err();
+        assert!(
+            err.ends_with("has a truncated program header table"),
+            "{err}"
+        );
+        let mut far = exe[..table_end].to_vec();
+        far[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = check(&far).unwrap_err();
+        assert!(
+            err.ends_with("has a truncated program header table"),
+            "{err}"
+        );
+        // An interpreter entry in front of a cut: refused as dynamic, as the whole file would be.
+        let mut dynamic = exe[..phoff + entsize + 4].to_vec();
+        dynamic[phoff..phoff + 4].copy_from_slice(&3u32.to_le_bytes());
+        let err = check(&dynamic).unwrap_err();
+        assert!(err.contains("dynamically linked"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Cgroups {
     dirs: Vec<(PathBuf, PathBuf)>,
     /// Made by the jailer, parents first.
     created: Vec<PathBuf>,
+    /// Whether they are v1 cgroups (joined through `tasks`).
+    v1: bool,
 }
 
 impl Cgroups {
@@ -66,6 +68,7 @@ impl Cgroups {
         let mounts = fs::read_to_string(mounts_path).map_err(at("read mounts", mounts_path))?;
         let found = hierarchies(&mounts, spec.cgroup_version);
         let relative = Path::new(&spec.parent_cgroup).join(&spec.id);
+        self.v1 = spec.cgroup_version == 1;
         if spec.cgroup_version == 2 {
             let hierarchy = found.first().ok_or_else(|| JailError::Refused {
                 step: "cgroup",
@@ -159,11 +162,19 @@ impl Cgroups {
     }
 
     /// Moves this process into every cgroup made (the VMM inherits them).
+    ///
+    /// In v1 the jailer's one thread moves itself, by writing 0 to `tasks`: a thread moving
+    /// itself skips the kernel's global threadgroup lock that `cgroup.procs` takes, whose write
+    /// side waits for an RCU grace period (5 to 13 ms per hierarchy measured; 0.1 ms without).
+    /// The jailer has no other thread, and the VMM comes from this one (fork or exec) anyway.
     pub fn join(&self) -> Result<(), JailError> {
-        let pid = std::process::id().to_string();
+        let (file, id) = match self.v1 {
+            true => ("tasks", "0".to_string()),
+            false => ("cgroup.procs", std::process::id().to_string()),
+        };
         for (_, dir) in &self.dirs {
-            let procs = dir.join("cgroup.procs");
-            fs::write(&procs, &pid).map_err(at("join cgroup", &procs))?;
+            let procs = dir.join(file);
+            fs::write(&procs, &id).map_err(at("join cgroup", &procs))?;
         }
         Ok(())
     }
