@@ -17,7 +17,6 @@ use vmm::exit::EXIT_NO_STATUS;
 use vmm::metrics::ApiCounters;
 use vmm::resources::VmConfig;
 use vmm::seccomp::{Filters, ThreadKind};
-use vmm::signals;
 use vmm::{Vm, VmExit};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -360,9 +359,7 @@ fn serve(args: VmmArgs, process_start: Instant, filters: Filters) -> Result<u8, 
             let thread = thread::Builder::new()
                 .name("api".into())
                 .spawn(move || {
-                    let ready = signals::leave_to_vmm_thread(&[])
-                        .map_err(|e| format!("cannot block signals on the API thread: {e}"))
-                        .and_then(|()| filters.apply(ThreadKind::Api).map_err(|e| e.to_string()));
+                    let ready = filters.confine_worker(ThreadKind::Api);
                     let failed = ready.is_err();
                     let _ = ready_tx.send(ready);
                     if failed {

@@ -5,7 +5,7 @@
 //! a line; a FIFO nobody drains loses lines (counted) rather than stalling the VMM.
 
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -112,9 +112,7 @@ pub fn init(level: LevelFilter) {
 pub struct PreparedLogger {
     config: LoggerConfig,
     level: Option<LevelFilter>,
-    target: Option<Box<dyn Write + Send>>,
-    /// The descriptor behind `target`, for [`write_raw`].
-    target_fd: Option<RawFd>,
+    target: Option<File>,
     /// The log file, when opening it created it.
     created: Option<PathBuf>,
 }
@@ -123,8 +121,7 @@ impl PreparedLogger {
     /// Checks `config` and opens its destination; nothing changes until [`Self::apply`].
     pub fn open(config: &LoggerConfig) -> Result<Self, LoggerError> {
         let level = config.level.as_deref().map(parse_level).transpose()?;
-        let (target, created): (Option<(Box<dyn Write + Send>, RawFd)>, _) = match &config.log_path
-        {
+        let (target, created) = match &config.log_path {
             Some(path) => {
                 let existed = path.exists();
                 let file = OpenOptions::new()
@@ -138,17 +135,14 @@ impl PreparedLogger {
                         path: path.display().to_string(),
                         source,
                     })?;
-                let fd = file.as_raw_fd();
-                (Some((Box::new(file), fd)), (!existed).then(|| path.clone()))
+                (Some(file), (!existed).then(|| path.clone()))
             }
             None => (None, None),
         };
-        let (target, target_fd) = target.unzip();
         Ok(Self {
             config: config.clone(),
             level,
             target,
-            target_fd,
             created,
         })
     }
@@ -166,11 +160,8 @@ impl PreparedLogger {
         let mut output = logger.output.lock().unwrap_or_else(|p| p.into_inner());
         let config = self.config;
         if let Some(target) = self.target {
-            RAW_FD.store(
-                self.target_fd.unwrap_or(libc::STDERR_FILENO),
-                Ordering::Relaxed,
-            );
-            output.target = target;
+            RAW_FD.store(target.as_raw_fd(), Ordering::Relaxed);
+            output.target = Box::new(target);
         }
         if let Some(show) = config.show_level {
             output.show_level = show;

@@ -137,6 +137,18 @@ impl Filters {
         self.programs.is_some()
     }
 
+    /// Readies the calling API or vCPU thread: it leaves the process's signals to the VMM
+    /// thread (a vCPU keeps its pause kick), then installs its filter.
+    pub fn confine_worker(&self, kind: ThreadKind) -> Result<(), String> {
+        let keep = match kind {
+            ThreadKind::Vcpu => vec![crate::pause::kick_signal()],
+            ThreadKind::Api | ThreadKind::Vmm => Vec::new(),
+        };
+        crate::signals::leave_to_vmm_thread(&keep)
+            .map_err(|e| format!("cannot block signals on the {kind} thread: {e}"))?;
+        self.apply(kind).map_err(|e| e.to_string())
+    }
+
     /// Installs the filter for `kind` on the calling thread, for good.
     pub fn apply(&self, kind: ThreadKind) -> Result<(), SeccompError> {
         let Some(programs) = &self.programs else {

@@ -13,7 +13,6 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::exit::VmExit;
 use crate::pause::{self, PauseGate};
 use crate::seccomp::{Filters, ThreadKind};
-use crate::signals;
 use crate::vcpu::{Buses, Vcpu};
 use crate::vm::VmError;
 
@@ -61,9 +60,10 @@ impl ParkedVcpus {
     }
 
     /// Once every thread has its filter, hands each its vCPU (in order) and returns the
-    /// running threads; if any could not be readied, all end without entering the guest.
+    /// running threads, leaving none parked; on an error they stay parked until dropped, and
+    /// end without entering the guest.
     pub fn start(
-        mut self,
+        &mut self,
         vcpus: impl Iterator<Item = Vcpu>,
         buses: &Buses,
         gate: &Arc<PauseGate>,
@@ -121,9 +121,7 @@ fn park_then_run(
     ready_tx: Sender<Result<(), String>>,
     start_rx: &Receiver<VcpuStart>,
 ) {
-    let ready = signals::leave_to_vmm_thread(&[pause::kick_signal()])
-        .map_err(|e| format!("cannot block signals on a vCPU thread: {e}"))
-        .and_then(|()| filters.apply(ThreadKind::Vcpu).map_err(|e| e.to_string()));
+    let ready = filters.confine_worker(ThreadKind::Vcpu);
     let failed = ready.is_err();
     let _ = ready_tx.send(ready);
     // Gone before the wait, so that a thread that dies first is seen as gone.

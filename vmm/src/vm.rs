@@ -103,8 +103,8 @@ pub struct Vm {
     vm_fd: VmFd,
     memory: GuestMemory,
     vcpus: Vec<Vcpu>,
-    /// One thread per vCPU, filtered and waiting for the boot (which takes them).
-    vcpu_threads: Option<ParkedVcpus>,
+    /// One thread per vCPU, filtered and waiting for the boot.
+    vcpu_threads: ParkedVcpus,
     filters: Filters,
 }
 
@@ -142,7 +142,7 @@ impl Vm {
             vm_fd,
             memory,
             vcpus,
-            vcpu_threads: Some(vcpu_threads),
+            vcpu_threads,
             filters: filters.clone(),
         })
     }
@@ -202,11 +202,9 @@ impl Vm {
         }
 
         let gate = Arc::new(PauseGate::new(self.vcpus.len()));
-        let parked = self.vcpu_threads.take().ok_or_else(|| {
-            VmError::VcpuThread("this VM's vCPU threads were already started".into())
-        })?;
         let vcpu_threads =
-            parked.start(self.vcpus.drain(..), &buses, &gate, &exit_tx, &exit_evt)?;
+            self.vcpu_threads
+                .start(self.vcpus.drain(..), &buses, &gate, &exit_tx, &exit_evt)?;
         // While the guest starts: this thread handles nothing the guest can influence until it
         // reaches the event loop, after this. Installing the filter costs 0.2-0.5 ms here, kept
         // off the path to the guest's first instruction.
