@@ -110,6 +110,8 @@ fn main() {
     };
     let options = HostOptions {
         with_qemu: true,
+        // The host its published figures were measured on.
+        cpus: 2,
         memory_mib: 3072,
         ..HostOptions::default()
     };
