@@ -381,18 +381,16 @@ impl TestHost {
 }
 
 /// The kernel's own report of a stuck CPU, from the diagnostics the host prints when a command
-/// runs past its limit. QEMU's emulated SVM sometimes leaves a vCPU thread spinning in the
-/// host kernel's KVM_RUN (seen ~1 run in 20 under load): no signal ends it and it holds one of the
-/// host's two CPUs for good, so every later guest starves. A hang without such a report is the
-/// command's own.
+/// runs past its limit. Under TCG the emulated host sometimes gets a thread stuck in its kernel
+/// (a vCPU thread in KVM_RUN, KVM's PIT worker, or the host's own kworker and RCU threads): no
+/// signal ends it and it holds a CPU for good, so later guests starve. A hang without such a
+/// report is the command's own.
 fn kernel_lockup(output: &str) -> Option<&str> {
     let (_, diagnostics) = output.split_once(TIMEOUT_MARKER)?;
     diagnostics
         .lines()
         .find(|l| {
-            l.starts_with(STUCK_MARKER)
-                || l.contains("soft lockup")
-                || l.contains("self-detected stall")
+            l.starts_with(STUCK_MARKER) || l.contains("soft lockup") || l.contains("detected stall")
         })
         .map(str::trim)
 }
@@ -676,16 +674,16 @@ impl DerefMut for SharedHost {
     }
 }
 
-/// How many fresh hosts one command may get when the host gets stuck under it: at the ~1 in 15
-/// guest runs seen stuck on a busy 2-CPU machine, one retry alone still failed runs of the suite.
+/// How many fresh hosts one command may get when the host gets stuck under it (with two host
+/// CPUs that was seen about once in 15 guest runs; see [`HostOptions::cpus`]).
 const FRESH_HOSTS_PER_COMMAND: usize = 2;
 
 impl SharedHost {
     /// Runs `command` like [`TestHost::run`]. If the host itself stopped answering or its kernel
     /// got stuck (the nested TCG host sometimes does, with QEMU's and tessera's guests alike and
-    /// with tessera builds from before and after any given change: see the issue-3 and issue-6
-    /// notes), says so on stderr with what the host showed, boots a fresh host and runs the
-    /// command again. A host whose last command ran past its limit is replaced first.
+    /// with older tessera builds too: see the issue-3 and issue-6 notes), says so on stderr with
+    /// what the host showed, boots a fresh host and runs the command again. A host whose last
+    /// command ran past its limit is replaced first.
     pub fn run_retrying_hung_host(
         &mut self,
         test: &str,
@@ -777,6 +775,9 @@ mod tests {
         let stall = "[ 463.3] rcu: INFO: rcu_preempt self-detected stall on CPU";
         let timed_out = format!("{TIMEOUT_MARKER} ...\n{stall}\n");
         assert_eq!(kernel_lockup(&timed_out), Some(stall));
+        let stalls = "[ 188.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
+        let timed_out = format!("{TIMEOUT_MARKER} ...\n{stalls}\n");
+        assert_eq!(kernel_lockup(&timed_out), Some(stalls));
         let unkillable = format!("{STUCK_MARKER} still there 30 s after SIGKILL:");
         let timed_out = format!("{TIMEOUT_MARKER} ...\n{unkillable}\nprocess 7: tessera\n");
         assert_eq!(kernel_lockup(&timed_out), Some(unkillable.as_str()));
