@@ -464,9 +464,22 @@ else
     echo "@@TH-FAILED no /dev/kvm in the test host: $(cat /tmp/init-errors 2>/dev/null) $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' ')"
 fi
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# The processes of session $1 (this busybox has no pgrep).
+session_pids() {
+    sid=$1
+    for stat in /proc/[0-9]*/stat; do
+        line=$(cat "$stat" 2>/dev/null) || continue
+        # Fields after the command name: state, ppid, pgrp, session.
+        set -- ${line##*)}
+        if [ "$4" = "$sid" ]; then
+            pid=${stat#/proc/}
+            echo "${pid%/stat}"
+        fi
+    done
+}
 # The kernel's view of every thread of the processes in session $1.
 threads() {
-    for p in $(pgrep -s "$1"); do
+    for p in $(session_pids "$1"); do
         echo "process $p: $(tr '\0' ' ' < /proc/$p/cmdline | head -c 200)"
         for t in /proc/$p/task/*; do
             echo "  thread ${t##*/} $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan) syscall=$(cut -d' ' -f1 $t/syscall)"
@@ -489,8 +502,8 @@ expire() {
         [ $round = 1 ] && sleep 2
     done
     kill -s KILL "-$1"
-    for i in $(seq 30); do pgrep -s "$1" >/dev/null || break; sleep 1; done
-    if pgrep -s "$1" >/dev/null; then
+    for i in $(seq 30); do [ -n "$(session_pids "$1")" ] || break; sleep 1; done
+    if [ -n "$(session_pids "$1")" ]; then
         echo "@@TH-STUCK: still there 30 s after SIGKILL:"
         threads "$1"
     fi
