@@ -318,8 +318,12 @@ impl TestHost {
         let limit = timeout.as_secs().max(1);
         writeln!(self.commands, "{id} {limit} {command}")
             .and_then(|()| self.commands.flush())
-            .map_err(|e| format!("cannot send a command to the host: {e}"))?;
-        // Past the limit the host takes up to ~35 s to print what it saw and end the command.
+            .map_err(|e| {
+                let message = format!("cannot send a command to the host: {e}");
+                self.broken = Some(message.clone());
+                message
+            })?;
+        // Past the limit the host takes ~35-45 s at most to print what it saw and end the command.
         let deadline = Instant::now() + timeout + Duration::from_secs(60);
         let done = format!("@@TH-DONE {id} ");
         let mut output = String::new();
@@ -334,11 +338,12 @@ impl TestHost {
                 if output.ends_with('\n') {
                     output.pop();
                 }
-                let status = status
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad marker {line:?}"))?;
-                if !output.contains(TIMEOUT_MARKER) {
+                let status = status.trim().parse().map_err(|_| {
+                    let message = format!("bad marker {line:?}");
+                    self.broken = Some(message.clone());
+                    message
+                })?;
+                if !timed_out(&output) {
                     return Ok(HostOutput { status, output });
                 }
                 if let Some(lockup) = kernel_lockup(&output) {
@@ -386,13 +391,20 @@ impl TestHost {
 /// signal ends it and it holds a CPU for good, so later guests starve. A hang without such a
 /// report is the command's own.
 fn kernel_lockup(output: &str) -> Option<&str> {
-    let (_, diagnostics) = output.split_once(TIMEOUT_MARKER)?;
-    diagnostics
+    output
         .lines()
+        .skip_while(|l| !l.starts_with(TIMEOUT_MARKER))
         .find(|l| {
-            l.starts_with(STUCK_MARKER) || l.contains("soft lockup") || l.contains("detected stall")
+            l.starts_with(STUCK_MARKER)
+                || l.strip_prefix(KERNEL_LOG_MARKER)
+                    .is_some_and(|l| l.contains("soft lockup") || l.contains("detected stall"))
         })
         .map(str::trim)
+}
+
+/// Whether the host reported that `output`'s command ran past its limit.
+fn timed_out(output: &str) -> bool {
+    output.lines().any(|l| l.starts_with(TIMEOUT_MARKER))
 }
 
 impl Drop for TestHost {
@@ -444,6 +456,8 @@ fn spawn_tied_to_process(command: Command) -> std::io::Result<Child> {
 const TIMEOUT_MARKER: &str = "@@TH-TIMEOUT:";
 /// Starts the list of a timed-out command's processes that outlived SIGKILL.
 const STUCK_MARKER: &str = "@@TH-STUCK:";
+/// Starts each line of the host's kernel log in that report.
+const KERNEL_LOG_MARKER: &str = "@@TH-KLOG ";
 
 /// The host's /init: mounts, loads the KVM modules, then serves commands on ttyS1.
 const HOST_INIT: &str = r#"#!/bin/busybox sh
@@ -464,11 +478,11 @@ else
     echo "@@TH-FAILED no /dev/kvm in the test host: $(cat /tmp/init-errors 2>/dev/null) $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' ')"
 fi
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-# The processes of session $1 (this busybox has no pgrep).
+# The processes of session $1 (this busybox has no pgrep; builtins only, no fork per process).
 session_pids() {
     sid=$1
     for stat in /proc/[0-9]*/stat; do
-        line=$(cat "$stat" 2>/dev/null) || continue
+        { read -r line < "$stat"; } 2>/dev/null || continue
         # Fields after the command name: state, ppid, pgrp, session.
         set -- ${line##*)}
         if [ "$4" = "$sid" ]; then
@@ -477,22 +491,31 @@ session_pids() {
         fi
     done
 }
-# The kernel's view of every thread of the processes in session $1.
+# SIGKILL to every process of session $1, whatever its process group.
+kill_session() {
+    for p in $(session_pids "$1"); do kill -s KILL "$p" 2>/dev/null; done
+}
+# The kernel's view of every thread of the processes in session $1. Reading a command line takes
+# the process's mm lock, which a stuck thread may hold: bounded.
 threads() {
     for p in $(session_pids "$1"); do
-        echo "process $p: $(tr '\0' ' ' < /proc/$p/cmdline | head -c 200)"
+        echo "process $p: $(timeout -s KILL 2 tr '\0' ' ' < /proc/$p/cmdline | head -c 200)"
         for t in /proc/$p/task/*; do
-            echo "  thread ${t##*/} $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan) syscall=$(cut -d' ' -f1 $t/syscall)"
+            { read -r line < $t/stat; } 2>/dev/null || continue
+            set -- ${line##*)}
+            echo "  thread ${t##*/} $(cat $t/comm) state=$1 wchan=$(cat $t/wchan) syscall=$(cut -d' ' -f1 $t/syscall)"
             sed 's/^/    /' $t/stack 2>/dev/null
         done
     done
 }
-# Command $2 (session $1) ran past its limit of $3 s: show what it left (load, its threads, KVM's
-# exit counters twice: is a guest still running?), kill all of it, and say whether anything
-# outlived SIGKILL, which only a thread stuck in the kernel can.
+# Command $1 ran past its limit of $2 s: show what it left (load, its threads, KVM's exit
+# counters twice: is a guest still running?), kill all of it, and say whether anything outlived
+# SIGKILL, which only a thread stuck in the kernel can. The host's own lines are marked, so that
+# a guest's console cannot pass for the host's kernel.
 expire() {
-    : > "/tmp/.th-expired-$2"
-    echo "@@TH-TIMEOUT: the command ran past its $3 s; the host's view before it is killed:"
+    # Should the report itself get stuck, the command still dies.
+    ( sleep 10; kill_session "$1" ) &
+    echo "@@TH-TIMEOUT: the command ran past its $2 s; the host's view before it is killed:"
     echo "loadavg $(cat /proc/loadavg)"
     threads "$1"
     for round in 1 2; do
@@ -501,32 +524,36 @@ expire() {
         done
         [ $round = 1 ] && sleep 2
     done
-    kill -s KILL "-$1"
-    for i in $(seq 30); do [ -n "$(session_pids "$1")" ] || break; sleep 1; done
+    for i in $(seq 30); do
+        kill_session "$1"
+        [ -n "$(session_pids "$1")" ] || break
+        sleep 1
+    done
     if [ -n "$(session_pids "$1")" ]; then
         echo "@@TH-STUCK: still there 30 s after SIGKILL:"
         threads "$1"
     fi
-    echo "--- dmesg (last 40 lines)"
-    dmesg | tail -n 40
+    echo "--- the host's kernel log while the command ran"
+    dmesg | tail -n 40 | sed 's/^/@@TH-KLOG /'
 }
 # Each command runs in its own session, so that at its limit all of it is killed (a VMM it
-# started included, which would otherwise go on using the host's CPUs), and so that nothing
-# it leaves behind outlives it.
+# started in the background included, which would otherwise go on using the host's CPU), and
+# so that nothing it leaves in the session outlives it. Whichever of the command's end and its
+# limit comes first claims /tmp/.th-<id> (mkdir is atomic): the other side then stands down.
 while read -r id limit command; do
+    dmesg -c >/dev/null
     setsid sh -c "$command" </dev/null 2>&1 &
     pid=$!
-    { sleep "$limit"; kill -0 "$pid" 2>/dev/null && expire "$pid" "$id" "$limit"; } &
+    { sleep "$limit"; mkdir "/tmp/.th-$id" 2>/dev/null && expire "$pid" "$limit"; } &
     watchdog=$!
     wait "$pid"
     status=$?
-    if [ -e "/tmp/.th-expired-$id" ]; then
-        wait "$watchdog"
-        rm -f "/tmp/.th-expired-$id"
-    else
+    if mkdir "/tmp/.th-$id" 2>/dev/null; then
         kill "$watchdog" 2>/dev/null
+    else
+        wait "$watchdog"
     fi
-    kill -s KILL "-$pid" 2>/dev/null
+    kill_session "$pid"
     printf '\n@@TH-DONE %s %s\n' "$id" "$status"
 done
 poweroff -f
@@ -778,25 +805,33 @@ mod tests {
     fn the_host_init_prints_the_markers_the_harness_reads() {
         assert!(HOST_INIT.contains(&format!("echo \"{TIMEOUT_MARKER} ")));
         assert!(HOST_INIT.contains(&format!("echo \"{STUCK_MARKER} ")));
+        assert!(HOST_INIT.contains(&format!("sed 's/^/{KERNEL_LOG_MARKER}/'")));
     }
 
     #[test]
     fn a_stuck_kernel_is_read_only_from_a_timed_out_commands_diagnostics() {
         let lockup = "[  96.6] watchdog: BUG: soft lockup - CPU#1 stuck for 27s! [vcpu0:332]";
-        let timed_out = format!("guest output\n{TIMEOUT_MARKER} ...\n--- dmesg\n{lockup}\n");
-        assert_eq!(kernel_lockup(&timed_out), Some(lockup));
-        let stall = "[ 463.3] rcu: INFO: rcu_preempt self-detected stall on CPU";
-        let timed_out = format!("{TIMEOUT_MARKER} ...\n{stall}\n");
-        assert_eq!(kernel_lockup(&timed_out), Some(stall));
+        let report = format!("guest\n{TIMEOUT_MARKER} ...\n{KERNEL_LOG_MARKER}{lockup}\n");
+        assert!(timed_out(&report));
+        assert_eq!(
+            kernel_lockup(&report),
+            Some(format!("{KERNEL_LOG_MARKER}{lockup}").trim())
+        );
         let stalls = "[ 188.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
-        let timed_out = format!("{TIMEOUT_MARKER} ...\n{stalls}\n");
-        assert_eq!(kernel_lockup(&timed_out), Some(stalls));
+        let report = format!("{TIMEOUT_MARKER} ...\n{KERNEL_LOG_MARKER}{stalls}\n");
+        assert!(kernel_lockup(&report).is_some_and(|l| l.ends_with(stalls)));
         let unkillable = format!("{STUCK_MARKER} still there 30 s after SIGKILL:");
-        let timed_out = format!("{TIMEOUT_MARKER} ...\n{unkillable}\nprocess 7: tessera\n");
-        assert_eq!(kernel_lockup(&timed_out), Some(unkillable.as_str()));
-        // A plain timeout is the command's own failure, and a command may print the words.
-        let hung = format!("{TIMEOUT_MARKER} ...\nprocess 7: tessera\n--- dmesg\n[ 1.0] ok\n");
+        let report = format!("{TIMEOUT_MARKER} ...\n{unkillable}\nprocess 7: tessera\n");
+        assert_eq!(kernel_lockup(&report), Some(unkillable.as_str()));
+        // A plain timeout is the command's own failure.
+        let hung =
+            format!("{TIMEOUT_MARKER} ...\nprocess 7: tessera\n{KERNEL_LOG_MARKER}[ 1.0] ok\n");
         assert_eq!(kernel_lockup(&hung), None);
-        assert_eq!(kernel_lockup("echo soft lockup\n"), None);
+        // A guest's own console (or anything else the command prints) is not the host's kernel,
+        // and a command that prints the marker mid-line has not timed out.
+        let guest = format!("{TIMEOUT_MARKER} ...\n{lockup}\n{stalls}\n");
+        assert_eq!(kernel_lockup(&guest), None);
+        assert!(!timed_out(&format!("cat: {TIMEOUT_MARKER}")));
+        assert_eq!(kernel_lockup(&format!("{KERNEL_LOG_MARKER}{lockup}")), None);
     }
 }
