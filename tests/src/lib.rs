@@ -222,3 +222,16 @@ pub fn thread_filters(pid: i32) -> Vec<ThreadSeccomp> {
     }
     threads
 }
+
+/// Asserts that every thread in `threads` runs under exactly one seccomp filter (mode 2, one
+/// filter: none inherited another's, which would stack two).
+pub fn assert_one_filter_each(threads: &[ThreadSeccomp]) {
+    for thread in threads {
+        assert_eq!(
+            (thread.mode.as_str(), thread.filters.as_str()),
+            ("2", "1"),
+            "thread {} should run under exactly one filter: {threads:?}",
+            thread.name
+        );
+    }
+}

@@ -881,14 +881,7 @@ fn jailed_tessera_boots_a_tiny_guest_through_its_api_socket() {
     // The jailed VMM (the jailer's own process, exec'd) runs every thread under its filter.
     let threads = tests::thread_filters(jail.pid());
     assert_eq!(threads.len(), 3, "tessera, api, vcpu0: {threads:?}");
-    for thread in &threads {
-        assert_eq!(
-            (thread.mode.as_str(), thread.filters.as_str()),
-            ("2", "1"),
-            "jailed thread {} should run under exactly one filter",
-            thread.name
-        );
-    }
+    tests::assert_one_filter_each(&threads);
 
     expect(
         api.put("/actions", &action("SendCtrlAltDel")),

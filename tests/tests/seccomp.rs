@@ -98,15 +98,7 @@ fn every_thread_of_a_running_vmm_has_its_filter() {
     let mut names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["api", "tessera", "vcpu0", "vcpu1"], "{threads:?}");
-    for thread in &threads {
-        // One filter each: none inherited another's (which would stack two).
-        assert_eq!(
-            (thread.mode.as_str(), thread.filters.as_str()),
-            ("2", "1"),
-            "thread {} should run under exactly one filter",
-            thread.name
-        );
-    }
+    tests::assert_one_filter_each(&threads);
 
     // Runtime paths pass their filters: a drive's new file and rate limiter, a host vsock
     // connection, metrics, pause and resume, then Ctrl-Alt-Del to a clean exit.
