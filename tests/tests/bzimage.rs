@@ -65,7 +65,7 @@ fn pvm_host_refuses_to_boot_linux_with_a_one_line_error() {
     let Some(path) = vmlinuz_or_skip("pvm_host_refuses_to_boot_linux_with_a_one_line_error") else {
         return;
     };
-    if !vmm::kvm::is_pvm_host() {
+    if !vmm::hypervisor::kvm::is_pvm_host() {
         eprintln!("SKIPPED pvm_host_refuses_to_boot_linux_with_a_one_line_error: /dev/kvm here is not kvm_pvm");
         return;
     }

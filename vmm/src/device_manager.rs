@@ -14,10 +14,10 @@ use devices::virtio::{
 };
 use devices::{Bus, BusError};
 use event_manager::MutEventSubscriber;
-use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device_config::DeviceSettings;
+use crate::hypervisor::{self, NotifyAddress, Vm};
 use crate::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_START};
 
 /// An event-loop subscriber, as the VMM's `EventManager` holds them.
@@ -32,12 +32,12 @@ pub enum DeviceManagerError {
     /// cannot create an eventfd for a virtio device: {0}
     EventFd(io::Error),
     /// cannot register the interrupt (irqfd) of a virtio device on IRQ {irq}: {source}
-    Irqfd { irq: u32, source: kvm_ioctls::Error },
+    Irqfd { irq: u32, source: hypervisor::Error },
     /// cannot register queue {queue} notifications (ioeventfd) at {addr:#x}: {source}
     Ioeventfd {
         queue: usize,
         addr: u64,
-        source: kvm_ioctls::Error,
+        source: hypervisor::Error,
     },
     /// cannot place a virtio device: {0}
     Bus(#[from] BusError),
@@ -98,7 +98,7 @@ impl DeviceManager {
     /// `name` is the device's metrics group.
     pub fn add_virtio<D>(
         &mut self,
-        vm_fd: &VmFd,
+        vm: &dyn Vm,
         mem: &GuestMemory,
         name: String,
         device: D,
@@ -117,13 +117,11 @@ impl DeviceManager {
         let base = VIRTIO_MMIO_START + u64::from(index) * MMIO_WINDOW_SIZE;
 
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
-        vm_fd
-            .register_irqfd(&irqfd, irq)
+        vm.register_irqfd(&irqfd, irq)
             .map_err(|source| DeviceManagerError::Irqfd { irq, source })?;
         let notify = base + QUEUE_NOTIFY_OFFSET;
         for (queue, evt) in device.queue_events().iter().enumerate() {
-            vm_fd
-                .register_ioevent(evt, &IoEventAddress::Mmio(notify), queue as u32)
+            vm.register_notifier(evt, NotifyAddress::Mmio(notify), queue as u32)
                 .map_err(|source| DeviceManagerError::Ioeventfd {
                     queue,
                     addr: notify,
@@ -150,26 +148,26 @@ impl DeviceManager {
     /// Creates and wires every configured device: drives, network interfaces, vsock, entropy.
     pub fn add_configured(
         &mut self,
-        vm_fd: &VmFd,
+        vm: &dyn Vm,
         mem: &GuestMemory,
         settings: &DeviceSettings,
     ) -> Result<(), DeviceManagerError> {
         for drive in &settings.drives {
             let id = drive.serial.clone();
             let block = Block::new(drive.clone())?;
-            let block = self.add_virtio(vm_fd, mem, format!("block_{id}"), block)?;
+            let block = self.add_virtio(vm, mem, format!("block_{id}"), block)?;
             self.devices.drives.push((id, block));
         }
         for (id, net) in &settings.nets {
             let net = Net::new(net.clone())?;
-            let net = self.add_virtio(vm_fd, mem, format!("net_{id}"), net)?;
+            let net = self.add_virtio(vm, mem, format!("net_{id}"), net)?;
             self.devices.nets.push((id.clone(), net));
         }
         if let Some(vsock) = &settings.vsock {
-            self.add_virtio(vm_fd, mem, "vsock".into(), Vsock::new(vsock.clone())?)?;
+            self.add_virtio(vm, mem, "vsock".into(), Vsock::new(vsock.clone())?)?;
         }
         if let Some(limits) = settings.entropy {
-            self.add_virtio(vm_fd, mem, "entropy".into(), Rng::new(limits)?)?;
+            self.add_virtio(vm, mem, "entropy".into(), Rng::new(limits)?)?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ pub mod controller;
 pub mod device_config;
 pub mod device_manager;
 pub mod exit;
-pub mod kvm;
+pub mod hypervisor;
 pub mod loader;
 pub mod logger;
 pub mod memory;

@@ -3,12 +3,9 @@
 use std::sync::Arc;
 
 use devices::Bus;
-use kvm_bindings::{
-    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
-};
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::exit::VmExit;
+use crate::hypervisor::{self, CpuId, VcpuExit, Vm};
 use crate::pause::PauseGate;
 use crate::x86_64::{cpuid, regs};
 
@@ -17,12 +14,12 @@ pub enum VcpuError {
     /// cannot create vCPU {index}: {source}
     Create {
         index: u8,
-        source: kvm_ioctls::Error,
+        source: hypervisor::Error,
     },
     /// cannot set CPUID on vCPU {index}: {source}
     Cpuid {
         index: u8,
-        source: kvm_ioctls::Error,
+        source: hypervisor::Error,
     },
     /// cannot set up vCPU {index}: {source}
     Regs { index: u8, source: regs::RegsError },
@@ -37,21 +34,21 @@ pub struct Buses {
 
 pub struct Vcpu {
     pub index: u8,
-    pub fd: VcpuFd,
+    pub fd: Box<dyn hypervisor::Vcpu>,
 }
 
 impl Vcpu {
     /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC LINT pins set.
-    pub fn new(vm: &VmFd, index: u8, count: u8, supported: &CpuId) -> Result<Self, VcpuError> {
+    pub fn new(vm: &dyn Vm, index: u8, count: u8, supported: &CpuId) -> Result<Self, VcpuError> {
         let fd = vm
-            .create_vcpu(u64::from(index))
+            .create_vcpu(index)
             .map_err(|source| VcpuError::Create { index, source })?;
-        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported, index, count))
+        fd.set_cpuid(&cpuid::vcpu_cpuid(supported, index, count))
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         let regs_err = |source| VcpuError::Regs { index, source };
-        regs::setup_msrs(&fd).map_err(regs_err)?;
-        regs::setup_fpu(&fd).map_err(regs_err)?;
-        regs::setup_lint(&fd).map_err(regs_err)?;
+        regs::setup_msrs(fd.as_ref()).map_err(regs_err)?;
+        regs::setup_fpu(fd.as_ref()).map_err(regs_err)?;
+        regs::setup_lint(fd.as_ref()).map_err(regs_err)?;
         Ok(Self { index, fd })
     }
 
@@ -83,7 +80,7 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::Hlt) => return VmExit::Halted { vcpu },
                 Ok(VcpuExit::Shutdown) => return VmExit::TripleFault { vcpu },
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                Ok(VcpuExit::FailEntry { reason, cpu }) => {
                     return VmExit::KvmFailure {
                         vcpu,
                         detail: format!(
@@ -97,26 +94,23 @@ impl Vcpu {
                         detail: "KVM internal error".into(),
                     }
                 }
-                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    KVM_SYSTEM_EVENT_RESET => return VmExit::Reset,
-                    KVM_SYSTEM_EVENT_SHUTDOWN => return VmExit::Halted { vcpu },
-                    KVM_SYSTEM_EVENT_CRASH => return VmExit::TripleFault { vcpu },
-                    other => {
-                        return VmExit::Unexpected {
-                            vcpu,
-                            detail: format!("unknown system event {other}"),
-                        }
-                    }
-                },
-                // A signal (a pause's kick) interrupted KVM_RUN; the gate decides what is next.
-                Ok(VcpuExit::Intr) => {}
-                Ok(other) => {
+                Ok(VcpuExit::Reset) => return VmExit::Reset,
+                Ok(VcpuExit::PowerOff) => return VmExit::Halted { vcpu },
+                Ok(VcpuExit::Crash) => return VmExit::TripleFault { vcpu },
+                Ok(VcpuExit::SystemEvent(other)) => {
                     return VmExit::Unexpected {
                         vcpu,
-                        detail: format!("unhandled exit {other:?}"),
+                        detail: format!("unknown system event {other}"),
                     }
                 }
-                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {}
+                // A signal (a pause's kick) interrupted the run; the gate decides what is next.
+                Ok(VcpuExit::Interrupted) => {}
+                Ok(VcpuExit::Other(what)) => {
+                    return VmExit::Unexpected {
+                        vcpu,
+                        detail: format!("unhandled exit {what}"),
+                    }
+                }
                 Err(e) => {
                     return VmExit::Unexpected {
                         vcpu,

@@ -16,10 +16,6 @@ use devices::legacy::{
 };
 use devices::{Bus, BusError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
-use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -29,7 +25,8 @@ use crate::console_input::ConsoleInput;
 use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber, VirtioDevices};
 use crate::exit::VmExit;
-use crate::kvm::{self, KvmError};
+use crate::hypervisor::kvm::{self, KvmError};
+use crate::hypervisor::{self, Hypervisor, MemorySlot, VmType};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::metrics::Snapshot;
@@ -45,7 +42,7 @@ use crate::x86_64::regs::{self, EntryPoint, RegsError};
 type EventLoop = EventManager<Subscriber>;
 
 /// Three pages KVM needs for the real-mode TSS on Intel, inside the MMIO gap.
-const TSS_ADDRESS: usize = 0xfffb_d000;
+const TSS_ADDRESS: u64 = 0xfffb_d000;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum VmError {
@@ -54,7 +51,7 @@ pub enum VmError {
     /// cannot set up {what}: {source}
     Setup {
         what: &'static str,
-        source: kvm_ioctls::Error,
+        source: hypervisor::Error,
     },
     /// {0}
     Memory(#[from] MemoryError),
@@ -89,7 +86,7 @@ pub enum VmError {
     Cmdline(#[from] ConfigError),
 }
 
-fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+fn setup(what: &'static str) -> impl FnOnce(hypervisor::Error) -> VmError {
     move |source| VmError::Setup { what, source }
 }
 
@@ -100,7 +97,8 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
 /// A VM with its memory and vCPUs, not yet booted.
 pub struct Vm {
     machine: MachineConfig,
-    vm_fd: VmFd,
+    /// Dropped before `memory`, whose mappings back its memory slots.
+    vm_fd: Box<dyn hypervisor::Vm>,
     memory: GuestMemory,
     vcpus: Vec<Vcpu>,
     /// One thread per vCPU, filtered and waiting for the boot.
@@ -118,7 +116,7 @@ impl Vm {
         // KVM_GET_SUPPORTED_CPUID takes ~0.3 ms here: ask for it while the VM and its memory
         // are being built.
         let (vm_fd, memory, supported) = thread::scope(|scope| {
-            let cpuid = scope.spawn(|| kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES));
+            let cpuid = scope.spawn(|| kvm.supported_cpuid());
             let (vm_fd, memory) = create_vm_and_memory(&kvm, machine.mem_size_mib)?;
             let supported = cpuid
                 .join()
@@ -133,7 +131,7 @@ impl Vm {
 
         let count = machine.vcpu_count;
         let vcpus: Vec<Vcpu> = (0..count)
-            .map(|index| Vcpu::new(&vm_fd, index, count, &supported))
+            .map(|index| Vcpu::new(vm_fd.as_ref(), index, count, &supported))
             .collect::<Result<_, _>>()?;
         let vcpu_threads = ParkedVcpus::spawn(vcpus.len(), filters)?;
         log::debug!("{count} vCPUs ready at {:?}", started.elapsed());
@@ -163,15 +161,15 @@ impl Vm {
         let started = Instant::now();
         let settings = virtio.settings()?;
         let mut device_manager = DeviceManager::new();
-        device_manager.add_configured(&self.vm_fd, &self.memory, &settings)?;
+        device_manager.add_configured(self.vm_fd.as_ref(), &self.memory, &settings)?;
         let boot = with_device_args(boot, &device_manager, &settings)?;
         let entry = self.load(&boot)?;
         log::debug!(
             "devices built, boot source loaded in {:?}",
             started.elapsed()
         );
-        regs::setup_boot_vcpu(&self.vcpus[0].fd, &self.memory, &entry)?;
-        let devices = LegacyDevices::new(&self.vm_fd, console, process_start)?;
+        regs::setup_boot_vcpu(self.vcpus[0].fd.as_ref(), &self.memory, &entry)?;
+        let devices = LegacyDevices::new(self.vm_fd.as_ref(), console, process_start)?;
         let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
         let buses = Buses {
             pio: Arc::new(devices.pio_bus()?),
@@ -308,40 +306,34 @@ fn insert_kernel_args(args: &str, extra: &str) -> String {
 
 /// The KVM VM with guest memory, memslots, in-kernel IRQ chip and PIT.
 fn create_vm_and_memory(
-    kvm: &kvm_ioctls::Kvm,
+    kvm: &dyn Hypervisor,
     mem_size_mib: u64,
-) -> Result<(VmFd, GuestMemory), VmError> {
-    let vm_fd = kvm.create_vm().map_err(setup("the KVM VM"))?;
+) -> Result<(Box<dyn hypervisor::Vm>, GuestMemory), VmError> {
+    let vm = kvm.create_vm(VmType::Plain).map_err(setup("the KVM VM"))?;
     let memory = memory::create(mem_size_mib)?;
     for (slot, region) in memory.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
             .map_err(|_| io_err("map guest memory")(io::Error::other("no host address")))?;
-        let memslot = kvm_userspace_memory_region {
+        let memslot = MemorySlot {
             slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-            flags: 0,
+            guest_addr: region.start_addr().0,
+            size: region.len(),
+            host_addr: host as u64,
+            private: None,
         };
         // SAFETY: the range is a live mapping owned by `memory`, which the Vm keeps for as long
         // as the KVM VM exists; slots do not overlap because regions do not.
-        unsafe { vm_fd.set_user_memory_region(memslot) }.map_err(setup("guest memory slots"))?;
+        unsafe { vm.set_memory_slot(&memslot) }.map_err(setup("guest memory slots"))?;
     }
     // Memslots go in before the IRQ chip: on this host (PVM) a memslot added after
     // KVM_CREATE_IRQCHIP costs 6-10 ms instead of ~0.1 ms.
-    vm_fd
-        .set_tss_address(TSS_ADDRESS)
+    vm.set_tss_address(TSS_ADDRESS)
         .map_err(setup("the TSS address"))?;
-    vm_fd
-        .create_irq_chip()
+    vm.create_irq_chip()
         .map_err(setup("the in-kernel IRQ chip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm_fd.create_pit2(pit).map_err(setup("the in-kernel PIT"))?;
-    Ok((vm_fd, memory))
+    vm.create_pit().map_err(setup("the in-kernel PIT"))?;
+    Ok((vm, memory))
 }
 
 /// Serial console (watched for kernel panics), i8042 and guest report ports, with the eventfds that connect them to KVM and to
@@ -357,7 +349,11 @@ struct LegacyDevices {
 }
 
 impl LegacyDevices {
-    fn new(vm_fd: &VmFd, console: &ConsoleOutput, process_start: Instant) -> Result<Self, VmError> {
+    fn new(
+        vm_fd: &dyn hypervisor::Vm,
+        console: &ConsoleOutput,
+        process_start: Instant,
+    ) -> Result<Self, VmError> {
         let irq = |gsi| -> Result<EventFd, VmError> {
             let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
             vm_fd

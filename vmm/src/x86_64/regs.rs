@@ -4,13 +4,13 @@
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
 };
-use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
     BOOT_STACK_POINTER, GDT_START, IDT_START, PDPT_START, PD_START, PML4_START, PVH_INFO_START,
     ZERO_PAGE_START,
 };
+use crate::hypervisor::{self, Vcpu};
 use crate::memory::GuestMemory;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -20,13 +20,13 @@ pub enum RegsError {
     /// cannot {what} on a vCPU: {source}
     Kvm {
         what: &'static str,
-        source: kvm_ioctls::Error,
+        source: hypervisor::Error,
     },
     /// the host KVM refused boot MSR {0:#x}
     Msr(u32),
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
+fn kvm(what: &'static str) -> impl FnOnce(hypervisor::Error) -> RegsError {
     move |source| RegsError::Kvm { what, source }
 }
 
@@ -125,7 +125,7 @@ fn write_page_tables(mem: &GuestMemory) -> Result<(), RegsError> {
 /// Boot-processor state for `entry`: writes GDT/IDT (and page tables for long mode) to guest
 /// memory and loads segment, control and general registers.
 pub fn setup_boot_vcpu(
-    vcpu: &VcpuFd,
+    vcpu: &dyn Vcpu,
     mem: &GuestMemory,
     entry: &EntryPoint,
 ) -> Result<(), RegsError> {
@@ -137,7 +137,7 @@ pub fn setup_boot_vcpu(
     mem.write_obj(0u64, GuestAddress(IDT_START))
         .map_err(|_| RegsError::Write("IDT"))?;
 
-    let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(kvm("read segment registers"))?;
+    let mut sregs: kvm_sregs = vcpu.sregs().map_err(kvm("read segment registers"))?;
     let code = segment(table[1], 1);
     let data = segment(table[2], 2);
     sregs.cs = code;
@@ -216,7 +216,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 }
 
 /// Loads the boot MSRs; names the first one KVM refuses.
-pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
+pub fn setup_msrs(vcpu: &dyn Vcpu) -> Result<(), RegsError> {
     let entries = boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msr(0))?;
     let written = vcpu.set_msrs(&msrs).map_err(kvm("set MSRs"))?;
@@ -227,7 +227,7 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
 }
 
 /// x87 control word and SSE control/status as after FNINIT and a reset.
-pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
+pub fn setup_fpu(vcpu: &dyn Vcpu) -> Result<(), RegsError> {
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
@@ -258,8 +258,8 @@ fn with_delivery_mode(lvt: u32, mode: u32) -> u32 {
 }
 
 /// LINT0 delivers ExtINT (the PIC), LINT1 delivers NMI, as the MP table says.
-pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let mut state = vcpu.get_lapic().map_err(kvm("read the local APIC"))?;
+pub fn setup_lint(vcpu: &dyn Vcpu) -> Result<(), RegsError> {
+    let mut state = vcpu.lapic().map_err(kvm("read the local APIC"))?;
     let lint0 = lapic_reg(&state, APIC_LVT_LINT0);
     let lint1 = lapic_reg(&state, APIC_LVT_LINT1);
     set_lapic_reg(

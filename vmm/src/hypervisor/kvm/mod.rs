@@ -1,10 +1,15 @@
-//! Opening `/dev/kvm` and checking that it can run a Tessera guest.
-//!
-//! Every failure becomes a one-line error that tells the user what to do about it.
+//! KVM: the hypervisor behind the seam. Opening `/dev/kvm` checks that it can run a Tessera
+//! guest; every failure becomes a one-line error that tells the user what to do about it.
+
+mod vcpu;
+mod vm;
 
 use std::path::Path;
 
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm};
+
+use super::{CpuId, Hypervisor, Result, Vm, VmType};
 
 pub const KVM_PATH: &str = "/dev/kvm";
 /// The stable KVM API version; every kernel since 2.6.22 reports it.
@@ -57,12 +62,36 @@ pub enum KvmError {
     PvmCannotBootLinux,
 }
 
-/// Opens `/dev/kvm` and checks the API version and the capabilities Tessera needs.
-pub fn open() -> Result<Kvm, KvmError> {
-    open_path(Path::new(KVM_PATH))
+/// `/dev/kvm`, checked.
+pub struct KvmHypervisor {
+    kvm: Kvm,
 }
 
-fn open_path(path: &Path) -> Result<Kvm, KvmError> {
+impl Hypervisor for KvmHypervisor {
+    fn create_vm(&self, vm_type: VmType) -> Result<Box<dyn Vm>> {
+        let fd = match vm_type {
+            VmType::Plain => self.kvm.create_vm()?,
+            VmType::SevSnp => self
+                .kvm
+                .create_vm_with_type(u64::from(kvm_bindings::KVM_X86_SNP_VM))?,
+            VmType::Tdx => self
+                .kvm
+                .create_vm_with_type(u64::from(kvm_bindings::KVM_X86_TDX_VM))?,
+        };
+        Ok(Box::new(vm::KvmVm::new(fd)))
+    }
+
+    fn supported_cpuid(&self) -> Result<CpuId> {
+        self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+    }
+}
+
+/// Opens `/dev/kvm` and checks the API version and the capabilities Tessera needs.
+pub fn open() -> std::result::Result<KvmHypervisor, KvmError> {
+    open_path(Path::new(KVM_PATH)).map(|kvm| KvmHypervisor { kvm })
+}
+
+fn open_path(path: &Path) -> std::result::Result<Kvm, KvmError> {
     let shown = path.display().to_string();
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
         KvmError::NotFound {
