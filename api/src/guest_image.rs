@@ -3,12 +3,6 @@
 
 use std::path::PathBuf;
 
-/// The command line for a guest running a command under tessera-init: quiet (the console shows
-/// the command's output and kernel errors only), reboot through the i8042 at the end or at once
-/// on a panic, nothing probed that a microVM lacks.
-pub const COMMAND_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
-
 /// `$TESSERA_CACHE`, else `$HOME/.cache/tessera`: the cache the set-up scripts fill.
 pub fn cache_dir() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("TESSERA_CACHE").filter(|d| !d.is_empty()) {

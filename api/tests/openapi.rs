@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use api::http::{self, HttpError, Method, Request, Response};
-use api::routes::{route, Routed, ROUTES};
+use api::rest::routes::{route, Routed, ROUTES};
 use serde_json::{json, Value};
 use vmm::controller::Vmm;
 use vmm::metrics::ApiCounters;
@@ -769,7 +769,7 @@ fn every_operation_is_a_route() {
     for op in operations() {
         if !ROUTES.contains(&op.route().as_str()) {
             errors.push(format!(
-                "operation {} is not in api::routes::ROUTES",
+                "operation {} is not in api::rest::routes::ROUTES",
                 op.route()
             ));
         }
@@ -1287,7 +1287,9 @@ fn all_http_errors() -> Vec<HttpError> {
 
 #[test]
 fn statuses_and_limits_quoted_by_the_document_match_the_code() {
-    use api::server::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT};
+    use api::http::server::{
+        DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT,
+    };
     let mut errors = Vec::new();
     let intro = spec()["info"]["description"].as_str().unwrap_or("");
     let responses = &spec()["components"]["responses"];
@@ -1343,8 +1345,10 @@ fn statuses_and_limits_quoted_by_the_document_match_the_code() {
         }
     }
     let boot_args = &schemas["BootSource"]["properties"]["boot_args"];
-    if boot_args["default"].as_str() != Some(vmm::config::DEFAULT_CMDLINE) {
-        errors.push("BootSource.boot_args default is not vmm::config::DEFAULT_CMDLINE".into());
+    if boot_args["default"].as_str() != Some(vmm::kernel_cmdline::DEFAULT_CMDLINE) {
+        errors.push(
+            "BootSource.boot_args default is not vmm::kernel_cmdline::DEFAULT_CMDLINE".into(),
+        );
     }
     let max_cmdline = (vmm::x86_64::layout::CMDLINE_MAX_SIZE - 1) as u64;
     if boot_args["maxLength"].as_u64() != Some(max_cmdline) {

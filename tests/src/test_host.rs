@@ -117,13 +117,9 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `$TESSERA_CACHE`, else `~/.cache/tessera`, as the set-up scripts use it.
+/// `$TESSERA_CACHE`, else `~/.cache/tessera`: the rule `tessera run` uses.
 pub fn cache_dir() -> Result<PathBuf, String> {
-    std::env::var_os("TESSERA_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tessera")))
-        .ok_or_else(|| "neither TESSERA_CACHE nor HOME is set".to_string())
+    api::guest_image::cache_dir()
 }
 
 /// The KVM modules matching `vmlinuz`, from the same linux-image package tree

@@ -5,18 +5,13 @@
 
 use std::path::PathBuf;
 
-use crate::x86_64::layout::CMDLINE_MAX_SIZE;
+use crate::kernel_cmdline::{validate_cmdline, DEFAULT_CMDLINE};
 
 pub const MAX_VCPUS: u8 = 32;
 /// Below this a kernel, its boot structures and an initrd cannot fit.
 pub const MIN_MEM_MIB: u64 = 8;
 /// 1 TiB: far above any microVM, low enough that a typo is caught.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
-
-/// The command line a microVM kernel gets when none is given: console on the 8250, reboot
-/// through the i8042 (the only reset line we model), no PCI probing, no i8042 AUX/MUX probing.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 #[derive(Debug, thiserror::Error, displaydoc::Display, PartialEq, Eq)]
 pub enum ConfigError {
@@ -87,20 +82,6 @@ impl BootSource {
     }
 }
 
-/// A command line fits when it and its terminating NUL fit Linux's buffer.
-pub fn validate_cmdline(cmdline: &str) -> Result<(), ConfigError> {
-    if !cmdline.is_ascii() || cmdline.contains('\0') {
-        return Err(ConfigError::CmdlineInvalid);
-    }
-    if cmdline.len() + 1 > CMDLINE_MAX_SIZE {
-        return Err(ConfigError::CmdlineTooLong {
-            len: cmdline.len(),
-            max: CMDLINE_MAX_SIZE - 1,
-        });
-    }
-    Ok(())
-}
-
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ConsoleOutput {
@@ -130,21 +111,6 @@ mod tests {
             MachineConfig::new(1, MAX_MEM_MIB + 1),
             Err(ConfigError::MemorySize(MAX_MEM_MIB + 1))
         );
-    }
-
-    #[test]
-    fn cmdline_limits() {
-        let longest = "a".repeat(CMDLINE_MAX_SIZE - 1);
-        assert!(validate_cmdline(&longest).is_ok());
-        assert_eq!(
-            validate_cmdline(&format!("{longest}b")),
-            Err(ConfigError::CmdlineTooLong {
-                len: CMDLINE_MAX_SIZE,
-                max: CMDLINE_MAX_SIZE - 1
-            })
-        );
-        assert_eq!(validate_cmdline("a\0b"), Err(ConfigError::CmdlineInvalid));
-        assert_eq!(validate_cmdline("café"), Err(ConfigError::CmdlineInvalid));
     }
 
     #[test]

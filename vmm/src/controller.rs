@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -14,16 +13,19 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::builder;
 use crate::config::{ConsoleOutput, MachineConfig};
-use crate::exit::VmExit;
 use crate::logger::{self, PreparedLogger};
 use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
 use crate::resources::{DriveUpdate, NetworkInterfaceUpdate, VmConfig, VmResources};
 use crate::rpc::{
     poll_recv, ActionError, ActionResult, InstanceInfo, VmmAction, VmmData, VmmEnd, HANDOFF_POLL,
 };
+use crate::runtime::exit::VmExit;
+use crate::runtime::signals::PrebootSignals;
+use crate::runtime::{RunningVm, VmHandle};
 use crate::seccomp::Filters;
-use crate::vm::{RunningVm, Vm, VmError, VmHandle};
+use crate::vm::{Vm, VmError};
 
 /// The name `GET /` reports.
 pub const APP_NAME: &str = "tessera";
@@ -48,41 +50,6 @@ pub enum RunError {
 /// How often the pre-boot loop looks at the signal flags while it waits for requests.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
-/// SIGINT and SIGTERM before the VM exists: noted, so the pre-boot loop can end the process
-/// cleanly (the API socket removed) instead of the default action killing it. Unregistered
-/// on drop; the running VM has its own handling (Ctrl-Alt-Del on SIGTERM).
-struct PrebootSignals {
-    flags: Vec<(i32, Arc<AtomicBool>, signal_hook::SigId)>,
-}
-
-impl PrebootSignals {
-    fn register() -> Result<Self, RunError> {
-        let mut flags = Vec::new();
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let flag = Arc::new(AtomicBool::new(false));
-            let id = signal_hook::flag::register(signal, flag.clone())
-                .map_err(RunError::SignalHandler)?;
-            flags.push((signal, flag, id));
-        }
-        Ok(Self { flags })
-    }
-
-    fn received(&self) -> Option<i32> {
-        self.flags
-            .iter()
-            .find(|(_, flag, _)| flag.load(Ordering::Relaxed))
-            .map(|(signal, _, _)| *signal)
-    }
-}
-
-impl Drop for PrebootSignals {
-    fn drop(&mut self) {
-        for (_, _, id) in &self.flags {
-            signal_hook::low_level::unregister(*id);
-        }
-    }
-}
-
 /// A KVM VM being created on a helper thread for the machine config as it stood.
 struct Prebuild {
     machine: MachineConfig,
@@ -95,7 +62,6 @@ pub struct Vmm {
     resources: VmResources,
     metrics: Option<MetricsSink>,
     api_counters: ApiCounters,
-    console: ConsoleOutput,
     process_start: Instant,
     prebuild: Option<Prebuild>,
     vm: Option<VmHandle>,
@@ -112,10 +78,12 @@ impl Vmm {
     ) -> Self {
         Self {
             id,
-            resources: VmResources::default(),
+            resources: VmResources {
+                console,
+                ..VmResources::default()
+            },
             metrics: None,
             api_counters,
-            console,
             process_start,
             prebuild: None,
             vm: None,
@@ -144,7 +112,10 @@ impl Vmm {
         if let Some(logger) = logger {
             logger.apply()?;
         }
-        self.resources = resources;
+        self.resources = VmResources {
+            console: self.resources.console.clone(),
+            ..resources
+        };
         self.metrics = metrics;
         Ok(())
     }
@@ -355,17 +326,7 @@ impl Vmm {
             return Err(ActionError::MissingBootSource);
         }
         let vm = self.take_vm()?;
-        let (_, boot) = self
-            .resources
-            .boot_source
-            .as_ref()
-            .ok_or(ActionError::MissingBootSource)?;
-        let running = vm.boot(
-            boot,
-            &self.resources.devices,
-            &self.console,
-            self.process_start,
-        )?;
+        let running = builder::boot(vm, &self.resources, self.process_start)?;
         self.vm = Some(running.handle());
         log::info!("microVM started in {:?}", started.elapsed());
         Ok(running)
@@ -405,7 +366,7 @@ impl Vmm {
 /// with `start_now`, the config-file path), then runs the VM, still serving actions, until it
 /// ends.
 pub fn run(mut vmm: Vmm, end: Option<VmmEnd>, start_now: bool) -> Result<VmExit, RunError> {
-    let signals = PrebootSignals::register()?;
+    let signals = PrebootSignals::register().map_err(RunError::SignalHandler)?;
     let started = start(&mut vmm, end.as_ref(), start_now, &signals);
     // The running VM has its own SIGINT/SIGTERM handling by now: hand it a signal that came
     // while it was being built.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BootSource, ConfigError, MachineConfig};
+use crate::config::{BootSource, ConfigError, ConsoleOutput, MachineConfig};
 use crate::device_config::{
     DeviceConfigError, DevicesConfig, Drive, Entropy, NetworkInterface, RateLimiter, Vsock,
 };
@@ -209,6 +209,9 @@ pub struct VmResources {
     pub devices: DevicesConfig,
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
+    /// Where the guest console goes: not part of Firecracker's configuration, so the API and
+    /// config-file front ends leave it on stdio.
+    pub console: ConsoleOutput,
 }
 
 impl VmResources {

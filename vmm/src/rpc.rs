@@ -22,11 +22,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::device_config::{Drive, Entropy, NetworkInterface, Vsock};
 use crate::logger::{LoggerConfig, LoggerError};
 use crate::metrics::{MetricsConfig, MetricsError};
-use crate::pause::PauseError;
 use crate::resources::{
     BootSourceConfig, DriveUpdate, MachineConfigBody, NetworkInterfaceUpdate, ResourcesError,
     VmConfig,
 };
+use crate::runtime::pause::PauseError;
 use crate::vm::VmError;
 
 /// One request for the VMM, as the REST API and the config file express them.

@@ -141,10 +141,10 @@ impl Filters {
     /// thread (a vCPU keeps its pause kick), then installs its filter.
     pub fn confine_worker(&self, kind: ThreadKind) -> Result<(), String> {
         let keep = match kind {
-            ThreadKind::Vcpu => vec![crate::pause::kick_signal()],
+            ThreadKind::Vcpu => vec![crate::runtime::pause::kick_signal()],
             ThreadKind::Api | ThreadKind::Vmm => Vec::new(),
         };
-        crate::signals::leave_to_vmm_thread(&keep)
+        crate::runtime::signals::leave_to_vmm_thread(&keep)
             .map_err(|e| format!("cannot block signals on the {kind} thread: {e}"))?;
         self.apply(kind).map_err(|e| e.to_string())
     }

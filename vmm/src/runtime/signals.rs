@@ -1,4 +1,5 @@
-//! Which thread takes the process's signals.
+//! The VMM's signals: which thread takes them, the sockets the running VM's loop watches, and
+//! the flags the pre-boot loop checks.
 //!
 //! SIGINT, SIGTERM and the like go to any thread that does not block them. The API and vCPU
 //! threads block them all, so their handlers run on the VMM thread, whose seccomp filter allows
@@ -6,6 +7,11 @@
 //! open.
 
 use std::io;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::vm::{io_err, VmError};
 
 /// Signals a thread raises on itself, which must reach it: blocking them would turn a fault
 /// (or a seccomp verdict) into a silent kill.
@@ -33,6 +39,51 @@ pub fn leave_to_vmm_thread(keep: &[libc::c_int]) -> io::Result<()> {
     match rc {
         0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// A socket that receives a byte each time `signal` arrives, with the handler's id (to
+/// unregister it when the VM is dropped, say after a failed start).
+pub fn signal_stream(signal: i32) -> Result<(UnixStream, signal_hook::SigId), VmError> {
+    let (read, write) = UnixStream::pair().map_err(io_err("create a signal socket"))?;
+    read.set_nonblocking(true)
+        .map_err(io_err("configure a signal socket"))?;
+    let id = signal_hook::low_level::pipe::register(signal, write)
+        .map_err(io_err("install a signal handler"))?;
+    Ok((read, id))
+}
+
+/// SIGINT and SIGTERM before the VM exists: noted, so the pre-boot loop can end the process
+/// cleanly (the API socket removed) instead of the default action killing it. Unregistered
+/// on drop; the running VM has its own handling (Ctrl-Alt-Del on SIGTERM).
+pub struct PrebootSignals {
+    flags: Vec<(i32, Arc<AtomicBool>, signal_hook::SigId)>,
+}
+
+impl PrebootSignals {
+    pub fn register() -> io::Result<Self> {
+        let mut flags = Vec::new();
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let flag = Arc::new(AtomicBool::new(false));
+            let id = signal_hook::flag::register(signal, flag.clone())?;
+            flags.push((signal, flag, id));
+        }
+        Ok(Self { flags })
+    }
+
+    pub fn received(&self) -> Option<i32> {
+        self.flags
+            .iter()
+            .find(|(_, flag, _)| flag.load(Ordering::Relaxed))
+            .map(|(signal, _, _)| *signal)
+    }
+}
+
+impl Drop for PrebootSignals {
+    fn drop(&mut self) {
+        for (_, _, id) in &self.flags {
+            signal_hook::low_level::unregister(*id);
+        }
     }
 }
 

@@ -1,12 +1,15 @@
-//! One vCPU: its KVM state at creation and the `KVM_RUN` loop its thread spins in.
+//! One vCPU: its state at creation and the run loop its thread spins in ([`threads`] spawns
+//! and parks those threads).
+
+pub mod threads;
 
 use std::sync::Arc;
 
 use devices::Bus;
 
-use crate::exit::VmExit;
 use crate::hypervisor::{self, CpuId, VcpuExit, Vm};
-use crate::pause::PauseGate;
+use crate::runtime::exit::VmExit;
+use crate::runtime::pause::PauseGate;
 use crate::x86_64::{cpuid, regs};
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]

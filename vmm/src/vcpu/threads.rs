@@ -10,11 +10,20 @@ use std::thread::{self, JoinHandle};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::exit::VmExit;
-use crate::pause::{self, PauseGate};
+use crate::runtime::exit::VmExit;
+use crate::runtime::pause::{self, PauseGate};
 use crate::seccomp::{Filters, ThreadKind};
 use crate::vcpu::{Buses, Vcpu};
-use crate::vm::VmError;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum VcpuThreadError {
+    /// cannot start a vCPU thread: {0}
+    Spawn(std::io::Error),
+    /// cannot clone an eventfd: {0}
+    EventFd(std::io::Error),
+    /// {0}
+    Failed(String),
+}
 
 /// What a parked thread needs to run its vCPU.
 struct VcpuStart {
@@ -34,7 +43,7 @@ pub struct ParkedVcpus {
 
 impl ParkedVcpus {
     /// Spawns `count` threads named `vcpu0`...
-    pub fn spawn(count: usize, filters: &Filters) -> Result<Self, VmError> {
+    pub fn spawn(count: usize, filters: &Filters) -> Result<Self, VcpuThreadError> {
         // Installed now: sigaction is in no filter.
         if let Err(e) = pause::install_kick_handler() {
             log::warn!("{e}; pausing this VM will be refused");
@@ -50,10 +59,7 @@ impl ParkedVcpus {
             let thread = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || park_then_run(&filters, ready_tx, &start_rx))
-                .map_err(|source| VmError::Io {
-                    what: "start a vCPU thread",
-                    source,
-                })?;
+                .map_err(VcpuThreadError::Spawn)?;
             parked.threads.push((thread, start_tx));
         }
         Ok(parked)
@@ -69,12 +75,12 @@ impl ParkedVcpus {
         gate: &Arc<PauseGate>,
         exit_tx: &Sender<VmExit>,
         exit_evt: &EventFd,
-    ) -> Result<Vec<JoinHandle<()>>, VmError> {
+    ) -> Result<Vec<JoinHandle<()>>, VcpuThreadError> {
         for _ in 0..self.threads.len() {
             self.ready
                 .recv()
                 .unwrap_or_else(|_| Err("a vCPU thread ended before it was ready".into()))
-                .map_err(VmError::VcpuThread)?;
+                .map_err(VcpuThreadError::Failed)?;
         }
         let mut starts = Vec::with_capacity(self.threads.len());
         for vcpu in vcpus {
@@ -83,14 +89,11 @@ impl ParkedVcpus {
                 buses: buses.clone(),
                 gate: gate.clone(),
                 exit_tx: exit_tx.clone(),
-                exit_evt: exit_evt.try_clone().map_err(|source| VmError::Io {
-                    what: "clone an eventfd",
-                    source,
-                })?,
+                exit_evt: exit_evt.try_clone().map_err(VcpuThreadError::EventFd)?,
             });
         }
         if starts.len() != self.threads.len() {
-            return Err(VmError::VcpuThread(format!(
+            return Err(VcpuThreadError::Failed(format!(
                 "{} vCPUs for {} vCPU threads",
                 starts.len(),
                 self.threads.len()

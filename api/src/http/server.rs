@@ -23,7 +23,7 @@ use log::debug;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::http::{HttpError, Method, Request, RequestReader, Response, CONTINUE_RESPONSE};
+use super::message::{HttpError, Method, Request, RequestReader, Response, CONTINUE_RESPONSE};
 
 /// Connections served at once; the next ones get 503 and are closed. The API has one
 /// user (the orchestrator), so this only bounds what a misbehaving one can hold.

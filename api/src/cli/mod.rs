@@ -1,0 +1,297 @@
+//! The `tessera` command line: Firecracker's flags (API socket, config file) and `tessera run`
+//! ([`run`]). Every path ends in one checked `VmResources` and the one builder.
+
+mod device_args;
+mod run;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use vmm::config::ConsoleOutput;
+use vmm::controller::{self, RunError, Vmm};
+use vmm::metrics::ApiCounters;
+use vmm::resources::VmConfig;
+use vmm::runtime::exit::EXIT_NO_STATUS;
+use vmm::seccomp::{Filters, ThreadKind};
+use vmm::VmExit;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::run::RunArgs;
+use crate::http::ApiServer;
+use crate::rest::Router;
+
+/// Exit code for an error before or while running the VM (see `vmm::exit`).
+pub(crate) const EXIT_VMM_ERROR: u8 = 1;
+/// Exit code for a command-line usage error.
+const EXIT_USAGE: u8 = 2;
+/// Where the API listens without `--api-sock` (Firecracker's is /run/firecracker.socket).
+const DEFAULT_API_SOCK: &str = "/run/tessera.socket";
+/// The instance id without `--id` (Firecracker's).
+const DEFAULT_ID: &str = "anonymous-instance";
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a minimal KVM microVM monitor",
+    long_about = "Tessera: a minimal KVM microVM monitor.\n\nWithout a subcommand it works as \
+        Firecracker does: it serves Firecracker's REST API on a unix socket (--api-sock) and \
+        boots when asked (PUT /actions InstanceStart), or at once from --config-file. The \
+        guest's serial console is on stdin/stdout."
+)]
+struct Cli {
+    /// Log level for VMM messages on stderr: off, error, warn, info, debug or trace
+    /// [default: info; warn when running a command, so stderr carries only the command's].
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
+
+    /// Run without seccomp filters (for debugging; never in production).
+    #[arg(long, global = true, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+
+    /// Use the seccomp filters in FILE instead of the built-in ones: JSON in seccompiler's
+    /// format with one filter each for the "vmm", "api" and "vcpu" threads.
+    #[arg(long, global = true, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
+
+    #[command(flatten)]
+    vmm: VmmArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The Firecracker-style process: API socket and/or config file.
+#[derive(clap::Args)]
+struct VmmArgs {
+    /// Serve the REST API on a unix socket at PATH (a stale socket file there is replaced;
+    /// the file is removed when tessera exits) [default: /run/tessera.socket].
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+
+    /// Configure the microVM from a JSON file (Firecracker's config-file shape: boot-source,
+    /// machine-config, drives, network-interfaces, vsock, entropy, logger, metrics) and boot
+    /// it at once.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+
+    /// Do not serve the API (only with --config-file).
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+
+    /// The instance id `GET /` reports [default: anonymous-instance].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+}
+
+impl VmmArgs {
+    /// The flags given, for the error when they come with `run` (which has its own).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--api-sock", self.api_sock.is_some()),
+            ("--config-file", self.config_file.is_some()),
+            ("--no-api", self.no_api),
+            ("--id", self.id.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a microVM with its serial console on this terminal; with `-- CMD ARGS...`, run
+    /// that command under tessera-init and exit with its status.
+    ///
+    /// With a command, the kernel and initrd default to the cached microvm kernel and the
+    /// tessera-init initramfs, and the exit code is the command's (128+N if signal N killed
+    /// it; 125 tessera-init failed, 126 cannot execute, 127 not found). Without one, exits 0
+    /// when the guest reboots or powers off. Otherwise, with the reason on stderr: 1 VMM
+    /// error, 2 usage error, 130/143 stopped by SIGINT/SIGTERM, 201 guest triple fault, 202
+    /// KVM could not run the guest, 203 unhandled vCPU exit, 204 guest kernel panic, 205 the
+    /// guest ended without reporting the command's status. SIGTERM first sends Ctrl-Alt-Del to
+    /// the guest (tessera-init passes it on as SIGTERM); a second SIGTERM stops it at once.
+    Run(RunArgs),
+}
+
+/// clap's error as one line: its message runs to the first blank line (a missing argument's
+/// name is on the line after "not provided:"); usage and tips follow.
+pub fn one_line_clap_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    message.join(" ")
+}
+
+/// `tessera`'s main.
+pub fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tessera: {}", one_line_clap_error(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let default_level = match &cli.command {
+        Some(Command::Run(args)) if !args.command.is_empty() => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
+    vmm::logger::init(cli.log_level.unwrap_or(default_level));
+    let filters = match (cli.no_seccomp, &cli.seccomp_filter) {
+        (true, _) => Filters::none(),
+        (false, Some(path)) => match Filters::from_file(path) {
+            Ok(filters) => filters,
+            Err(e) => return finish(Err(e.to_string())),
+        },
+        (false, None) => Filters::builtin(),
+    };
+    let result = match cli.command {
+        // Checked here rather than by clap, which would also refuse the global --log-level.
+        Some(Command::Run(_)) if !cli.vmm.given().is_empty() => {
+            eprintln!(
+                "tessera: error: {} cannot be used with the `run` subcommand",
+                cli.vmm.given().join(", ")
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Some(Command::Run(args)) => run::run(args, process_start, &filters),
+        None => serve(cli.vmm, process_start, filters),
+    };
+    finish(result)
+}
+
+fn finish(result: Result<u8, String>) -> ExitCode {
+    match result {
+        Ok(code) => {
+            let _ = std::io::stdout().flush();
+            ExitCode::from(code)
+        }
+        Err(message) => {
+            eprintln!("tessera: error: {message}");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
+/// Serves the API and/or boots the config file's VM; exits when the VM ends.
+fn serve(args: VmmArgs, process_start: Instant, filters: Filters) -> Result<u8, String> {
+    let counters = ApiCounters::default();
+    let api_sock = args
+        .api_sock
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCK));
+    let mut vmm = Vmm::new(
+        args.id.unwrap_or_else(|| DEFAULT_ID.to_string()),
+        counters.clone(),
+        ConsoleOutput::Stdio,
+        process_start,
+        filters.clone(),
+    );
+    let config = args
+        .config_file
+        .as_deref()
+        .map(read_config_file)
+        .transpose()?;
+    // Bound before the config file is applied, which may create log and metrics files: a
+    // socket in use must not leave them behind.
+    let server = match args.no_api {
+        true => None,
+        false => Some(ApiServer::bind(&api_sock).map_err(|e| e.to_string())?),
+    };
+    if let (Some(path), Some(config)) = (&args.config_file, &config) {
+        vmm.configure(config)
+            .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
+    }
+    let (thread, end, shutdown) = match server {
+        None => (None, None, None),
+        Some(server) => {
+            let (api_end, vmm_end) =
+                vmm::rpc::channel().map_err(|e| format!("cannot set up the API channel: {e}"))?;
+            let shutdown =
+                EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot create an eventfd: {e}"))?;
+            let stop = shutdown
+                .try_clone()
+                .map_err(|e| format!("cannot clone an eventfd: {e}"))?;
+            let mut router = Router::new(api_end, counters);
+            let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+            let thread = thread::Builder::new()
+                .name("api".into())
+                .spawn(move || {
+                    let ready = filters.confine_worker(ThreadKind::Api);
+                    let failed = ready.is_err();
+                    let _ = ready_tx.send(ready);
+                    if failed {
+                        return;
+                    }
+                    if let Err(e) = server.run(|request| router.handle(request), Some(&stop)) {
+                        log::error!("API server stopped: {e}");
+                    }
+                })
+                .map_err(|e| format!("cannot start the API thread: {e}"))?;
+            let ready = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err("the API thread ended before it was ready".into()));
+            if let Err(e) = ready {
+                // It removes its socket file as it ends.
+                let _ = thread.join();
+                return Err(e);
+            }
+            log::info!(
+                "API listening on {} ({:?} after start)",
+                api_sock.display(),
+                process_start.elapsed()
+            );
+            (Some(thread), Some(vmm_end), Some(shutdown))
+        }
+    };
+    let result = controller::run(vmm, end, args.config_file.is_some());
+    // Stop the API thread so that it removes its socket file.
+    if let (Some(thread), Some(shutdown)) = (thread, shutdown) {
+        let _ = shutdown.write(1);
+        let _ = thread.join();
+    }
+    match result {
+        Ok(exit) => Ok(exit_code(exit, false)),
+        Err(e @ RunError::Signal(signal)) => {
+            log::info!("{e}");
+            Ok(u8::try_from(128 + signal).unwrap_or(EXIT_VMM_ERROR))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<VmConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --config-file {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("--config-file {}: {e}", path.display()))
+}
+
+/// The process exit code for `exit`, with the reason logged.
+pub(crate) fn exit_code(exit: VmExit, runs_command: bool) -> u8 {
+    if runs_command && matches!(exit, VmExit::Reset | VmExit::Halted { .. }) {
+        log::error!(
+            "VM stopped: {exit}, but the guest never reported the command's exit status (is tessera-init the initramfs's /init?) (exit code {EXIT_NO_STATUS})"
+        );
+        return EXIT_NO_STATUS as u8;
+    }
+    if exit.is_clean() {
+        log::info!("VM stopped: {exit}");
+    } else {
+        log::error!("VM stopped: {exit} (exit code {})", exit.exit_code());
+    }
+    u8::try_from(exit.exit_code()).unwrap_or(EXIT_VMM_ERROR)
+}

@@ -1,0 +1,177 @@
+//! `tessera run`: boot a microVM with its console on this terminal, optionally running a
+//! command under tessera-init, through the same checked `VmResources` and builder as the API.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use guest_init::task::Task;
+use vmm::builder;
+use vmm::config::ConsoleOutput;
+use vmm::kernel_cmdline::{validate_cmdline, COMMAND_CMDLINE, DEFAULT_CMDLINE};
+use vmm::resources::{BootSourceConfig, MachineConfigBody, ResourcesError, VmResources};
+use vmm::seccomp::Filters;
+
+use super::{device_args, exit_code};
+use crate::guest_image;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a 64-bit bzImage
+    /// [default with a command: the cached microvm kernel].
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+
+    /// Initial ramdisk, placed page-aligned at the top of guest low memory [default with a
+    /// command: the cached tessera-init initramfs].
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
+    /// Kernel command line, at most 2047 bytes of ASCII; a command's encoding is appended
+    /// [default: a microVM console line, quiet when running a command].
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+
+    /// Environment variable for the command (repeatable).
+    #[arg(short, long = "env", value_name = "NAME=VALUE", requires = "command")]
+    env: Vec<String>,
+
+    /// Working directory of the command inside the guest [default: /].
+    #[arg(short = 'w', long, value_name = "DIR", requires = "command")]
+    workdir: Option<String>,
+
+    /// Guest hostname [default: tessera].
+    #[arg(long, value_name = "NAME", requires = "command")]
+    hostname: Option<String>,
+
+    /// Number of vCPUs, 1 to 32.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u64,
+
+    /// Guest memory in MiB, 8 to 1048576.
+    #[arg(long, value_name = "MiB", default_value_t = 128)]
+    memory: u64,
+
+    /// Append the guest console to FILE instead of stdout; the guest then gets no input.
+    #[arg(long, value_name = "FILE")]
+    console_output: Option<PathBuf>,
+
+    /// Add a virtio-blk disk backed by a raw file (repeatable; the first is /dev/vda):
+    /// PATH[,ro][,root][,cache=unsafe|writeback][,id=NAME][,bw=BYTES_PER_S][,iops=N].
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<String>,
+
+    /// Add a virtio-net interface on a host TAP device (repeatable):
+    /// tap=NAME[,mac=MAC][,id=NAME][,bw=BYTES_PER_S per direction].
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<String>,
+
+    /// Add a virtio-vsock device whose host side is a unix socket: cid=N,uds=PATH. Host
+    /// programs connect to PATH and send "CONNECT <port>\n"; the guest's connections to port P
+    /// reach PATH_P.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
+
+    /// Add a virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    entropy: bool,
+
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The boot source these arguments describe, with defaults filled in.
+    /// The checked resources these arguments describe: the same checks, in the same setters,
+    /// as the REST API's and the config file's.
+    pub fn to_resources(&self) -> Result<VmResources, String> {
+        let mut resources = VmResources::default();
+        let machine = MachineConfigBody {
+            vcpu_count: Some(self.vcpus),
+            mem_size_mib: Some(self.memory),
+            ..Default::default()
+        };
+        let e = |e: ResourcesError| e.to_string();
+        resources.set_machine_config(&machine, true).map_err(e)?;
+        resources.set_boot_source(&self.boot_source()?).map_err(e)?;
+        let devices = device_args::DeviceArgs {
+            disks: &self.disk,
+            nets: &self.net,
+            vsock: self.vsock.as_deref(),
+            entropy: self.entropy,
+        }
+        .to_config()?;
+        for drive in &devices.drives {
+            resources.put_drive(drive).map_err(e)?;
+        }
+        for iface in &devices.network_interfaces {
+            resources.put_network_interface(iface).map_err(e)?;
+        }
+        if let Some(vsock) = &devices.vsock {
+            resources.set_vsock(vsock).map_err(e)?;
+        }
+        if let Some(entropy) = &devices.entropy {
+            resources.set_entropy(entropy).map_err(e)?;
+        }
+        resources.console = self
+            .console_output
+            .clone()
+            .map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
+        Ok(resources)
+    }
+
+    fn boot_source(&self) -> Result<BootSourceConfig, String> {
+        if self.command.is_empty() {
+            let kernel = self.kernel.clone().ok_or(
+                "nothing to boot: give --kernel PATH, or a command after `--` to run in the default microVM",
+            )?;
+            return Ok(BootSourceConfig {
+                kernel_image_path: kernel,
+                initrd_path: self.initrd.clone(),
+                boot_args: Some(self.cmdline.clone().unwrap_or(DEFAULT_CMDLINE.to_string())),
+            });
+        }
+        let env = self
+            .env
+            .iter()
+            .map(|item| match item.split_once('=') {
+                Some((name, value)) if !name.is_empty() => {
+                    Ok((name.to_string(), value.to_string()))
+                }
+                _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
+            })
+            .collect::<Result<_, _>>()?;
+        let task = Task {
+            argv: self.command.clone(),
+            env,
+            cwd: self.workdir.clone(),
+            hostname: self.hostname.clone(),
+        };
+        let encoded = task.to_cmdline().map_err(|e| format!("command: {e}"))?;
+        let base = self.cmdline.as_deref().unwrap_or(COMMAND_CMDLINE);
+        let kernel = match &self.kernel {
+            Some(kernel) => kernel.clone(),
+            None => guest_image::default_kernel()?,
+        };
+        let initrd = match &self.initrd {
+            Some(initrd) => initrd.clone(),
+            None => guest_image::default_initrd()?,
+        };
+        let boot_args = format!("{base}{encoded}");
+        validate_cmdline(&boot_args)
+            .map_err(|e| format!("{e} (the command is encoded into it; shorten it)"))?;
+        Ok(BootSourceConfig {
+            kernel_image_path: kernel,
+            initrd_path: Some(initrd),
+            boot_args: Some(boot_args),
+        })
+    }
+}
+
+/// Boots the VM these arguments describe and waits for it; the exit code is the command's.
+pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u8, String> {
+    let resources = args.to_resources()?;
+    let running = builder::build(&resources, filters, process_start).map_err(|e| e.to_string())?;
+    let exit = running.wait().map_err(|e| e.to_string())?;
+    Ok(exit_code(exit, !args.command.is_empty()))
+}
