@@ -233,4 +233,31 @@ mod tests {
             vec![Limit::FileSize(1024), Limit::OpenFiles(DEFAULT_NO_FILE)]
         );
     }
+
+    /// Cgroup names and values that would escape their cgroup, or forge more than one line,
+    /// are argument errors.
+    #[test]
+    fn cgroup_escapes_are_refused() {
+        for parent in ["a\nb", "/abs", "a/../b", "..", "a//b", "a/", "./a", ""] {
+            assert_eq!(
+                args(&["--parent-cgroup", parent]).unwrap_err(),
+                ConfigError::BadParentCgroup(parent.into()),
+                "{parent:?}"
+            );
+        }
+        for setting in ["memory.max=1\n2", "pids.max=10\n"] {
+            assert_eq!(
+                args(&["--cgroup", setting]).unwrap_err(),
+                ConfigError::BadCgroupValue(setting.into()),
+                "{setting:?}"
+            );
+        }
+        for setting in ["memory.max\n=1", "memory\n.max=1", "memory./x=1"] {
+            assert_eq!(
+                args(&["--cgroup", setting]).unwrap_err(),
+                ConfigError::BadCgroup(setting.into()),
+                "{setting:?}"
+            );
+        }
+    }
 }

@@ -30,9 +30,11 @@ pub enum ConfigError {
     ExecUnusable { path: String, why: &'static str },
     /// --cgroup {0:?}: expected FILE=VALUE with FILE like memory.max (controller.setting)
     BadCgroup(String),
+    /// --cgroup {0:?}: the value must be one line, without control characters
+    BadCgroupValue(String),
     /// --cgroup-version {0}: use 1 or 2
     BadCgroupVersion(u8),
-    /// --parent-cgroup {0:?}: use a relative path without '..'
+    /// --parent-cgroup {0:?}: use a relative path without '..' (nor '.', empty parts or control characters)
     BadParentCgroup(String),
     /// --resource-limit {0:?}: expected fsize=N or no-file=N
     BadResourceLimit(String),
@@ -107,7 +109,8 @@ pub struct CgroupSetting {
 }
 
 impl CgroupSetting {
-    /// Refuses a file that is not `controller.setting` in plain names.
+    /// Refuses a file that is not `controller.setting` in plain names, or a value that is not
+    /// one line (a newline would let one setting write several).
     pub fn check(&self) -> Result<(), ConfigError> {
         let text = || format!("{}={}", self.file, self.value);
         let name_ok = |s: &str| {
@@ -126,6 +129,9 @@ impl CgroupSetting {
             });
         if !shape_ok {
             return Err(ConfigError::BadCgroup(text()));
+        }
+        if self.value.chars().any(char::is_control) {
+            return Err(ConfigError::BadCgroupValue(text()));
         }
         Ok(())
     }
@@ -180,13 +186,14 @@ pub fn valid_id(id: &str) -> bool {
         && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// A path that stays below the cgroup it is joined to.
+/// A cgroup path that stays below the cgroup it is joined to and names it one way: plain
+/// names between single slashes (no leading or trailing one), none of them `.` or `..`, and
+/// no control characters (a newline would forge lines of `/proc/<pid>/cgroup`).
 pub(crate) fn valid_cgroup_path(path: &str) -> bool {
-    let path = std::path::Path::new(path);
-    !path.as_os_str().is_empty()
-        && path
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    !path.is_empty()
+        && path.split('/').all(|part| {
+            !part.is_empty() && part != "." && part != ".." && !part.chars().any(char::is_control)
+        })
 }
 
 #[cfg(test)]
@@ -194,7 +201,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cgroup_settings_are_in_their_own_controller() {
+    fn cgroup_paths_are_plain_relative_names() {
+        for good in ["tessera", "a/b", "a-b_c.d", "x/y/z"] {
+            assert!(valid_cgroup_path(good), "{good:?}");
+        }
+        for bad in [
+            "", "/", "/abs", "a/", "a//b", ".", "..", "../up", "a/../b", "a/./b", "./a", "a\nb",
+            "a\n", "\n", "a\rb", "a\tb",
+        ] {
+            assert!(!valid_cgroup_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cgroup_settings_are_one_line_in_their_own_controller() {
         let setting: CgroupSetting = "cpu.max=50000 100000".parse().unwrap();
         assert_eq!(setting.controller, "cpu");
         assert_eq!(setting.value, "50000 100000");
@@ -209,6 +229,13 @@ mod tests {
             assert_eq!(
                 bad.parse::<CgroupSetting>(),
                 Err(ConfigError::BadCgroup(bad.into())),
+                "{bad:?}"
+            );
+        }
+        for bad in ["memory.max=1\n2", "memory.max=64M\n", "pids.max=\r1"] {
+            assert_eq!(
+                bad.parse::<CgroupSetting>(),
+                Err(ConfigError::BadCgroupValue(bad.into())),
                 "{bad:?}"
             );
         }

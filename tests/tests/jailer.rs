@@ -1777,7 +1777,7 @@ fn waiting_jailer_forwards_sigterm_to_the_vmm() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 7. Symbolic links
+// 7. Symbolic links and cgroup escapes
 // ---------------------------------------------------------------------------------------
 
 /// `--cgroup-version N --cgroup <memory limit>` where this host has a memory controller, so
@@ -1941,6 +1941,75 @@ fn a_symlinked_exec_file_is_refused() {
             ],
             &what,
         );
+        jail.assert_nothing_made(true, &what);
+    }
+}
+
+/// `--parent-cgroup` names and `--cgroup` values that would leave their cgroup or forge more
+/// than one line (newlines, `..`, absolute paths, empty or `.` parts) are argument errors
+/// (exit 2), and nothing is made: no jail, no cgroup anywhere.
+#[test]
+fn cgroup_escapes_are_refused_as_argument_errors() {
+    let test = "cgroup_escapes_are_refused_as_argument_errors";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("cgesc");
+    let tag = format!("tsr-jt-esc-{}", std::process::id());
+    // The cgroups each name would make or reach, relative to a hierarchy's root.
+    let parents: Vec<(String, Vec<String>)> = vec![
+        (
+            format!("{tag}\nforged"),
+            vec![format!("{tag}\nforged"), tag.clone()],
+        ),
+        (
+            format!("{tag}/../{tag}-up"),
+            vec![tag.clone(), format!("{tag}-up")],
+        ),
+        (format!("../{tag}"), vec![tag.clone()]),
+        (format!("/{tag}"), vec![tag.clone()]),
+        (format!("{tag}//x"), vec![tag.clone()]),
+        (format!("{tag}/./x"), vec![tag.clone()]),
+        (format!("{tag}/"), vec![tag.clone()]),
+        ("..".to_owned(), vec![]),
+        ("".to_owned(), vec![]),
+    ];
+    // With a memory limit, a name that was let through would have its cgroups made.
+    let memory = find_controller("memory").ok();
+    let version = memory
+        .as_ref()
+        .map_or("2".to_owned(), Controller::version_arg);
+    let limit_file = memory.as_ref().map_or("memory.max", memory_limit_file);
+    let limit = format!("{limit_file}={}", 256 * MIB);
+    for (parent, reached) in &parents {
+        let mut flags = vec![
+            "--parent-cgroup",
+            parent.as_str(),
+            "--cgroup-version",
+            &version,
+        ];
+        if memory.is_some() {
+            flags.extend(["--cgroup", &limit]);
+        }
+        let cmd = jail.command(&flags, &["--api-sock", "/api.sock"]);
+        let out = jail.run(cmd);
+        let what = format!("--parent-cgroup {parent:?}");
+        assert_refused(&out, 2, &["--parent-cgroup", &format!("{parent:?}")], &what);
+        jail.assert_nothing_made(true, &what);
+        for mount in cgroup_mounts() {
+            for name in reached {
+                let dir = mount.path.join(name);
+                assert!(!dir.exists(), "{what}: made {}", dir.display());
+            }
+        }
+    }
+    for value in ["1\n2", "268435456\n", "\n268435456"] {
+        let setting = format!("{limit_file}={value}");
+        let flags = ["--cgroup-version", &version, "--cgroup", &setting];
+        let cmd = jail.command(&flags, &["--api-sock", "/api.sock"]);
+        let out = jail.run(cmd);
+        let what = format!("--cgroup {setting:?}");
+        assert_refused(&out, 2, &["--cgroup", &format!("{setting:?}")], &what);
         jail.assert_nothing_made(true, &what);
     }
 }
