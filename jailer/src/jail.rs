@@ -127,7 +127,9 @@ impl Jail {
     ///
     /// Meant for a process of its own (the jailer, or one forked for it): it closes every
     /// descriptor but stdio, changes namespaces, root and ids, and ends in the VMM's exec (or,
-    /// with `daemonize` or `new_pid_ns`, in a forked VMM and this process's exit).
+    /// with `daemonize` or `new_pid_ns`, in a forked VMM and this process's exit). The process
+    /// must have one thread: it may fork and run on in the child, and namespace and credential
+    /// changes must hold for the whole process.
     pub fn run(self) -> Result<Infallible, JailError> {
         let config = &self.config;
         close_inherited_fds(&[self.exec.file().as_raw_fd()])?;

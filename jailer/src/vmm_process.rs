@@ -28,7 +28,8 @@ pub(crate) fn fork_vmm_process(exec_name: &str, daemonize: bool) -> Result<File,
     let pid_file = format!("/{exec_name}.pid");
     let (read, write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(at("create a pipe", Path::new("/")))?;
-    // SAFETY: the jailer is single-threaded, so the child may run any code after fork.
+    // SAFETY: the jailer is single-threaded (a documented precondition of `Jail::run`), so
+    // the child may run any code after fork.
     match unsafe { fork() }.map_err(at("fork", Path::new("/")))? {
         ForkResult::Child => {
             drop(read);
