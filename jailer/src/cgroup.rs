@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::args::{CgroupSetting, JailSpec};
+use crate::config::CgroupSetting;
 use crate::error::{at, JailError};
 
 /// A mounted hierarchy: its mount point and, for v1, its controllers.
@@ -39,7 +39,7 @@ fn hierarchies(mounts: &str, version: u8) -> Vec<Hierarchy> {
 
 /// The cgroup directories made for the VMM, and the ones to undo on failure.
 #[derive(Debug, Default)]
-pub struct Cgroups {
+pub(crate) struct Cgroups {
     /// Where each setting was written and the jailer joins: one per hierarchy.
     dirs: Vec<(PathBuf, PathBuf)>,
     /// Made by the jailer, parents first.
@@ -49,13 +49,18 @@ pub struct Cgroups {
 }
 
 impl Cgroups {
-    /// Makes the cgroup directories and writes every setting; nothing joins them yet.
-    pub fn create(spec: &JailSpec) -> Result<Cgroups, JailError> {
+    /// Makes the cgroup `relative` (`<parent>/<id>`) in the hierarchies of `version` that
+    /// `settings` need and writes every setting; nothing joins them yet.
+    pub fn create(
+        version: u8,
+        settings: &[CgroupSetting],
+        relative: &Path,
+    ) -> Result<Cgroups, JailError> {
         let mut cgroups = Cgroups::default();
-        if spec.cgroups.is_empty() {
+        if settings.is_empty() {
             return Ok(cgroups);
         }
-        let result = cgroups.make(spec);
+        let result = cgroups.make(version, settings, relative);
         if let Err(e) = result {
             cgroups.remove();
             return Err(e);
@@ -63,27 +68,31 @@ impl Cgroups {
         Ok(cgroups)
     }
 
-    fn make(&mut self, spec: &JailSpec) -> Result<(), JailError> {
+    fn make(
+        &mut self,
+        version: u8,
+        settings: &[CgroupSetting],
+        relative: &Path,
+    ) -> Result<(), JailError> {
         let mounts_path = Path::new("/proc/self/mounts");
         let mounts = fs::read_to_string(mounts_path).map_err(at("read mounts", mounts_path))?;
-        let found = hierarchies(&mounts, spec.cgroup_version);
-        let relative = Path::new(&spec.parent_cgroup).join(&spec.id);
-        self.v1 = spec.cgroup_version == 1;
-        if spec.cgroup_version == 2 {
+        let found = hierarchies(&mounts, version);
+        self.v1 = version == 1;
+        if version == 2 {
             let hierarchy = found.first().ok_or_else(|| JailError::Refused {
                 step: "cgroup",
                 reason: "no cgroup2 file system is mounted".into(),
             })?;
             let controllers: BTreeSet<&str> =
-                spec.cgroups.iter().map(|c| c.controller.as_str()).collect();
-            let dir = hierarchy.mount.join(&relative);
-            self.make_dirs(&hierarchy.mount, &relative, &controllers)?;
-            self.write_settings(&dir, spec.cgroups.iter())?;
+                settings.iter().map(|c| c.controller.as_str()).collect();
+            let dir = hierarchy.mount.join(relative);
+            self.make_dirs(&hierarchy.mount, relative, &controllers)?;
+            self.write_settings(&dir, settings.iter())?;
             self.dirs.push((hierarchy.mount.clone(), dir));
         } else {
             // Controllers can share a hierarchy (cpu,cpuacct): one cgroup per hierarchy.
             let mut by_hierarchy: Vec<(&Hierarchy, Vec<&CgroupSetting>)> = Vec::new();
-            for setting in &spec.cgroups {
+            for setting in settings {
                 let controller = setting.controller.as_str();
                 let hierarchy = found
                     .iter()
@@ -101,10 +110,10 @@ impl Cgroups {
                 }
             }
             for (hierarchy, settings) in by_hierarchy {
-                let dir = hierarchy.mount.join(&relative);
-                self.make_dirs(&hierarchy.mount, &relative, &BTreeSet::new())?;
+                let dir = hierarchy.mount.join(relative);
+                self.make_dirs(&hierarchy.mount, relative, &BTreeSet::new())?;
                 if hierarchy.controllers.iter().any(|c| c == "cpuset") {
-                    inherit_cpuset(&hierarchy.mount, &relative)?;
+                    inherit_cpuset(&hierarchy.mount, relative)?;
                 }
                 self.write_settings(&dir, settings.into_iter())?;
                 self.dirs.push((hierarchy.mount.clone(), dir));

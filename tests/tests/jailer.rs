@@ -1775,3 +1775,241 @@ fn waiting_jailer_forwards_sigterm_to_the_vmm() {
         "the VMM is gone"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Symbolic links and cgroup escapes
+// ---------------------------------------------------------------------------------------
+
+/// `--cgroup-version N --cgroup <memory limit>` where this host has a memory controller, so
+/// that a test of a refused jail also shows that no cgroup was made for it.
+fn memory_flags(test: &str) -> Vec<String> {
+    match find_controller("memory") {
+        Ok(memory) => vec![
+            "--cgroup-version".to_owned(),
+            memory.version_arg(),
+            "--cgroup".to_owned(),
+            memory_limit_arg(&memory, 256 * MIB),
+        ],
+        Err(why) => {
+            eprintln!("{test}: {why}; the cgroup cleanup is not checked");
+            Vec::new()
+        }
+    }
+}
+
+/// An empty directory outside the jail's base for a planted link to point at.
+fn link_target(jail: &Jail, name: &str) -> PathBuf {
+    let target = jail.logs.join(name);
+    fs::create_dir(&target).unwrap_or_else(|e| panic!("cannot create {}: {e}", target.display()));
+    target
+}
+
+/// Asserts a refusal by the jailer itself: exit code `code`, one line naming every needle.
+#[track_caller]
+fn assert_refused(out: &Outcome, code: i32, needles: &[&str], what: &str) {
+    assert_one_line_error(out, needles, what);
+    assert_eq!(out.status.code(), Some(code), "{what}: exit code\n{out}");
+}
+
+/// Asserts that no cgroup (not even a parent) was made for `jail` in any hierarchy.
+#[track_caller]
+fn assert_no_cgroup(jail: &Jail, what: &str) {
+    assert_eq!(
+        jail.cgroup_dirs(),
+        Vec::<PathBuf>::new(),
+        "{what}: the jailer left the jail's cgroup"
+    );
+    let parents: Vec<PathBuf> = cgroup_mounts()
+        .iter()
+        .map(|m| m.path.join(jail.parent_cgroup()))
+        .filter(|d| d.exists())
+        .collect();
+    assert_eq!(
+        parents,
+        Vec::<PathBuf>::new(),
+        "{what}: a parent cgroup was made"
+    );
+}
+
+/// A `--chroot-base-dir` that is a symbolic link, or passes through one, is refused (exit 1,
+/// as for a base that cannot be made), naming the link; nothing is made where it points.
+#[test]
+fn a_symlinked_chroot_base_dir_is_refused() {
+    let test = "a_symlinked_chroot_base_dir_is_refused";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("lbase");
+    let flags = memory_flags(test);
+    let target = link_target(&jail, "elsewhere");
+    let link = jail.base.join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("plant the link");
+    let link_str = link.display().to_string();
+    for base in [link.clone(), link.join("sub")] {
+        let base_str = base.display().to_string();
+        let mut all: Vec<&str> = vec!["--chroot-base-dir", &base_str];
+        all.extend(flags.iter().map(String::as_str));
+        let cmd = jail.command(&all, &["--api-sock", "/api.sock"]);
+        let out = jail.run(cmd);
+        let what = format!("--chroot-base-dir {base_str}");
+        assert_refused(&out, 1, &[&link_str, "symbolic link"], &what);
+        assert_eq!(
+            names_in(&target),
+            Vec::<String>::new(),
+            "{what}: made through the link"
+        );
+        assert_eq!(
+            names_in(&jail.base),
+            ["link"],
+            "{what}: left in the base's parent"
+        );
+        assert!(
+            fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()),
+            "{what}: the link itself is left as it was"
+        );
+        assert_no_cgroup(&jail, &what);
+        assert!(jailed_pids(&target).is_empty(), "{what}");
+    }
+}
+
+/// A link planted at `<base>/<exec name>` is refused (exit 1), naming it; no jail is made
+/// where it points, and no cgroup.
+#[test]
+fn a_symlink_planted_at_base_exec_name_is_refused() {
+    let test = "a_symlink_planted_at_base_exec_name_is_refused";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("lexec");
+    let flags = memory_flags(test);
+    let target = link_target(&jail, "elsewhere");
+    let planted = jail.base.join(EXEC_NAME);
+    std::os::unix::fs::symlink(&target, &planted).expect("plant the link");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cmd = jail.command(&flags, &["--api-sock", "/api.sock"]);
+    let out = jail.run(cmd);
+    let what = format!("a link at {}", planted.display());
+    let planted_str = planted.display().to_string();
+    assert_refused(&out, 1, &[&planted_str, "symbolic link"], &what);
+    assert_eq!(
+        names_in(&target),
+        Vec::<String>::new(),
+        "{what}: a jail made through it"
+    );
+    assert_eq!(
+        names_in(&jail.base),
+        [EXEC_NAME],
+        "{what}: left in the base"
+    );
+    assert!(
+        fs::symlink_metadata(&planted).is_ok_and(|m| m.file_type().is_symlink()),
+        "{what}: the link itself is left as it was"
+    );
+    assert_no_cgroup(&jail, &what);
+}
+
+/// An `--exec-file` that is a symbolic link, or is reached through one, is refused as an
+/// argument (exit 2, as an exec file that is no regular file), naming the link; nothing is
+/// made.
+#[test]
+fn a_symlinked_exec_file_is_refused() {
+    let test = "a_symlinked_exec_file_is_refused";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("lvmm");
+    let flags = memory_flags(test);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let real = jail.exec_file.clone();
+    let links = link_target(&jail, "links");
+    let to_file = links.join(EXEC_NAME);
+    std::os::unix::fs::symlink(&real, &to_file).expect("a link to the VMM");
+    let to_dir = links.join("bin");
+    std::os::unix::fs::symlink(real.parent().expect("the VMM's dir"), &to_dir)
+        .expect("a link to the VMM's dir");
+    for (exec, link) in [(to_file.clone(), to_file), (to_dir.join(EXEC_NAME), to_dir)] {
+        let (exec_str, link_str) = (exec.display().to_string(), link.display().to_string());
+        let cmd = jail.command_with(OsStr::new(&jail.id), &exec, &flags, &["--api-sock", "/a"]);
+        let out = jail.run(cmd);
+        let what = format!("--exec-file {exec_str}");
+        assert_refused(
+            &out,
+            2,
+            &[
+                &format!("--exec-file {exec_str}: {link_str}"),
+                "symbolic link",
+            ],
+            &what,
+        );
+        jail.assert_nothing_made(true, &what);
+    }
+}
+
+/// `--parent-cgroup` names and `--cgroup` values that would leave their cgroup or forge more
+/// than one line (newlines, `..`, absolute paths, empty or `.` parts) are argument errors
+/// (exit 2), and nothing is made: no jail, no cgroup anywhere.
+#[test]
+fn cgroup_escapes_are_refused_as_argument_errors() {
+    let test = "cgroup_escapes_are_refused_as_argument_errors";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("cgesc");
+    let tag = format!("tsr-jt-esc-{}", std::process::id());
+    // The cgroups each name would make or reach, relative to a hierarchy's root.
+    let parents: Vec<(String, Vec<String>)> = vec![
+        (
+            format!("{tag}\nforged"),
+            vec![format!("{tag}\nforged"), tag.clone()],
+        ),
+        (
+            format!("{tag}/../{tag}-up"),
+            vec![tag.clone(), format!("{tag}-up")],
+        ),
+        (format!("../{tag}"), vec![tag.clone()]),
+        (format!("/{tag}"), vec![tag.clone()]),
+        (format!("{tag}//x"), vec![tag.clone()]),
+        (format!("{tag}/./x"), vec![tag.clone()]),
+        (format!("{tag}/"), vec![tag.clone()]),
+        ("..".to_owned(), vec![]),
+        ("".to_owned(), vec![]),
+    ];
+    // With a memory limit, a name that was let through would have its cgroups made.
+    let memory = find_controller("memory").ok();
+    let version = memory
+        .as_ref()
+        .map_or("2".to_owned(), Controller::version_arg);
+    let limit_file = memory.as_ref().map_or("memory.max", memory_limit_file);
+    let limit = format!("{limit_file}={}", 256 * MIB);
+    for (parent, reached) in &parents {
+        let mut flags = vec![
+            "--parent-cgroup",
+            parent.as_str(),
+            "--cgroup-version",
+            &version,
+        ];
+        if memory.is_some() {
+            flags.extend(["--cgroup", &limit]);
+        }
+        let cmd = jail.command(&flags, &["--api-sock", "/api.sock"]);
+        let out = jail.run(cmd);
+        let what = format!("--parent-cgroup {parent:?}");
+        assert_refused(&out, 2, &["--parent-cgroup", &format!("{parent:?}")], &what);
+        jail.assert_nothing_made(true, &what);
+        for mount in cgroup_mounts() {
+            for name in reached {
+                let dir = mount.path.join(name);
+                assert!(!dir.exists(), "{what}: made {}", dir.display());
+            }
+        }
+    }
+    for value in ["1\n2", "268435456\n", "\n268435456"] {
+        let setting = format!("{limit_file}={value}");
+        let flags = ["--cgroup-version", &version, "--cgroup", &setting];
+        let cmd = jail.command(&flags, &["--api-sock", "/api.sock"]);
+        let out = jail.run(cmd);
+        let what = format!("--cgroup {setting:?}");
+        assert_refused(&out, 2, &["--cgroup", &format!("{setting:?}")], &what);
+        jail.assert_nothing_made(true, &what);
+    }
+}
