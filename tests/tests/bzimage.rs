@@ -28,7 +28,9 @@ fn debian_bzimage_is_parsed_placed_and_given_a_64_bit_entry() {
     assert_eq!(info.format, KernelFormat::BzImage);
     assert!(info.is_linux);
 
-    let mem = vmm::memory::create(256).unwrap();
+    let mem = vmm::memory::create(256, vmm::memory::MemoryBackend::Anonymous)
+        .unwrap()
+        .memory;
     let kernel = loader::load_kernel(&mem, &path, info.format).unwrap();
     let header = kernel.setup_header.expect("a bzImage has a setup header");
     assert!(header.version >= 0x20c, "boot protocol {:#x}", {

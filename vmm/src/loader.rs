@@ -320,7 +320,9 @@ mod tests {
 
     #[test]
     fn cmdline_is_nul_terminated_at_its_address() {
-        let mem = crate::memory::create(8).unwrap();
+        let mem = crate::memory::create(8, crate::memory::MemoryBackend::Anonymous)
+            .unwrap()
+            .memory;
         load_cmdline(&mem, "console=ttyS0").unwrap();
         let mut buf = [0xffu8; 14];
         mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))

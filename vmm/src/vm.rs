@@ -16,7 +16,6 @@ use devices::legacy::{
 };
 use devices::{Bus, BusError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -26,9 +25,9 @@ use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber, VirtioDevices};
 use crate::exit::VmExit;
 use crate::hypervisor::kvm::{self, KvmError};
-use crate::hypervisor::{self, Hypervisor, MemorySlot, VmType};
+use crate::hypervisor::{self, Hypervisor, VmType};
 use crate::loader::{self, LoaderError};
-use crate::memory::{self, GuestMemory, MemoryError};
+use crate::memory::{self, GuestMemory, MemoryBackend, MemoryError};
 use crate::metrics::Snapshot;
 use crate::pause::{PauseError, PauseGate};
 use crate::seccomp::{Filters, ThreadKind};
@@ -310,22 +309,10 @@ fn create_vm_and_memory(
     mem_size_mib: u64,
 ) -> Result<(Box<dyn hypervisor::Vm>, GuestMemory), VmError> {
     let vm = kvm.create_vm(VmType::Plain).map_err(setup("the KVM VM"))?;
-    let memory = memory::create(mem_size_mib)?;
-    for (slot, region) in memory.iter().enumerate() {
-        let host = region
-            .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| io_err("map guest memory")(io::Error::other("no host address")))?;
-        let memslot = MemorySlot {
-            slot: slot as u32,
-            guest_addr: region.start_addr().0,
-            size: region.len(),
-            host_addr: host as u64,
-            private: None,
-        };
-        // SAFETY: the range is a live mapping owned by `memory`, which the Vm keeps for as long
-        // as the KVM VM exists; slots do not overlap because regions do not.
-        unsafe { vm.set_memory_slot(&memslot) }.map_err(setup("guest memory slots"))?;
-    }
+    let mut ram = memory::create(mem_size_mib, MemoryBackend::Anonymous)?;
+    // SAFETY: the memory goes into the Vm next to `vm`, and the Vm drops `vm_fd` before
+    // `memory`, so the slots' mappings outlive the KVM VM.
+    unsafe { ram.register_slots(vm.as_ref()) }?;
     // Memslots go in before the IRQ chip: on this host (PVM) a memslot added after
     // KVM_CREATE_IRQCHIP costs 6-10 ms instead of ~0.1 ms.
     vm.set_tss_address(TSS_ADDRESS)
@@ -333,7 +320,7 @@ fn create_vm_and_memory(
     vm.create_irq_chip()
         .map_err(setup("the in-kernel IRQ chip"))?;
     vm.create_pit().map_err(setup("the in-kernel PIT"))?;
-    Ok((vm, memory))
+    Ok((vm, ram.memory))
 }
 
 /// Serial console (watched for kernel panics), i8042 and guest report ports, with the eventfds that connect them to KVM and to

@@ -244,7 +244,9 @@ mod tests {
         );
 
         // Written at the zero page address, it reads back byte for byte.
-        let mem = crate::memory::create(16).unwrap();
+        let mem = crate::memory::create(16, crate::memory::MemoryBackend::Anonymous)
+            .unwrap()
+            .memory;
         write_zero_page(&mem, &params).unwrap();
         let back: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!(back.e820_entries, params.e820_entries);
@@ -269,7 +271,9 @@ mod tests {
 
     #[test]
     fn pvh_start_info_has_magic_memmap_and_module() {
-        let mem = crate::memory::create(16).unwrap();
+        let mem = crate::memory::create(16, crate::memory::MemoryBackend::Anonymous)
+            .unwrap()
+            .memory;
         let e820 = e820_map(16 << 20);
         let info = BootInfo {
             cmdline_len: 3,

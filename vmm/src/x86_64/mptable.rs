@@ -181,7 +181,9 @@ mod tests {
 
     #[test]
     fn the_largest_table_fits_below_1_mib() {
-        let mem = crate::memory::create(8).unwrap();
+        let mem = crate::memory::create(8, crate::memory::MemoryBackend::Anonymous)
+            .unwrap()
+            .memory;
         write(&mem, crate::config::MAX_VCPUS).unwrap();
         let mut sig = [0u8; 4];
         mem.read_slice(&mut sig, GuestAddress(EBDA_START)).unwrap();

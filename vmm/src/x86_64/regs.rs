@@ -309,7 +309,9 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_the_first_gib() {
-        let mem = crate::memory::create(16).unwrap();
+        let mem = crate::memory::create(16, crate::memory::MemoryBackend::Anonymous)
+            .unwrap()
+            .memory;
         write_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, PDPT_START);
