@@ -4,6 +4,7 @@
 //! machine config decides) -> [`Vm::boot`] (kernel, initrd, boot structures, vCPU threads) ->
 //! [`RunningVm::wait`] (the VMM event loop until the guest ends).
 
+pub mod boot;
 pub mod config;
 pub mod console_input;
 pub mod controller;
@@ -11,7 +12,6 @@ pub mod device_config;
 pub mod device_manager;
 pub mod exit;
 pub mod hypervisor;
-pub mod loader;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

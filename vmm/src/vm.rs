@@ -19,6 +19,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::boot::{self, LaunchBackend, LoaderError, Plain};
 use crate::config::{self as vm_config, BootSource, ConfigError, ConsoleOutput, MachineConfig};
 use crate::console_input::ConsoleInput;
 use crate::device_config::{DeviceConfigError, DeviceSettings, DevicesConfig};
@@ -26,16 +27,15 @@ use crate::device_manager::{DeviceManager, DeviceManagerError, Subscriber, Virti
 use crate::exit::VmExit;
 use crate::hypervisor::kvm::{self, KvmError};
 use crate::hypervisor::{self, Hypervisor, VmType};
-use crate::loader::{self, LoaderError};
 use crate::memory::{self, GuestMemory, MemoryBackend, MemoryError};
 use crate::metrics::Snapshot;
 use crate::pause::{PauseError, PauseGate};
 use crate::seccomp::{Filters, ThreadKind};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use crate::vcpu_threads::ParkedVcpus;
-use crate::x86_64::boot_params::{self, BootInfo, BootParamsError};
+use crate::x86_64::boot_params::BootParamsError;
 use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
-use crate::x86_64::mptable::{self, MpTableError};
+use crate::x86_64::mptable::MpTableError;
 use crate::x86_64::regs::{self, EntryPoint, RegsError};
 
 type EventLoop = EventManager<Subscriber>;
@@ -167,7 +167,7 @@ impl Vm {
             "devices built, boot source loaded in {:?}",
             started.elapsed()
         );
-        regs::setup_boot_vcpu(self.vcpus[0].fd.as_ref(), &self.memory, &entry)?;
+        regs::setup_boot_vcpu(self.vcpus[0].fd.as_ref(), &entry)?;
         let devices = LegacyDevices::new(self.vm_fd.as_ref(), console, process_start)?;
         let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
         let buses = Buses {
@@ -232,36 +232,15 @@ impl Vm {
 
     /// Puts kernel, initrd, command line and boot structures into guest memory.
     fn load(&self, boot: &BootSource) -> Result<EntryPoint, VmError> {
-        let info = loader::inspect_kernel(&boot.kernel_image_path)?;
+        let info = boot::inspect_kernel(&boot.kernel_image_path)?;
         if info.is_linux && kvm::is_pvm_host() {
             return Err(KvmError::PvmCannotBootLinux.into());
         }
-        let mem = &self.memory;
-        let mem_size = self.machine.mem_size_mib << 20;
-        let kernel = loader::load_kernel(mem, &boot.kernel_image_path, info.format)?;
-        let initrd = match &boot.initrd_path {
-            Some(path) => {
-                let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
-                Some(loader::load_initrd(mem, path, kernel.end, top)?)
-            }
-            None => None,
-        };
-        loader::load_cmdline(mem, &boot.boot_args)?;
-        mptable::write(mem, self.machine.vcpu_count)?;
-
-        let e820 = boot_params::e820_map(mem_size);
-        let info = BootInfo {
-            cmdline_len: boot.boot_args.len(),
-            initrd,
-        };
-        match kernel.entry {
-            EntryPoint::Linux64(_) => {
-                let params = boot_params::zero_page(kernel.setup_header, &info, &e820)?;
-                boot_params::write_zero_page(mem, &params)?;
-            }
-            EntryPoint::Pvh(_) => boot_params::write_pvh_start_info(mem, &info, &e820)?,
-        }
-        Ok(kernel.entry)
+        let plan = boot::plan(&info, boot, &self.machine)?;
+        Plain
+            .apply(&plan, &self.memory)
+            .map_err(LoaderError::from)?;
+        Ok(plan.entry)
     }
 }
 
