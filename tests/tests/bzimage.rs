@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use vmm::loader::{self, KernelFormat};
+use vmm::boot::{self, BootPlan, KernelFormat, LaunchBackend, Plain};
 use vmm::x86_64::layout::HIMEM_START;
 use vmm::x86_64::regs::EntryPoint;
 
@@ -24,12 +24,19 @@ fn debian_bzimage_is_parsed_placed_and_given_a_64_bit_entry() {
     else {
         return;
     };
-    let info = loader::inspect_kernel(&path).unwrap();
+    let info = boot::inspect_kernel(&path).unwrap();
     assert_eq!(info.format, KernelFormat::BzImage);
     assert!(info.is_linux);
 
-    let mem = vmm::memory::create(256).unwrap();
-    let kernel = loader::load_kernel(&mem, &path, info.format).unwrap();
+    let mem = vmm::memory::create(256, vmm::memory::MemoryBackend::Anonymous)
+        .unwrap()
+        .memory;
+    let kernel = boot::plan_kernel(&path, info.format).unwrap();
+    let plan = BootPlan {
+        pieces: kernel.pieces.clone(),
+        entry: kernel.entry,
+    };
+    Plain.apply(&plan, &mem).unwrap();
     let header = kernel.setup_header.expect("a bzImage has a setup header");
     assert!(header.version >= 0x20c, "boot protocol {:#x}", {
         header.version
@@ -55,8 +62,8 @@ fn debian_bzimage_is_parsed_placed_and_given_a_64_bit_entry() {
     assert_eq!(loaded, expected);
 
     // An initrd goes below the kernel's initrd_addr_max and above the kernel.
-    let top = loader::initrd_top(256 << 20, Some(&header));
-    let addr = loader::initrd_address(16 << 20, kernel.end, top).unwrap();
+    let top = boot::initrd_top(256 << 20, Some(&header));
+    let addr = boot::initrd_address(16 << 20, kernel.end, top).unwrap();
     assert!(addr >= kernel.end && addr + (16 << 20) <= top && addr.is_multiple_of(4096));
 }
 

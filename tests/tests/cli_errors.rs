@@ -222,3 +222,61 @@ fn global_log_level_before_run_and_api_flags_with_run() {
         "tessera: error: --api-sock cannot be used with the `run` subcommand"
     );
 }
+
+/// A little-endian ELF64 header for `machine` with `loads` PT_LOAD segments of 16 bytes at
+/// 1 MiB (the segment bytes follow the program headers).
+fn crafted_elf(machine: u16, loads: u16) -> Vec<u8> {
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // ELFCLASS64
+    elf[5] = 1; // little endian
+    elf[6] = 1;
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&machine.to_le_bytes());
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // e_entry
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    elf[56..58].copy_from_slice(&loads.to_le_bytes()); // e_phnum
+    let data_at = 64 + 56 * u64::from(loads);
+    for _ in 0..loads {
+        let mut phdr = [0u8; 56];
+        phdr[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        phdr[8..16].copy_from_slice(&data_at.to_le_bytes()); // p_offset
+        phdr[16..24].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_vaddr
+        phdr[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_paddr
+        phdr[32..40].copy_from_slice(&16u64.to_le_bytes()); // p_filesz
+        phdr[40..48].copy_from_slice(&16u64.to_le_bytes()); // p_memsz
+        elf.extend_from_slice(&phdr);
+    }
+    elf.extend_from_slice(&[0xf4; 16]);
+    elf
+}
+
+#[test]
+fn unbootable_elf_kernels_are_named_in_one_line() {
+    if tests::skip_without_kvm("unbootable_elf_kernels_are_named_in_one_line") {
+        return;
+    }
+    let dir = tests::api_client::TempDir::new("elf");
+    for (name, image, what) in [
+        (
+            "aarch64.elf",
+            crafted_elf(183, 1),
+            "is an ELF for machine 183 (AArch64), not x86_64",
+        ),
+        ("empty.elf", crafted_elf(62, 0), "has no loadable segment"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, image).unwrap();
+        let out = Run::new(&path).output(Duration::from_secs(20));
+        assert_eq!(out.code, Some(1), "{out}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(
+            lines,
+            [format!("tessera: error: kernel {} {what}", path.display())],
+            "{out}"
+        );
+    }
+}

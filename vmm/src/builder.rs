@@ -12,13 +12,13 @@ use std::time::Instant;
 use event_manager::{EventManager, SubscriberOps};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::boot::{self, LaunchBackend, LoaderError, Plain};
 use crate::config::{BootSource, ConsoleOutput};
 use crate::console_input::ConsoleInput;
 use crate::device_manager::legacy::LegacyDevices;
 use crate::device_manager::{DeviceManager, Subscriber};
 use crate::hypervisor::kvm::{self, KvmError};
 use crate::kernel_cmdline;
-use crate::loader;
 use crate::resources::VmResources;
 use crate::runtime::control::VmControl;
 use crate::runtime::pause::PauseGate;
@@ -26,8 +26,6 @@ use crate::runtime::{RunningVm, VmHandle};
 use crate::seccomp::{Filters, ThreadKind};
 use crate::vcpu::Buses;
 use crate::vm::{io_err, Vm, VmError};
-use crate::x86_64::boot_params::{self, BootInfo};
-use crate::x86_64::mptable;
 use crate::x86_64::regs::{self, EntryPoint};
 
 /// Creates the machine for `resources` and boots it.
@@ -62,7 +60,7 @@ pub fn boot(
         "devices built, boot source loaded in {:?}",
         started.elapsed()
     );
-    regs::setup_boot_vcpu(vm.vcpus[0].fd.as_ref(), &vm.memory, &entry)?;
+    regs::setup_boot_vcpu(vm.vcpus[0].fd.as_ref(), &entry)?;
     let devices = LegacyDevices::new(vm.vm_fd.as_ref(), console, process_start)?;
     let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
     let buses = Buses {
@@ -120,36 +118,14 @@ pub fn boot(
     ))
 }
 
-/// Puts kernel, initrd, command line and boot structures into guest memory.
+/// Plans the boot (kernel, initrd, command line, boot structures) and writes it into guest
+/// memory with the plain launch backend.
 fn load(vm: &Vm, boot: &BootSource) -> Result<EntryPoint, VmError> {
-    let info = loader::inspect_kernel(&boot.kernel_image_path)?;
+    let info = boot::inspect_kernel(&boot.kernel_image_path)?;
     if info.is_linux && kvm::is_pvm_host() {
         return Err(KvmError::PvmCannotBootLinux.into());
     }
-    let mem = &vm.memory;
-    let mem_size = vm.machine.mem_size_mib << 20;
-    let kernel = loader::load_kernel(mem, &boot.kernel_image_path, info.format)?;
-    let initrd = match &boot.initrd_path {
-        Some(path) => {
-            let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
-            Some(loader::load_initrd(mem, path, kernel.end, top)?)
-        }
-        None => None,
-    };
-    loader::load_cmdline(mem, &boot.boot_args)?;
-    mptable::write(mem, vm.machine.vcpu_count)?;
-
-    let e820 = boot_params::e820_map(mem_size);
-    let info = BootInfo {
-        cmdline_len: boot.boot_args.len(),
-        initrd,
-    };
-    match kernel.entry {
-        EntryPoint::Linux64(_) => {
-            let params = boot_params::zero_page(kernel.setup_header, &info, &e820)?;
-            boot_params::write_zero_page(mem, &params)?;
-        }
-        EntryPoint::Pvh(_) => boot_params::write_pvh_start_info(mem, &info, &e820)?,
-    }
-    Ok(kernel.entry)
+    let plan = boot::plan(&info, boot, &vm.machine)?;
+    Plain.apply(&plan, &vm.memory).map_err(LoaderError::from)?;
+    Ok(plan.entry)
 }

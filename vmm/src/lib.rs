@@ -6,6 +6,7 @@
 //! kernel, initrd, boot structures, vCPU threads) -> [`RunningVm::wait`] (the VMM event loop
 //! until the guest ends). See docs/ARCHITECTURE.md.
 
+pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod console_input;
@@ -14,7 +15,6 @@ pub mod device_config;
 pub mod device_manager;
 pub mod hypervisor;
 pub mod kernel_cmdline;
-pub mod loader;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

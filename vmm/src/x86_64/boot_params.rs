@@ -3,13 +3,13 @@
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::ByteValued;
 
 use super::layout::{
     CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, PVH_INFO_START,
     PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
-use crate::memory::GuestMemory;
+use crate::boot::{Piece, PieceKind};
 
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
@@ -24,8 +24,6 @@ const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 pub enum BootParamsError {
     /// the e820 map has {0} entries; the zero page holds 128
     TooManyE820Entries(usize),
-    /// cannot write the {0} to guest memory
-    Write(&'static str),
 }
 
 /// One range of the guest physical address space.
@@ -112,18 +110,18 @@ pub fn zero_page(
     Ok(params)
 }
 
-/// Writes the zero page for 64-bit Linux boot.
-pub fn write_zero_page(mem: &GuestMemory, params: &boot_params) -> Result<(), BootParamsError> {
-    mem.write_obj(*params, GuestAddress(ZERO_PAGE_START))
-        .map_err(|_| BootParamsError::Write("zero page"))
+/// The zero page for 64-bit Linux boot, as a boot plan piece.
+pub fn zero_page_piece(params: &boot_params) -> Piece {
+    Piece::bytes(
+        PieceKind::ZeroPage,
+        ZERO_PAGE_START,
+        params.as_slice().to_vec(),
+    )
 }
 
-/// Writes the PVH start info, its memory map and (with an initrd) its module list.
-pub fn write_pvh_start_info(
-    mem: &GuestMemory,
-    info: &BootInfo,
-    e820: &[E820Entry],
-) -> Result<(), BootParamsError> {
+/// The PVH start info, its memory map and (with an initrd) its module list, as boot plan
+/// pieces: memory map, module list, start info.
+pub fn pvh_start_info_pieces(info: &BootInfo, e820: &[E820Entry]) -> Vec<Piece> {
     let mut start = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
@@ -132,35 +130,59 @@ pub fn write_pvh_start_info(
         memmap_entries: e820.len() as u32,
         ..Default::default()
     };
-    for (i, e) in e820.iter().enumerate() {
+    let mut memmap = Vec::with_capacity(e820.len() * size_of::<hvm_memmap_table_entry>());
+    for e in e820 {
         let entry = hvm_memmap_table_entry {
             addr: e.addr,
             size: e.size,
             type_: e.kind,
             reserved: 0,
         };
-        let at = PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        mem.write_obj(entry, GuestAddress(at))
-            .map_err(|_| BootParamsError::Write("PVH memory map"))?;
+        memmap.extend_from_slice(entry.as_slice());
     }
+    let mut pieces = vec![Piece::bytes(PieceKind::PvhMemmap, PVH_MEMMAP_START, memmap)];
     if let Some((paddr, size)) = info.initrd {
         let module = hvm_modlist_entry {
             paddr,
             size,
             ..Default::default()
         };
-        mem.write_obj(module, GuestAddress(PVH_MODLIST_START))
-            .map_err(|_| BootParamsError::Write("PVH module list"))?;
+        pieces.push(Piece::bytes(
+            PieceKind::PvhModlist,
+            PVH_MODLIST_START,
+            module.as_slice().to_vec(),
+        ));
         start.nr_modules = 1;
         start.modlist_paddr = PVH_MODLIST_START;
     }
-    mem.write_obj(start, GuestAddress(PVH_INFO_START))
-        .map_err(|_| BootParamsError::Write("PVH start info"))
+    pieces.push(Piece::bytes(
+        PieceKind::PvhStartInfo,
+        PVH_INFO_START,
+        start.as_slice().to_vec(),
+    ));
+    pieces
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::{BootPlan, EntryPoint, LaunchBackend, Plain};
+    use crate::memory::{self, GuestMemory, MemoryBackend};
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn test_memory(mib: u64) -> GuestMemory {
+        memory::create(mib, MemoryBackend::Anonymous)
+            .unwrap()
+            .memory
+    }
+
+    fn apply(mem: &GuestMemory, pieces: Vec<Piece>) {
+        let plan = BootPlan {
+            pieces,
+            entry: EntryPoint::Pvh(0),
+        };
+        Plain.apply(&plan, mem).unwrap();
+    }
 
     #[test]
     fn e820_leaves_the_mmio_gap_out() {
@@ -244,8 +266,8 @@ mod tests {
         );
 
         // Written at the zero page address, it reads back byte for byte.
-        let mem = crate::memory::create(16).unwrap();
-        write_zero_page(&mem, &params).unwrap();
+        let mem = test_memory(16);
+        apply(&mem, vec![zero_page_piece(&params)]);
         let back: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!(back.e820_entries, params.e820_entries);
         assert_eq!({ back.hdr.cmd_line_ptr }, CMDLINE_START as u32);
@@ -269,13 +291,13 @@ mod tests {
 
     #[test]
     fn pvh_start_info_has_magic_memmap_and_module() {
-        let mem = crate::memory::create(16).unwrap();
+        let mem = test_memory(16);
         let e820 = e820_map(16 << 20);
         let info = BootInfo {
             cmdline_len: 3,
             initrd: Some((0x80_0000, 0x1000)),
         };
-        write_pvh_start_info(&mem, &info, &e820).unwrap();
+        apply(&mem, pvh_start_info_pieces(&info, &e820));
         let start: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(start.magic, XEN_HVM_START_MAGIC);
         assert_eq!(start.memmap_entries as usize, e820.len());

@@ -5,10 +5,8 @@
 //! configuration table: a 44-byte header followed by processor, bus, IOAPIC, I/O interrupt and
 //! local interrupt entries. Both parts carry a checksum that makes their bytes sum to zero.
 
-use vm_memory::{Bytes, GuestAddress};
-
 use super::layout::{EBDA_START, HIMEM_START, IOAPIC_START, LAPIC_START};
-use crate::memory::GuestMemory;
+use crate::boot::{Piece, PieceKind};
 
 /// IOAPIC pins 0..=23.
 const IOAPIC_PINS: u8 = 24;
@@ -39,8 +37,6 @@ const CPU_FEATURES: u32 = 0x201;
 pub enum MpTableError {
     /// the MP table for {0} vCPUs does not fit below 1 MiB
     TooLarge(u8),
-    /// cannot write the MP table to guest memory
-    Write,
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
@@ -114,14 +110,13 @@ pub fn build(vcpus: u8, base: u64) -> Vec<u8> {
     fp
 }
 
-/// Writes the MP table for `vcpus` CPUs at the start of the EBDA.
-pub fn write(mem: &GuestMemory, vcpus: u8) -> Result<(), MpTableError> {
+/// The MP table for `vcpus` CPUs at the start of the EBDA, as a boot plan piece.
+pub fn piece(vcpus: u8) -> Result<Piece, MpTableError> {
     let bytes = build(vcpus, EBDA_START);
     if EBDA_START + bytes.len() as u64 > HIMEM_START {
         return Err(MpTableError::TooLarge(vcpus));
     }
-    mem.write_slice(&bytes, GuestAddress(EBDA_START))
-        .map_err(|_| MpTableError::Write)
+    Ok(Piece::bytes(PieceKind::MpTable, EBDA_START, bytes))
 }
 
 #[cfg(test)]
@@ -181,8 +176,15 @@ mod tests {
 
     #[test]
     fn the_largest_table_fits_below_1_mib() {
-        let mem = crate::memory::create(8).unwrap();
-        write(&mem, crate::config::MAX_VCPUS).unwrap();
+        use crate::boot::{BootPlan, EntryPoint, LaunchBackend, Plain};
+        use crate::memory::{self, MemoryBackend};
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = memory::create(8, MemoryBackend::Anonymous).unwrap().memory;
+        let plan = BootPlan {
+            pieces: vec![piece(crate::config::MAX_VCPUS).unwrap()],
+            entry: EntryPoint::Pvh(0),
+        };
+        Plain.apply(&plan, &mem).unwrap();
         let mut sig = [0u8; 4];
         mem.read_slice(&mut sig, GuestAddress(EBDA_START)).unwrap();
         assert_eq!(&sig, b"_MP_");

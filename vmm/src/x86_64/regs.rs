@@ -4,19 +4,16 @@
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
 };
-use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
     BOOT_STACK_POINTER, GDT_START, IDT_START, PDPT_START, PD_START, PML4_START, PVH_INFO_START,
     ZERO_PAGE_START,
 };
+use crate::boot::{Piece, PieceKind};
 use crate::hypervisor::{self, Vcpu};
-use crate::memory::GuestMemory;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum RegsError {
-    /// cannot write the {0} to guest memory
-    Write(&'static str),
     /// cannot {what} on a vCPU: {source}
     Kvm {
         what: &'static str,
@@ -108,35 +105,44 @@ fn gdt(entry: &EntryPoint) -> [u64; 4] {
     }
 }
 
-/// Writes an identity map of the first 1 GiB with 2 MiB pages.
-fn write_page_tables(mem: &GuestMemory) -> Result<(), RegsError> {
-    let w = |addr: u64, value: u64| {
-        mem.write_obj(value, GuestAddress(addr))
-            .map_err(|_| RegsError::Write("page tables"))
-    };
-    w(PML4_START, PDPT_START | PAGE_PRESENT_RW)?;
-    w(PDPT_START, PD_START | PAGE_PRESENT_RW)?;
-    for i in 0..512u64 {
-        w(PD_START + i * 8, (i << 21) | PAGE_HUGE | PAGE_PRESENT_RW)?;
-    }
-    Ok(())
+/// An identity map of the first 1 GiB with 2 MiB pages: PML4, PDPT and PD pieces.
+fn page_tables() -> [Piece; 3] {
+    let pd: Vec<u8> = (0..512u64)
+        .flat_map(|i| ((i << 21) | PAGE_HUGE | PAGE_PRESENT_RW).to_le_bytes())
+        .collect();
+    [
+        Piece::bytes(
+            PieceKind::PageTables,
+            PML4_START,
+            (PDPT_START | PAGE_PRESENT_RW).to_le_bytes().to_vec(),
+        ),
+        Piece::bytes(
+            PieceKind::PageTables,
+            PDPT_START,
+            (PD_START | PAGE_PRESENT_RW).to_le_bytes().to_vec(),
+        ),
+        Piece::bytes(PieceKind::PageTables, PD_START, pd),
+    ]
 }
 
-/// Boot-processor state for `entry`: writes GDT/IDT (and page tables for long mode) to guest
-/// memory and loads segment, control and general registers.
-pub fn setup_boot_vcpu(
-    vcpu: &dyn Vcpu,
-    mem: &GuestMemory,
-    entry: &EntryPoint,
-) -> Result<(), RegsError> {
-    let table = gdt(entry);
-    for (i, descriptor) in table.iter().enumerate() {
-        mem.write_obj(*descriptor, GuestAddress(GDT_START + i as u64 * 8))
-            .map_err(|_| RegsError::Write("GDT"))?;
+/// The memory the boot vCPU's registers point at, as boot plan pieces: GDT and (empty) IDT,
+/// and the identity page tables for the 64-bit entry.
+pub fn boot_tables(entry: &EntryPoint) -> Vec<Piece> {
+    let gdt_bytes: Vec<u8> = gdt(entry).iter().flat_map(|d| d.to_le_bytes()).collect();
+    let mut pieces = vec![
+        Piece::bytes(PieceKind::Gdt, GDT_START, gdt_bytes),
+        Piece::bytes(PieceKind::Idt, IDT_START, 0u64.to_le_bytes().to_vec()),
+    ];
+    if let EntryPoint::Linux64(_) = entry {
+        pieces.extend(page_tables());
     }
-    mem.write_obj(0u64, GuestAddress(IDT_START))
-        .map_err(|_| RegsError::Write("IDT"))?;
+    pieces
+}
 
+/// Boot-processor state for `entry`: segment, control and general registers. The GDT, IDT
+/// and page tables they point at are boot plan pieces ([`boot_tables`]).
+pub fn setup_boot_vcpu(vcpu: &dyn Vcpu, entry: &EntryPoint) -> Result<(), RegsError> {
+    let table = gdt(entry);
     let mut sregs: kvm_sregs = vcpu.sregs().map_err(kvm("read segment registers"))?;
     let code = segment(table[1], 1);
     let data = segment(table[2], 2);
@@ -154,7 +160,6 @@ pub fn setup_boot_vcpu(
     };
     match *entry {
         EntryPoint::Linux64(rip) => {
-            write_page_tables(mem)?;
             sregs.cr3 = PML4_START;
             sregs.cr4 |= CR4_PAE;
             sregs.cr0 |= CR0_PE | CR0_PG;
@@ -309,8 +314,15 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_the_first_gib() {
-        let mem = crate::memory::create(16).unwrap();
-        write_page_tables(&mem).unwrap();
+        use crate::boot::{BootPlan, LaunchBackend, Plain};
+        use crate::memory::{self, MemoryBackend};
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = memory::create(16, MemoryBackend::Anonymous).unwrap().memory;
+        let plan = BootPlan {
+            pieces: page_tables().to_vec(),
+            entry: EntryPoint::Linux64(0),
+        };
+        Plain.apply(&plan, &mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, PDPT_START);
         let last: u64 = mem.read_obj(GuestAddress(PD_START + 511 * 8)).unwrap();
