@@ -222,34 +222,64 @@ pub fn initrd_top(mem_size: u64, header: Option<&setup_header>) -> u64 {
     }
 }
 
-/// Copies the initrd below `top`, above `kernel_end`; returns its address and size.
+/// An archive appended to an initrd starts at a multiple of this from the initrd's start, with
+/// zero bytes between: Linux's initramfs unpacker looks for the next archive only there
+/// (`guest_init::protocol::spec_transport` explains why).
+const APPENDED_ARCHIVE_ALIGN: u64 = 4;
+
+/// Copies the initrd file (if any) below `top`, above `kernel_end`, followed by `appended` at
+/// the file's next 4-byte boundary; returns the initrd's address and size (file, padding and
+/// `appended`), or None when there is neither a file nor appended bytes.
 pub fn load_initrd(
     mem: &GuestMemory,
-    path: &Path,
+    path: Option<&Path>,
+    appended: &[u8],
     kernel_end: u64,
     top: u64,
-) -> Result<(u64, u64), LoaderError> {
-    let mut file = open("initrd", path)?;
-    let size = file
-        .metadata()
-        .map_err(|source| LoaderError::ReadInitrd {
-            path: path.into(),
-            source,
-        })?
-        .len();
-    if size == 0 {
-        return Err(LoaderError::EmptyInitrd { path: path.into() });
-    }
+) -> Result<Option<(u64, u64)>, LoaderError> {
+    let file = match path {
+        Some(path) => {
+            let file = open("initrd", path)?;
+            let size = file
+                .metadata()
+                .map_err(|source| LoaderError::ReadInitrd {
+                    path: path.into(),
+                    source,
+                })?
+                .len();
+            if size == 0 {
+                return Err(LoaderError::EmptyInitrd { path: path.into() });
+            }
+            Some((path, file, size))
+        }
+        None if appended.is_empty() => return Ok(None),
+        None => None,
+    };
+    let file_size = file.as_ref().map_or(0, |(_, _, size)| *size);
+    let appended_at = match appended.is_empty() {
+        true => file_size,
+        false => file_size.next_multiple_of(APPENDED_ARCHIVE_ALIGN),
+    };
+    let size = appended_at + appended.len() as u64;
     let addr =
         initrd_address(size, kernel_end, top).ok_or_else(|| LoaderError::InitrdTooLarge {
-            path: path.into(),
+            path: path.map_or_else(|| "(appended archive only)".into(), Path::to_path_buf),
             size,
             kernel_end,
             top,
         })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|_| LoaderError::InitrdCopy)?;
-    Ok((addr, size))
+    if let Some((_, mut file, file_size)) = file {
+        mem.read_exact_volatile_from(GuestAddress(addr), &mut file, file_size as usize)
+            .map_err(|_| LoaderError::InitrdCopy)?;
+    }
+    let padding = [0u8; APPENDED_ARCHIVE_ALIGN as usize];
+    mem.write_slice(
+        &padding[..(appended_at - file_size) as usize],
+        GuestAddress(addr + file_size),
+    )
+    .and_then(|()| mem.write_slice(appended, GuestAddress(addr + appended_at)))
+    .map_err(|_| LoaderError::InitrdCopy)?;
+    Ok(Some((addr, size)))
 }
 
 /// Writes the NUL-terminated command line (already validated for length) at its fixed address.
@@ -316,6 +346,27 @@ mod tests {
                 .starts_with("cannot open kernel /nonexistent/vmlinux"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn appended_bytes_follow_the_initrd_at_its_next_4_byte_boundary() {
+        let mem = crate::memory::create(8).unwrap();
+        let path = std::env::temp_dir().join(format!("tessera-initrd-{}", std::process::id()));
+        std::fs::write(&path, [0xaa; 5]).unwrap();
+        let top = 8 << 20;
+        let loaded = load_initrd(&mem, Some(&path), b"0707", 0x20_0000, top);
+        std::fs::remove_file(&path).unwrap();
+        let (addr, size) = loaded.unwrap().unwrap();
+        assert_eq!((addr % PAGE_SIZE, size), (0, 12));
+        let mut buf = [0xffu8; 12];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        assert_eq!(&buf, b"\xaa\xaa\xaa\xaa\xaa\x00\x00\x000707");
+        // The archive alone is the initrd; nothing at all is none.
+        assert_eq!(
+            load_initrd(&mem, None, b"0707", 0x20_0000, top).unwrap(),
+            Some((top - PAGE_SIZE, 4))
+        );
+        assert_eq!(load_initrd(&mem, None, b"", 0x20_0000, top).unwrap(), None);
     }
 
     #[test]

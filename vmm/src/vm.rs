@@ -242,13 +242,14 @@ impl Vm {
         let mem = &self.memory;
         let mem_size = self.machine.mem_size_mib << 20;
         let kernel = loader::load_kernel(mem, &boot.kernel_image_path, info.format)?;
-        let initrd = match &boot.initrd_path {
-            Some(path) => {
-                let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
-                Some(loader::load_initrd(mem, path, kernel.end, top)?)
-            }
-            None => None,
-        };
+        let top = loader::initrd_top(mem_size, kernel.setup_header.as_ref());
+        let initrd = loader::load_initrd(
+            mem,
+            boot.initrd_path.as_deref(),
+            &boot.initrd_append,
+            kernel.end,
+            top,
+        )?;
         loader::load_cmdline(mem, &boot.boot_args)?;
         mptable::write(mem, self.machine.vcpu_count)?;
 
