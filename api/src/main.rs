@@ -10,7 +10,8 @@ use std::time::Instant;
 use api::routes::Router;
 use api::server::ApiServer;
 use clap::{Parser, Subcommand};
-use guest_init::task::Task;
+use guest_init::protocol;
+use guest_init::spec::{EnvVar, WorkloadSpec};
 use vmm::config::{BootSource, ConsoleOutput, MachineConfig, DEFAULT_CMDLINE};
 use vmm::controller::{self, RunError, Vmm};
 use vmm::exit::EXIT_NO_STATUS;
@@ -125,13 +126,15 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
 
-    /// Initial ramdisk, placed page-aligned at the top of guest low memory [default with a
-    /// command: the cached tessera-init initramfs].
+    /// Initial ramdisk, placed page-aligned at the top of guest low memory; with a command, the
+    /// workload spec's archive follows it [default with a command: the cached tessera-init
+    /// initramfs].
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
 
-    /// Kernel command line, at most 2047 bytes of ASCII; a command's encoding is appended
-    /// [default: a microVM console line, quiet when running a command].
+    /// Kernel command line, at most 2047 bytes of ASCII (a command does not count: its workload
+    /// spec is appended to the initrd) [default: a microVM console line, quiet when running a
+    /// command].
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
 
@@ -198,20 +201,19 @@ impl RunArgs {
         let env = self
             .env
             .iter()
-            .map(|item| match item.split_once('=') {
-                Some((name, value)) if !name.is_empty() => {
-                    Ok((name.to_string(), value.to_string()))
-                }
+            .map(|item| match EnvVar::parse(item) {
+                Ok(var) if !var.name.is_empty() => Ok(var),
                 _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
             })
             .collect::<Result<_, _>>()?;
-        let task = Task {
-            argv: self.command.clone(),
+        let spec = WorkloadSpec {
             env,
             cwd: self.workdir.clone(),
             hostname: self.hostname.clone(),
+            ..WorkloadSpec::new(self.command.clone())
         };
-        let encoded = task.to_cmdline().map_err(|e| format!("command: {e}"))?;
+        // The spec travels in a newc archive appended to the initrd, not on the command line.
+        let archive = protocol::spec_archive(&spec).map_err(|e| format!("command: {e}"))?;
         let base = self
             .cmdline
             .as_deref()
@@ -224,8 +226,10 @@ impl RunArgs {
             Some(initrd) => initrd.clone(),
             None => guest_image::default_initrd()?,
         };
-        BootSource::new(kernel, Some(initrd), Some(format!("{base}{encoded}")))
-            .map_err(|e| format!("{e} (the command is encoded into it; shorten it)"))
+        let mut boot = BootSource::new(kernel, Some(initrd), Some(base.to_string()))
+            .map_err(|e| e.to_string())?;
+        boot.initrd_append = archive;
+        Ok(boot)
     }
 }
 
