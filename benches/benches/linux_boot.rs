@@ -4,9 +4,9 @@
 //!   cargo build --release --workspace --bins && cargo bench -p benches --bench linux_boot
 //!   LINUX_BOOT_RUNS=10 (default)
 //!
-//! Both VMMs get the same kernel (ELF vmlinux, PVH entry), the same initramfs followed by the
-//! same workload spec archive (tessera appends it; QEMU boots a copy with it appended), the
-//! same command line, 1 vCPU and 128 MiB; the guest runs `true`. The time is from spawning the VMM to
+//! Both VMMs get the same kernel (ELF vmlinux, PVH entry), the same initramfs followed by the same
+//! workload spec archive (tessera appends it; QEMU boots a copy with it appended), the same
+//! command line, 1 vCPU and 128 MiB; the guest runs `true`. The time is from spawning the VMM to
 //! the moment tessera-init's boot-done write to port 0x3f0 is seen outside it (tessera logs it;
 //! QEMU writes it to a file through an isa-debugcon at that port, polled every 0.2 ms), taken by
 //! `boot-time` in the host.
