@@ -4,7 +4,8 @@
 //!   cargo build --release --workspace --bins && cargo bench -p benches --bench linux_boot
 //!   LINUX_BOOT_RUNS=10 (default)
 //!
-//! Both VMMs get the same kernel (ELF vmlinux, PVH entry), the same initramfs, the same
+//! Both VMMs get the same kernel (ELF vmlinux, PVH entry), the same initramfs followed by the same
+//! workload spec archive (tessera appends it; QEMU boots a copy with it appended), the same
 //! command line, 1 vCPU and 128 MiB; the guest runs `true`. The time is from spawning the VMM to
 //! the moment tessera-init's boot-done write to port 0x3f0 is seen outside it (tessera logs it;
 //! QEMU writes it to a file through an isa-debugcon at that port, polled every 0.2 ms), taken by
@@ -14,12 +15,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use benches::median;
+use benches::{initrd_with_archive, median, spec_archive_file};
 use tests::test_host::{paths, HostFiles, HostOptions, TestHost};
 
 const CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
                        i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 const BOOT_TIME: &str = "/opt/tessera/bin/boot-time";
+/// In the host: the spec archive for `true`, and the initrd QEMU boots (initramfs + archive).
+const QEMU_SPEC: &str = "/opt/tessera/linux-boot-spec.cpio";
+const QEMU_INITRD: &str = "/tmp/qemu-initrd.cpio";
 
 fn main() {
     let runs: usize = std::env::var("LINUX_BOOT_RUNS")
@@ -34,14 +38,26 @@ fn main() {
             return;
         }
     };
+    // The workload spec tessera appends to the initrd for `-- true`; QEMU takes one initrd, so
+    // it gets the same bytes as one file.
+    let spec = spec_archive_file("linux-boot", &["true"]);
     let options = HostOptions {
         with_qemu: true,
         // The host its published figures were measured on.
         cpus: 2,
-        extra_files: vec![(PathBuf::from(&bin_dir).join("boot-time"), BOOT_TIME.into())],
+        extra_files: vec![
+            (PathBuf::from(&bin_dir).join("boot-time"), BOOT_TIME.into()),
+            (spec.clone(), QEMU_SPEC.into()),
+        ],
         ..HostOptions::default()
     };
     let mut host = TestHost::boot(&files, &options).unwrap_or_else(|e| panic!("test host: {e}"));
+    let _ = std::fs::remove_file(&spec);
+    let concat = initrd_with_archive(paths::GUEST_INITRAMFS, QEMU_SPEC, QEMU_INITRD);
+    let out = host
+        .run(&concat, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status, 0, "`{concat}`\n{out}");
 
     let tessera = format!(
         "{BOOT_TIME} 'guest boot-done' -- tessera --log-level info run --memory 128 --console-output /dev/null \
@@ -49,15 +65,13 @@ fn main() {
         paths::VMLINUX,
         paths::GUEST_INITRAMFS
     );
-    // The same parameters tessera appends for `-- true` (guest_init::task encoding).
     let qemu = format!(
         "rm -f /tmp/bootdone; {BOOT_TIME} --watch /tmp/bootdone '~' -- {} -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -smp 1 -m 128 \
          -nodefaults -no-user-config -display none -no-reboot -monitor none \
-         -kernel {} -initrd {} -append '{CMDLINE} tessera.argv=true' -serial file:/dev/null \
+         -kernel {} -initrd {QEMU_INITRD} -append '{CMDLINE}' -serial file:/dev/null \
          -chardev file,id=bootdone,path=/tmp/bootdone -device isa-debugcon,iobase=0x3f0,chardev=bootdone",
         paths::QEMU,
         paths::VMLINUX,
-        paths::GUEST_INITRAMFS
     );
 
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];

@@ -18,11 +18,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use benches::median;
-use guest_init::task::Task;
+use benches::{initrd_with_archive, median, spec_archive_file};
 use tests::test_host::{paths, HostFiles, HostOptions, TestHost};
 
 const TCP_BYTES: u64 = 32 << 20;
+/// In the host: the workload spec archive for QEMU's guest, and the initrd QEMU boots.
+const QEMU_SPEC: &str = "/opt/tessera/virtio-io-spec.cpio";
+const QEMU_INITRD: &str = "/tmp/qemu-initrd.cpio";
 
 /// The guest's workload; `$IP` and `$HOST` differ per VMM, `$VSOCK` is 1 when there is one.
 const GUEST_SCRIPT: &str = "\
@@ -54,22 +56,13 @@ fn tap(name: &str, ip: &str) -> String {
     )
 }
 
-fn guest_cmdline(base: &str, ip: &str, host: &str, vsock: bool) -> String {
-    let script = GUEST_SCRIPT
+/// The guest's script for a VMM (`sh -c SCRIPT` is its workload).
+fn guest_script(ip: &str, host: &str, vsock: bool) -> String {
+    GUEST_SCRIPT
         .replace("$IP", ip)
         .replace("$HOST", host)
         .replace("$BYTES", &TCP_BYTES.to_string())
-        .replace("$VSOCK", if vsock { "1" } else { "0" });
-    let task = Task {
-        argv: vec!["sh".into(), "-c".into(), script],
-        env: Vec::new(),
-        cwd: None,
-        hostname: None,
-    };
-    format!(
-        "{base}{}",
-        task.to_cmdline().expect("the bench script encodes")
-    )
+        .replace("$VSOCK", if vsock { "1" } else { "0" })
 }
 
 /// `figure -> value` from the guest's `name:... mib_s=R iops=R` lines.
@@ -108,49 +101,48 @@ fn main() {
             return;
         }
     };
+    // QEMU takes one initrd: the guest initramfs with the workload spec's archive appended, as
+    // tessera lays them out in guest memory.
+    let qemu_script = guest_script("172.16.1.2", "172.16.1.1", false);
+    let qemu_spec = spec_archive_file("virtio-io", &["sh", "-c", &qemu_script]);
     let options = HostOptions {
         with_qemu: true,
         // The host its published figures were measured on.
         cpus: 2,
         memory_mib: 3072,
-        ..HostOptions::default()
+        extra_files: vec![(qemu_spec.clone(), QEMU_SPEC.into())],
     };
     let mut host = TestHost::boot(&files, &options).unwrap_or_else(|e| panic!("test host: {e}"));
+    let _ = std::fs::remove_file(&qemu_spec);
 
     let base = "console=ttyS0 quiet panic=-1 pci=off nomodule i8042.noaux i8042.nomux \
                 i8042.nopnp i8042.dumbkbd";
     let tessera = format!(
         "{}{}rm -f /tmp/bench.img; truncate -s 256M /tmp/bench.img; \
-         tessera run --memory 256 --kernel {} --initrd {} --cmdline '{}' \
-         --disk /tmp/bench.img --net tap=tsr0 --vsock cid=3,uds=/tmp/v.sock{HOST_SIDE_STOP}",
+         tessera run --memory 256 --kernel {} --initrd {} --cmdline '{base} reboot=k' \
+         --disk /tmp/bench.img --net tap=tsr0 --vsock cid=3,uds=/tmp/v.sock -- sh -c '{}'{HOST_SIDE_STOP}",
         tap("tsr0", "172.16.0.1"),
         host_side("172.16.0.1", "172.16.0.2"),
         paths::VMLINUX,
         paths::GUEST_INITRAMFS,
-        guest_cmdline(
-            &format!("{base} reboot=k"),
-            "172.16.0.2",
-            "172.16.0.1",
-            true
-        ),
+        guest_script("172.16.0.2", "172.16.0.1", true),
     );
     // QEMU's microvm has no i8042 to reset through: the guest asks for a triple fault
     // (-no-reboot ends QEMU then), and QEMU is stopped once the workload is done in any case.
     let qemu = format!(
         "{}{}rm -f /tmp/bench.img /tmp/qemu.out; truncate -s 256M /tmp/bench.img; \
-         {} -M microvm,x-option-roms=off,rtc=off,acpi=off -accel kvm -cpu host -smp 1 -m 256 \
+         {}; {} -M microvm,x-option-roms=off,rtc=off,acpi=off -accel kvm -cpu host -smp 1 -m 256 \
          -nodefaults -no-user-config -display none -no-reboot -monitor none -serial file:/tmp/qemu.out \
-         -kernel {} -initrd {} -append '{}' \
+         -kernel {} -initrd {QEMU_INITRD} -append '{base} reboot=t' \
          -drive id=d0,file=/tmp/bench.img,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=d0 \
          -netdev tap,id=n0,ifname=tsr1,script=no,downscript=no -device virtio-net-device,netdev=n0 & q=$!; \
          for i in $(seq 3000); do grep -q bench-done /tmp/qemu.out 2>/dev/null && break; \
            kill -0 $q 2>/dev/null || break; sleep 0.1; done; kill $q 2>/dev/null; cat /tmp/qemu.out{HOST_SIDE_STOP}",
         tap("tsr1", "172.16.1.1"),
         host_side("172.16.1.1", "172.16.1.2"),
+        initrd_with_archive(paths::GUEST_INITRAMFS, QEMU_SPEC, QEMU_INITRD),
         paths::QEMU,
         paths::VMLINUX,
-        paths::GUEST_INITRAMFS,
-        guest_cmdline(&format!("{base} reboot=t"), "172.16.1.2", "172.16.1.1", false),
     );
 
     let mut results: [BTreeMap<String, Vec<f64>>; 2] = Default::default();

@@ -1,6 +1,8 @@
 //! Shared pieces of Tessera's benchmarks.
 
 pub use devices::clock::monotonic_us;
+use guest_init::protocol;
+use guest_init::spec::WorkloadSpec;
 
 /// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &mut [f64]) -> f64 {
@@ -12,6 +14,29 @@ pub fn median(values: &mut [f64]) -> f64 {
     } else {
         values[mid]
     }
+}
+
+/// Writes the newc archive that carries `args` as a workload spec (what `tessera run -- ARGS`
+/// appends to its initrd) to a temporary file, for [`tests::test_host::HostOptions`]'s
+/// `extra_files`: VMMs that take one initrd file (QEMU) get it through
+/// [`initrd_with_archive`].
+pub fn spec_archive_file(name: &str, args: &[&str]) -> std::path::PathBuf {
+    let spec = WorkloadSpec::new(args.iter().map(|a| a.to_string()).collect());
+    let archive = protocol::spec_archive(&spec).expect("the bench's workload spec is valid");
+    let path =
+        std::env::temp_dir().join(format!("tessera-bench-{}-{name}.cpio", std::process::id()));
+    std::fs::write(&path, archive).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
+/// A test-host shell command writing `out`: `initrd`, zero bytes up to its next 4-byte
+/// boundary, then `archive`, as tessera lays out an initrd and the workload spec
+/// (`guest_init::protocol::appended_archive_offset`).
+pub fn initrd_with_archive(initrd: &str, archive: &str, out: &str) -> String {
+    format!(
+        "cp {initrd} {out} && s=$(wc -c < {out}) && head -c $(( (4 - s % 4) % 4 )) /dev/zero >> {out} \
+         && cat {archive} >> {out}"
+    )
 }
 
 /// The number after `key=` in `line`, if any.

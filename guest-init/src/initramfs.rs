@@ -1,6 +1,7 @@
-//! An initramfs builder: a newc cpio archive (the format the kernel unpacks into its rootfs),
-//! optionally gzip-compressed. Device nodes and owners are only recorded in the archive, so
-//! building one needs no root.
+//! The initramfs packer behind the `tessera-initramfs` tool (feature `initramfs`, so neither
+//! PID 1 nor the VMM links it): a newc cpio archive (the format the kernel unpacks into its
+//! rootfs), optionally gzip-compressed. Device nodes and owners are only recorded in the
+//! archive, so building one needs no root.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use flate2::write::GzEncoder;
+
+use crate::newc;
 
 /// What an archive entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,22 +174,19 @@ impl Initramfs {
         Ok(())
     }
 
-    /// Writes the archive as an uncompressed newc cpio.
+    /// Writes the archive as an uncompressed newc cpio (its length a multiple of 4).
     pub fn write_cpio(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut out = CountingWriter {
-            inner: out,
-            written: 0,
-        };
+        let mut writer = newc::Writer::new(out);
         for (ino, (path, (mode, node))) in self.entries.iter().enumerate() {
             let (kind, data, rdev): (u32, &[u8], (u32, u32)) = match node {
-                Node::Dir => (0o040000, &[], (0, 0)),
-                Node::File(data) => (0o100000, data, (0, 0)),
-                Node::Symlink(target) => (0o120000, target.as_bytes(), (0, 0)),
-                Node::CharDevice { major, minor } => (0o020000, &[], (*major, *minor)),
+                Node::Dir => (newc::S_IFDIR, &[], (0, 0)),
+                Node::File(data) => (newc::S_IFREG, data, (0, 0)),
+                Node::Symlink(target) => (newc::S_IFLNK, target.as_bytes(), (0, 0)),
+                Node::CharDevice { major, minor } => (newc::S_IFCHR, &[], (*major, *minor)),
             };
             let nlink = if *node == Node::Dir { 2 } else { 1 };
             // `add` keeps entries below 4 GiB and there are far fewer than 2^32 of them.
-            let header = Header {
+            let header = newc::Header {
                 ino: ino as u32 + 1,
                 mode: kind | mode,
                 nlink,
@@ -194,20 +194,9 @@ impl Initramfs {
                 rdev,
                 name: path,
             };
-            header.write(&mut out)?;
-            out.write_all(data)?;
-            out.pad4()?;
+            writer.entry(&header, data)?;
         }
-        Header {
-            ino: 0,
-            mode: 0,
-            nlink: 1,
-            filesize: 0,
-            rdev: (0, 0),
-            name: "TRAILER!!!",
-        }
-        .write(&mut out)?;
-        out.pad4()
+        writer.finish().map(drop)
     }
 
     /// Writes the archive as a gzip-compressed newc cpio.
@@ -232,71 +221,6 @@ fn normalize(path: &str) -> Result<String, InitramfsError> {
     Ok(trimmed.to_string())
 }
 
-/// One newc header: "070701" and thirteen 8-digit hex fields, then the NUL-terminated name,
-/// padded to 4 bytes. uid, gid and mtime are 0 so archives are reproducible.
-struct Header<'a> {
-    ino: u32,
-    mode: u32,
-    nlink: u32,
-    filesize: u32,
-    rdev: (u32, u32),
-    name: &'a str,
-}
-
-impl Header<'_> {
-    fn write<W: Write>(&self, out: &mut CountingWriter<W>) -> io::Result<()> {
-        let namesize = self.name.len() + 1;
-        let fields = [
-            self.ino,
-            self.mode,
-            0, // uid
-            0, // gid
-            self.nlink,
-            0, // mtime
-            self.filesize,
-            0, // devmajor
-            0, // devminor
-            self.rdev.0,
-            self.rdev.1,
-            namesize as u32,
-            0, // check
-        ];
-        let mut text = String::with_capacity(110 + namesize);
-        text.push_str("070701");
-        for field in fields {
-            text.push_str(&format!("{field:08x}"));
-        }
-        out.write_all(text.as_bytes())?;
-        out.write_all(self.name.as_bytes())?;
-        out.write_all(&[0])?;
-        out.pad4()
-    }
-}
-
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> CountingWriter<W> {
-    fn pad4(&mut self) -> io::Result<()> {
-        let pad = (4 - self.written % 4) % 4;
-        self.write_all(&[0; 3][..pad as usize])
-    }
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,35 +229,13 @@ mod tests {
     type Parsed = (String, u32, (u32, u32), Vec<u8>);
 
     /// Parses a newc archive back into entries, checking framing as it goes.
-    fn parse(mut bytes: &[u8]) -> Vec<Parsed> {
-        let mut out = Vec::new();
-        let start_len = bytes.len();
-        loop {
-            assert_eq!(&bytes[..6], b"070701");
-            let field = |i: usize| {
-                u32::from_str_radix(
-                    std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).unwrap(),
-                    16,
-                )
-                .unwrap()
-            };
-            let (mode, size, rdev, namesize) =
-                (field(1), field(6), (field(9), field(10)), field(11));
-            let name = std::str::from_utf8(&bytes[110..110 + namesize as usize - 1])
-                .unwrap()
-                .to_string();
-            assert_eq!(bytes[110 + namesize as usize - 1], 0);
-            let data_start = (110 + namesize as usize).div_ceil(4) * 4;
-            let data = bytes[data_start..data_start + size as usize].to_vec();
-            let next = (data_start + size as usize).div_ceil(4) * 4;
-            bytes = &bytes[next..];
-            if name == "TRAILER!!!" {
-                assert!(bytes.is_empty());
-                assert_eq!(start_len % 4, 0);
-                return out;
-            }
-            out.push((name, mode, rdev, data));
-        }
+    fn parse(bytes: &[u8]) -> Vec<Parsed> {
+        assert_eq!(bytes.len() % 4, 0);
+        newc::parse(bytes)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.mode, e.rdev, e.data))
+            .collect()
     }
 
     #[test]

@@ -24,6 +24,8 @@ fn plain_matches_recording(kernel: &Path, vcpus: u8) -> (EntryPoint, Vec<PieceKi
         kernel_image_path: kernel.to_path_buf(),
         initrd_path: Some(initrd),
         boot_args: "console=ttyS0 reboot=k panic=1".into(),
+        // Stands in for the workload spec's archive: an appendix piece after the initrd.
+        initrd_append: b"07070100appendix".to_vec(),
     };
     let machine = MachineConfig {
         vcpu_count: vcpus,

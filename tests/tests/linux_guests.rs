@@ -209,3 +209,39 @@ fn guest_kernel_panic_ends_the_vm_with_a_clear_message() {
         "{out}"
     );
 }
+
+#[test]
+fn a_100_kib_environment_reaches_the_command() {
+    let test = "a_100_kib_environment_reaches_the_command";
+    // Far past the kernel command line's 2047 bytes: the spec travels in an archive appended to
+    // the initrd. The host's shell makes the value (the serial line to the host is not the place
+    // for 100 KiB); one argument may be up to 128 KiB.
+    let command = "big=$(head -c 102400 /dev/zero | tr '\\0' x) && \
+                   tessera run -e \"BIG=$big\" -e AFTER=ok -- sh -c 'echo \"len=${#BIG} after=$AFTER\"'";
+    let Some(out) = in_host(test, command) else {
+        return;
+    };
+    assert_eq!(out.status, 0, "{out}");
+    assert!(out.output.contains("len=102400 after=ok"), "{out}");
+}
+
+#[test]
+fn the_spec_follows_a_gzip_initrd_whose_length_is_not_a_multiple_of_4() {
+    let test = "the_spec_follows_a_gzip_initrd_whose_length_is_not_a_multiple_of_4";
+    // Linux looks for the appended archive only at a 4-byte boundary from the initrd's start;
+    // the VMM pads to it. A gzip initrd (plus a NUL, which the kernel skips, when its length
+    // happens to be aligned) ends off the boundary.
+    let command = format!(
+        "gzip -c {} > /tmp/g.cpio.gz && \
+         if [ $(( $(wc -c < /tmp/g.cpio.gz) % 4 )) = 0 ]; then head -c 1 /dev/zero >> /tmp/g.cpio.gz; fi && \
+         echo \"initrd-mod-4=$(( $(wc -c < /tmp/g.cpio.gz) % 4 ))\" && \
+         tessera run --initrd /tmp/g.cpio.gz -w /tmp -- sh -c 'echo \"[$(pwd)]\"'",
+        paths::GUEST_INITRAMFS
+    );
+    let Some(out) = in_host(test, &command) else {
+        return;
+    };
+    assert_eq!(out.status, 0, "{out}");
+    assert!(!out.output.contains("initrd-mod-4=0"), "{out}");
+    assert!(out.output.contains("[/tmp]"), "{out}");
+}

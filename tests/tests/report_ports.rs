@@ -1,7 +1,7 @@
 //! tessera-init (guest side) and the VMM's guest report device must agree on the ports.
 
 use devices::legacy::{GUEST_REPORT_LEN, GUEST_REPORT_PORT};
-use guest_init::report::{BOOT_DONE_PORT, EXIT_STATUS_PORT};
+use guest_init::protocol::{BOOT_DONE_PORT, EXIT_STATUS_PORT};
 
 #[test]
 fn guest_and_vmm_use_the_same_report_ports() {

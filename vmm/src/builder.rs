@@ -54,7 +54,10 @@ pub fn boot(
     let settings = resources.devices.settings()?;
     let mut device_manager = DeviceManager::new();
     device_manager.add_configured(vm.vm_fd.as_ref(), &vm.memory, &settings)?;
-    let boot = kernel_cmdline::with_device_args(boot, &device_manager, &settings)?;
+    let mut boot = kernel_cmdline::with_device_args(boot, &device_manager, &settings)?;
+    if let Some(spec) = &resources.workload {
+        boot.initrd_append = guest_init::protocol::spec_archive(spec)?;
+    }
     let entry = load(&vm, &boot)?;
     log::debug!(
         "devices built, boot source loaded in {:?}",

@@ -64,6 +64,11 @@ pub struct BootSource {
     pub kernel_image_path: PathBuf,
     pub initrd_path: Option<PathBuf>,
     pub boot_args: String,
+    /// Bytes the guest gets after the initrd file, at its next 4-byte boundary, the initrd's
+    /// size covering both: the workload spec's newc archive
+    /// (`guest_init::protocol::spec_archive`), which Linux unpacks after the initrd's own.
+    /// Without an initrd file they are the whole initrd. Empty for none.
+    pub initrd_append: Vec<u8>,
 }
 
 impl BootSource {
@@ -78,6 +83,7 @@ impl BootSource {
             kernel_image_path,
             initrd_path,
             boot_args,
+            initrd_append: Vec::new(),
         })
     }
 }

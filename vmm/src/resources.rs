@@ -8,6 +8,7 @@ use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use guest_init::spec::{SpecError, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BootSource, ConfigError, ConsoleOutput, MachineConfig};
@@ -45,6 +46,8 @@ pub enum ResourcesError {
     UnknownDrive(String),
     /// no network interface with iface_id {0:?}
     UnknownInterface(String),
+    /// workload: {0}
+    Workload(#[from] SpecError),
 }
 
 /// `PUT`/`PATCH /machine-config` and the config file's `machine-config`. Fields Firecracker
@@ -209,6 +212,8 @@ pub struct VmResources {
     pub devices: DevicesConfig,
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
+    /// The workload tessera-init runs, for a guest whose init is tessera-init.
+    pub workload: Option<WorkloadSpec>,
     /// Where the guest console goes: not part of Firecracker's configuration, so the API and
     /// config-file front ends leave it on stdio.
     pub console: ConsoleOutput,
@@ -273,6 +278,14 @@ impl VmResources {
         require_all: bool,
     ) -> Result<(), ResourcesError> {
         self.machine = body.apply_to(&self.machine, require_all)?;
+        Ok(())
+    }
+
+    /// The workload tessera-init runs; it reaches the guest in an archive appended to the
+    /// initrd (see `guest_init::protocol`).
+    pub fn set_workload(&mut self, spec: WorkloadSpec) -> Result<(), ResourcesError> {
+        spec.validate()?;
+        self.workload = Some(spec);
         Ok(())
     }
 

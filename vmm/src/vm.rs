@@ -58,6 +58,8 @@ pub enum VmError {
     VcpuThread(#[from] VcpuThreadError),
     /// no boot source: configure a kernel first
     NoBootSource,
+    /// cannot pass the workload to the guest: {0}
+    Workload(#[from] guest_init::protocol::TransportError),
     /// VMM event loop failed: {0}
     EventLoop(event_manager::Error),
     /// {0}

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use guest_init::task::Task;
+use guest_init::spec::{EnvVar, WorkloadSpec};
 use vmm::builder;
 use vmm::config::ConsoleOutput;
-use vmm::kernel_cmdline::{validate_cmdline, COMMAND_CMDLINE, DEFAULT_CMDLINE};
+use vmm::kernel_cmdline::{COMMAND_CMDLINE, DEFAULT_CMDLINE};
 use vmm::resources::{BootSourceConfig, MachineConfigBody, ResourcesError, VmResources};
 use vmm::seccomp::Filters;
 
@@ -21,13 +21,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
 
-    /// Initial ramdisk, placed page-aligned at the top of guest low memory [default with a
-    /// command: the cached tessera-init initramfs].
+    /// Initial ramdisk, placed page-aligned at the top of guest low memory; with a command, the
+    /// workload spec's archive follows it [default with a command: the cached tessera-init
+    /// initramfs].
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
 
-    /// Kernel command line, at most 2047 bytes of ASCII; a command's encoding is appended
-    /// [default: a microVM console line, quiet when running a command].
+    /// Kernel command line, at most 2047 bytes of ASCII (a command does not count: its workload
+    /// spec is appended to the initrd) [default: a microVM console line, quiet when running a
+    /// command].
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
 
@@ -93,7 +95,11 @@ impl RunArgs {
         };
         let e = |e: ResourcesError| e.to_string();
         resources.set_machine_config(&machine, true).map_err(e)?;
+        let workload = self.workload()?;
         resources.set_boot_source(&self.boot_source()?).map_err(e)?;
+        if let Some(spec) = workload {
+            resources.set_workload(spec).map_err(e)?;
+        }
         let devices = device_args::DeviceArgs {
             disks: &self.disk,
             nets: &self.net,
@@ -120,6 +126,27 @@ impl RunArgs {
         Ok(resources)
     }
 
+    /// The command after `--` as a workload spec for tessera-init, if there is one.
+    fn workload(&self) -> Result<Option<WorkloadSpec>, String> {
+        if self.command.is_empty() {
+            return Ok(None);
+        }
+        let env = self
+            .env
+            .iter()
+            .map(|item| match EnvVar::parse(item) {
+                Ok(var) if !var.name.is_empty() => Ok(var),
+                _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(WorkloadSpec {
+            env,
+            cwd: self.workdir.clone(),
+            hostname: self.hostname.clone(),
+            ..WorkloadSpec::new(self.command.clone())
+        }))
+    }
+
     fn boot_source(&self) -> Result<BootSourceConfig, String> {
         if self.command.is_empty() {
             let kernel = self.kernel.clone().ok_or(
@@ -131,23 +158,6 @@ impl RunArgs {
                 boot_args: Some(self.cmdline.clone().unwrap_or(DEFAULT_CMDLINE.to_string())),
             });
         }
-        let env = self
-            .env
-            .iter()
-            .map(|item| match item.split_once('=') {
-                Some((name, value)) if !name.is_empty() => {
-                    Ok((name.to_string(), value.to_string()))
-                }
-                _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
-            })
-            .collect::<Result<_, _>>()?;
-        let task = Task {
-            argv: self.command.clone(),
-            env,
-            cwd: self.workdir.clone(),
-            hostname: self.hostname.clone(),
-        };
-        let encoded = task.to_cmdline().map_err(|e| format!("command: {e}"))?;
         let base = self.cmdline.as_deref().unwrap_or(COMMAND_CMDLINE);
         let kernel = match &self.kernel {
             Some(kernel) => kernel.clone(),
@@ -157,13 +167,10 @@ impl RunArgs {
             Some(initrd) => initrd.clone(),
             None => guest_image::default_initrd()?,
         };
-        let boot_args = format!("{base}{encoded}");
-        validate_cmdline(&boot_args)
-            .map_err(|e| format!("{e} (the command is encoded into it; shorten it)"))?;
         Ok(BootSourceConfig {
             kernel_image_path: kernel,
             initrd_path: Some(initrd),
-            boot_args: Some(boot_args),
+            boot_args: Some(base.to_string()),
         })
     }
 }

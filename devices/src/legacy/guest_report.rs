@@ -10,16 +10,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use guest_init::protocol::{BOOT_DONE_PORT, EXIT_STATUS_PORT, REPORT_PORT_COUNT};
+
 use crate::clock::monotonic_us;
 use crate::BusDevice;
 
-/// The first port of the device.
-pub const GUEST_REPORT_PORT: u64 = 0x3f0;
+/// The first port of the device (`guest_init::protocol::report` defines the ports).
+pub const GUEST_REPORT_PORT: u64 = BOOT_DONE_PORT as u64;
 /// How many ports it spans.
-pub const GUEST_REPORT_LEN: u64 = 2;
+pub const GUEST_REPORT_LEN: u64 = REPORT_PORT_COUNT as u64;
 
 const BOOT_DONE_OFFSET: u64 = 0;
-const EXIT_STATUS_OFFSET: u64 = 1;
+const EXIT_STATUS_OFFSET: u64 = (EXIT_STATUS_PORT - BOOT_DONE_PORT) as u64;
 
 /// The exit status the guest reported, shared with whoever ends the VM.
 #[derive(Debug, Clone, Default)]

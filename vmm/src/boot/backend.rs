@@ -53,7 +53,7 @@ fn write_error(piece: &Piece) -> LaunchError {
             };
             LaunchError::Kernel { path, source }
         }
-        PieceKind::Initrd => LaunchError::Initrd,
+        PieceKind::Initrd | PieceKind::InitrdAppendix => LaunchError::Initrd,
         PieceKind::Cmdline => LaunchError::Cmdline,
         PieceKind::MpTable => LaunchError::MpTable,
         PieceKind::ZeroPage => LaunchError::Write("zero page"),

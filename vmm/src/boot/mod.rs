@@ -81,6 +81,8 @@ pub enum PieceKind {
     /// An ELF loadable segment, or a bzImage's protected-mode kernel.
     Kernel(KernelFormat),
     Initrd,
+    /// Bytes after the initrd file (zero padding, then the workload spec's archive).
+    InitrdAppendix,
     /// The NUL-terminated kernel command line.
     Cmdline,
     MpTable,
@@ -192,15 +194,12 @@ pub fn plan(
         end,
         setup_header,
     } = plan_kernel(&boot.kernel_image_path, kernel.format)?;
-    let initrd = match &boot.initrd_path {
-        Some(path) => {
-            let top = initrd_top(mem_size, setup_header.as_ref());
-            let (piece, placed) = plan_initrd(path, end, top)?;
-            pieces.push(piece);
-            Some(placed)
-        }
-        None => None,
-    };
+    let top = initrd_top(mem_size, setup_header.as_ref());
+    let InitrdPlan {
+        pieces: initrd_pieces,
+        placed: initrd,
+    } = plan_initrd(boot.initrd_path.as_deref(), &boot.initrd_append, end, top)?;
+    pieces.extend(initrd_pieces);
     pieces.push(cmdline(&boot.boot_args));
     pieces.push(mptable::piece(machine.vcpu_count)?);
 
@@ -237,41 +236,88 @@ pub fn initrd_top(mem_size: u64, header: Option<&setup_header>) -> u64 {
     }
 }
 
-/// The initrd as a file range below `top`, above `kernel_end`; and its address and size.
+/// An archive appended to an initrd starts at a multiple of this from the initrd's start, with
+/// zero bytes between: Linux's initramfs unpacker looks for the next archive only there
+/// (`guest_init::protocol::spec_transport` explains why).
+pub const APPENDED_ARCHIVE_ALIGN: u64 = 4;
+
+/// An initrd's pieces, and its address and size in guest memory (None: no initrd).
+pub struct InitrdPlan {
+    pub pieces: Vec<Piece>,
+    pub placed: Option<(u64, u64)>,
+}
+
+/// The initrd below `top`, above `kernel_end`: the file (if any) as a file range, then
+/// `appended` (if any) at the file's next 4-byte boundary, zero-padded; and the initrd's
+/// address and size (file, padding and `appended`), or None when there is neither.
 pub fn plan_initrd(
-    path: &Path,
+    path: Option<&Path>,
+    appended: &[u8],
     kernel_end: u64,
     top: u64,
-) -> Result<(Piece, (u64, u64)), LoaderError> {
-    let file = BootFile::open("initrd", path)?;
-    let size = file
-        .file()
-        .metadata()
-        .map_err(|source| LoaderError::ReadInitrd {
-            path: path.into(),
-            source,
-        })?
-        .len();
-    if size == 0 {
-        return Err(LoaderError::EmptyInitrd { path: path.into() });
-    }
+) -> Result<InitrdPlan, LoaderError> {
+    let file = match path {
+        Some(path) => {
+            let file = BootFile::open("initrd", path)?;
+            let size = file
+                .file()
+                .metadata()
+                .map_err(|source| LoaderError::ReadInitrd {
+                    path: path.into(),
+                    source,
+                })?
+                .len();
+            if size == 0 {
+                return Err(LoaderError::EmptyInitrd { path: path.into() });
+            }
+            Some((file, size))
+        }
+        None if appended.is_empty() => {
+            return Ok(InitrdPlan {
+                pieces: Vec::new(),
+                placed: None,
+            })
+        }
+        None => None,
+    };
+    let file_size = file.as_ref().map_or(0, |(_, size)| *size);
+    let appended_at = match appended.is_empty() {
+        true => file_size,
+        false => file_size.next_multiple_of(APPENDED_ARCHIVE_ALIGN),
+    };
+    let size = appended_at + appended.len() as u64;
     let addr =
         initrd_address(size, kernel_end, top).ok_or_else(|| LoaderError::InitrdTooLarge {
-            path: path.into(),
+            path: path.map_or_else(|| "(appended archive only)".into(), Path::to_path_buf),
             size,
             kernel_end,
             top,
         })?;
-    let piece = Piece {
-        kind: PieceKind::Initrd,
-        addr,
-        data: PieceData::File(FileRange {
-            file,
-            offset: 0,
-            len: size,
-        }),
-    };
-    Ok((piece, (addr, size)))
+    let mut pieces = Vec::with_capacity(2);
+    if let Some((file, len)) = file {
+        pieces.push(Piece {
+            kind: PieceKind::Initrd,
+            addr,
+            data: PieceData::File(FileRange {
+                file,
+                offset: 0,
+                len,
+            }),
+        });
+    }
+    if !appended.is_empty() {
+        let mut bytes = vec![0u8; (appended_at - file_size) as usize];
+        bytes.extend_from_slice(appended);
+        pieces.push(Piece::bytes(
+            PieceKind::InitrdAppendix,
+            addr + file_size,
+            bytes,
+        ));
+    }
+    Ok(InitrdPlan {
+        pieces,
+        placed: Some((addr, size)),
+    })
 }
 
 /// The NUL-terminated command line (already validated for length) at its fixed address.

@@ -253,6 +253,7 @@ fn the_whole_plan_records_what_plain_writes() {
         kernel_image_path: kernel.0.clone(),
         initrd_path: Some(initrd.0.clone()),
         boot_args: "console=ttyS0 reboot=k".into(),
+        initrd_append: Vec::new(),
     };
     let machine = MachineConfig {
         vcpu_count: 2,
@@ -362,4 +363,28 @@ fn cmdline_is_nul_terminated_at_its_address() {
     mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
         .unwrap();
     assert_eq!(&buf, b"console=ttyS0\0");
+}
+
+#[test]
+fn appended_bytes_follow_the_initrd_at_its_next_4_byte_boundary() {
+    let initrd = TempFile::new("appended-initrd", &[0xaa; 5]);
+    let top = 8 << 20;
+    let InitrdPlan { pieces, placed } =
+        plan_initrd(Some(&initrd.0), b"0707", 0x20_0000, top).unwrap();
+    let (addr, size) = placed.unwrap();
+    assert_eq!((addr % PAGE_SIZE, size), (0, 12));
+    let mem = memory::create(8, MemoryBackend::Anonymous).unwrap().memory;
+    let plan = BootPlan {
+        pieces,
+        entry: EntryPoint::Pvh(0),
+    };
+    Plain.apply(&plan, &mem).unwrap();
+    let mut buf = [0xffu8; 12];
+    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    assert_eq!(&buf, b"\xaa\xaa\xaa\xaa\xaa\x00\x00\x000707");
+    // The archive alone is the initrd; nothing at all is none.
+    let only = plan_initrd(None, b"0707", 0x20_0000, top).unwrap();
+    assert_eq!(only.placed, Some((top - PAGE_SIZE, 4)));
+    let none = plan_initrd(None, b"", 0x20_0000, top).unwrap();
+    assert!(none.pieces.is_empty() && none.placed.is_none());
 }

@@ -1,0 +1,102 @@
+//! PID 1 of a Tessera guest (`tessera-init`): the duties of an init around one workload.
+//!
+//! Marks boot-done, mounts the kernel file systems, reads the workload spec the VMM appended to
+//! the initrd (see [`crate::protocol::spec_transport`]), sets the hostname, starts the workload
+//! with a [`Runner`], forwards Ctrl-Alt-Del to it, reaps every zombie, and when the workload
+//! ends: stops what is left, syncs, reports the exit status on the status port (see
+//! [`crate::protocol::report`]) and reboots, which ends the microVM. Its own failures are
+//! printed as `tessera-init: error: ...` and reported as status 125 (126/127 when the command
+//! cannot be executed / is not found). It never returns to the kernel, so the guest never hangs
+//! on init.
+
+mod console;
+mod hostname;
+mod mounts;
+mod reaper;
+mod report_ports;
+mod shutdown;
+mod signals;
+
+use std::io;
+
+use crate::protocol::{self, TransportError, BOOT_DONE_PORT, BOOT_DONE_VALUE, STATUS_INIT_FAILED};
+use crate::runner::{killed_by, RunError, Runner};
+use report_ports::ReportPorts;
+
+/// Why PID 1 could not run the workload.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum Pid1Error {
+    /// cannot create mount point {target}: {source}
+    MountPoint {
+        target: &'static str,
+        source: io::Error,
+    },
+    /// cannot mount {fstype} on {target}: {source}
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        source: io::Error,
+    },
+    /// {0}
+    Spec(#[from] TransportError),
+    /// cannot set hostname {name:?}: {source}
+    Hostname { name: String, source: io::Error },
+    /// cannot turn Ctrl-Alt-Del into a signal: {0}
+    CtrlAltDel(io::Error),
+    /// cannot handle signal {signal}: {source}
+    Signal {
+        signal: libc::c_int,
+        source: io::Error,
+    },
+    /// {0}
+    Run(#[from] RunError),
+    /// lost track of the command (pid {0})
+    LostWorkload(libc::pid_t),
+}
+
+impl Pid1Error {
+    /// The exit status that reports this failure.
+    pub fn status(&self) -> u8 {
+        match self {
+            Pid1Error::Run(e) => e.status(),
+            _ => STATUS_INIT_FAILED,
+        }
+    }
+}
+
+/// Runs PID 1 with `runner` for the workload. Never returns.
+pub fn main(mut runner: impl Runner) -> ! {
+    let ports = ReportPorts::open();
+    ports.write(BOOT_DONE_PORT, BOOT_DONE_VALUE);
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("tessera-init: error: panic: {info}");
+        shutdown::finish(ports, STATUS_INIT_FAILED);
+    }));
+    let status = match run(&mut runner) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("tessera-init: error: {e}");
+            e.status()
+        }
+    };
+    shutdown::finish(ports, status);
+}
+
+fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
+    mounts::mount_kernel_filesystems()?;
+    console::ensure_stdio();
+    let spec = protocol::read_spec()?;
+    hostname::set(spec.hostname())?;
+    signals::forward_ctrl_alt_del()?;
+
+    let workload = runner.start(&spec)?;
+    signals::set_workload(workload.pid);
+    let status = reaper::reap_until(workload.pid)?;
+    if let Some(signal) = killed_by(status) {
+        eprintln!(
+            "tessera-init: {:?} killed by signal {signal}",
+            workload.program
+        );
+    }
+    Ok(status)
+}

@@ -1,0 +1,116 @@
+//! The process runner: execs the spec's program directly, with a fixed base environment, the
+//! spec's variables on top, in the spec's working directory.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use super::{RunError, Runner, Workload};
+use crate::spec::WorkloadSpec;
+
+/// Environment every command starts with; the spec's own variables override it.
+pub const BASE_ENV: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("TERM", "linux"),
+];
+
+/// Runs the spec's program as a child of this process, in a process group of its own.
+#[derive(Debug, Default)]
+pub struct ProcessRunner;
+
+impl ProcessRunner {
+    /// The command `start` spawns (exposed for tests).
+    pub fn command(spec: &WorkloadSpec) -> Result<Command, RunError> {
+        let (program, args) = spec
+            .args
+            .split_first()
+            .ok_or_else(|| RunError::Setup("workload spec: args is empty".into()))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .envs(BASE_ENV)
+            .envs(spec.env.iter().map(|v| (&v.name, &v.value)))
+            .current_dir(spec.cwd())
+            .process_group(0);
+        Ok(command)
+    }
+}
+
+impl Runner for ProcessRunner {
+    fn start(&mut self, spec: &WorkloadSpec) -> Result<Workload, RunError> {
+        let program = spec.args.first().cloned().unwrap_or_default();
+        let child = Self::command(spec)?.spawn().map_err(|source| {
+            let (program, cwd) = (program.clone(), spec.cwd().to_string());
+            match source.kind() {
+                io::ErrorKind::NotFound => RunError::NotFound {
+                    program,
+                    cwd,
+                    source,
+                },
+                _ => RunError::CannotExecute {
+                    program,
+                    cwd,
+                    source,
+                },
+            }
+        })?;
+        let pid = libc::pid_t::try_from(child.id())
+            .map_err(|_| RunError::Setup(format!("pid {} out of range", child.id())))?;
+        // The child is waited for by pid (PID 1 reaps with waitpid(-1)); dropping the handle
+        // neither kills nor waits for it.
+        drop(child);
+        Ok(Workload { pid, program })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{STATUS_CANNOT_EXECUTE, STATUS_NOT_FOUND};
+    use crate::runner::exit_status;
+    use crate::spec::EnvVar;
+
+    fn wait(pid: libc::pid_t) -> u8 {
+        let mut wstatus = 0;
+        // SAFETY: waitpid writes one int through a valid pointer.
+        let reaped = unsafe { libc::waitpid(pid, &mut wstatus, 0) };
+        assert_eq!(reaped, pid);
+        exit_status(wstatus).unwrap()
+    }
+
+    #[test]
+    fn runs_with_base_env_overrides_and_cwd() {
+        let mut spec = WorkloadSpec::new(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            r#"[ "$(pwd)" = /tmp ] && [ "$HOME" = /elsewhere ] && [ "$TERM" = linux ] && [ "$X" = 'a b' ] && [ -z "$USER" ] && read -r _ _ _ _ pgrp _ < /proc/$$/stat && [ "$pgrp" = $$ ] || exit 9; exit 4"#.into(),
+        ]);
+        spec.env = vec![EnvVar::new("HOME", "/elsewhere"), EnvVar::new("X", "a b")];
+        spec.cwd = Some("/tmp".into());
+        let workload = ProcessRunner.start(&spec).unwrap();
+        assert_eq!(workload.program, "/bin/sh");
+        assert_eq!(wait(workload.pid), 4);
+    }
+
+    #[test]
+    fn exec_failures_map_to_126_and_127() {
+        let err = ProcessRunner
+            .start(&WorkloadSpec::new(vec!["/no/such/binary".into()]))
+            .unwrap_err();
+        assert_eq!(err.status(), STATUS_NOT_FOUND);
+        assert!(
+            err.to_string()
+                .starts_with("cannot run \"/no/such/binary\" (in /): "),
+            "{err}"
+        );
+        let err = ProcessRunner
+            .start(&WorkloadSpec::new(vec!["/proc/self/stat".into()]))
+            .unwrap_err();
+        assert_eq!(err.status(), STATUS_CANNOT_EXECUTE);
+    }
+}

@@ -1,0 +1,300 @@
+//! The workload spec: what a Tessera guest (or, later, the host sandbox) runs. One versioned
+//! JSON document that the `tessera` CLI, the REST API and the containerd shim all produce, and
+//! that every runner reads. The format is documented in `docs/WORKLOAD_SPEC.md`.
+//!
+//! This module depends on serde and serde_json only, so every crate can speak it.
+//!
+//! Version 1 holds a process: `args`, `env`, `cwd`, `hostname`. The next issues add, as optional
+//! fields so that a spec without them means what it means today: the image or Wasm module
+//! reference, `user`, `rlimits`, `mounts`, resource `limits`, network and filesystem policy and
+//! the isolation level. A reader refuses fields it does not know (`deny_unknown_fields`), so an
+//! older tessera-init never silently ignores a policy it cannot enforce.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The spec version this build reads and writes.
+pub const SPEC_VERSION: u32 = 1;
+
+/// Hostname when the spec names none.
+pub const DEFAULT_HOSTNAME: &str = "tessera";
+
+/// Working directory when the spec names none.
+pub const DEFAULT_CWD: &str = "/";
+
+/// A workload: a process to run, with its environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Always [`SPEC_VERSION`] for specs this build writes.
+    pub version: u32,
+    /// The program and its arguments (`argv`); the program is looked up in `PATH` when it has
+    /// no `/`.
+    pub args: Vec<String>,
+    /// Variables added to the runner's base environment, in order; a later one of the same name
+    /// wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory [default: `/`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Hostname [default: `tessera`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// One environment variable. In JSON either `"NAME=VALUE"` (written so) or `["NAME", "VALUE"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EnvForm", into = "String")]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// The JSON forms of an [`EnvVar`].
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EnvForm {
+    Joined(String),
+    Pair(String, String),
+}
+
+/// Why a spec is refused. Each message is one line, naming the field.
+#[derive(Debug, thiserror::Error, displaydoc::Display, PartialEq, Eq)]
+pub enum SpecError {
+    /// not valid JSON for a version-1 workload spec: {0}
+    Json(String),
+    /// workload spec version {0} is not supported (this build reads version 1)
+    Version(u32),
+    /// args is empty: it needs at least a program
+    EmptyArgs,
+    /// args[0] is empty: it names no program
+    EmptyProgram,
+    /// env item {0:?} has no `=` between name and value
+    EnvWithoutEquals(String),
+    /// env name {0:?} is empty or holds `=` or a NUL byte
+    BadEnvName(String),
+    /// {0} holds a NUL byte, which exec cannot pass
+    NulByte(String),
+}
+
+impl TryFrom<EnvForm> for EnvVar {
+    type Error = SpecError;
+
+    fn try_from(form: EnvForm) -> Result<Self, SpecError> {
+        match form {
+            EnvForm::Joined(item) => EnvVar::parse(&item),
+            EnvForm::Pair(name, value) => Ok(EnvVar { name, value }),
+        }
+    }
+}
+
+impl From<EnvVar> for String {
+    fn from(var: EnvVar) -> String {
+        var.to_string()
+    }
+}
+
+impl fmt::Display for EnvVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.value)
+    }
+}
+
+impl EnvVar {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    /// Splits `NAME=VALUE` at its first `=`.
+    pub fn parse(item: &str) -> Result<Self, SpecError> {
+        match item.split_once('=') {
+            Some((name, value)) => Ok(Self::new(name, value)),
+            None => Err(SpecError::EnvWithoutEquals(item.to_string())),
+        }
+    }
+}
+
+impl WorkloadSpec {
+    /// A version-1 spec running `args`, with no extra environment, in `/`.
+    pub fn new(args: Vec<String>) -> Self {
+        Self {
+            version: SPEC_VERSION,
+            args,
+            env: Vec::new(),
+            cwd: None,
+            hostname: None,
+        }
+    }
+
+    /// The working directory, defaulted.
+    pub fn cwd(&self) -> &str {
+        self.cwd.as_deref().unwrap_or(DEFAULT_CWD)
+    }
+
+    /// The hostname, defaulted.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME)
+    }
+
+    /// Checks what JSON's types cannot: a program to run, usable env names, no NUL bytes.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.version != SPEC_VERSION {
+            return Err(SpecError::Version(self.version));
+        }
+        let program = self.args.first().ok_or(SpecError::EmptyArgs)?;
+        if program.is_empty() {
+            return Err(SpecError::EmptyProgram);
+        }
+        let nul = |field: String, value: &str| match value.contains('\0') {
+            true => Err(SpecError::NulByte(field)),
+            false => Ok(()),
+        };
+        for (i, arg) in self.args.iter().enumerate() {
+            nul(format!("args[{i}]"), arg)?;
+        }
+        for var in &self.env {
+            if var.name.is_empty() || var.name.contains(['=', '\0']) {
+                return Err(SpecError::BadEnvName(var.name.clone()));
+            }
+            nul(format!("env {:?}", var.name), &var.value)?;
+        }
+        if let Some(cwd) = &self.cwd {
+            nul("cwd".into(), cwd)?;
+        }
+        if let Some(hostname) = &self.hostname {
+            nul("hostname".into(), hostname)?;
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a spec in its JSON wire form. The version is read first, so a spec
+    /// from a newer writer is refused by its version rather than by a field this build lacks.
+    pub fn from_json(json: &[u8]) -> Result<Self, SpecError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let json_err = |e: serde_json::Error| SpecError::Json(e.to_string());
+        let Versioned { version } = serde_json::from_slice(json).map_err(json_err)?;
+        if version != SPEC_VERSION {
+            return Err(SpecError::Version(version));
+        }
+        let spec: Self = serde_json::from_slice(json).map_err(json_err)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The validated spec in its JSON wire form (compact).
+    pub fn to_json(&self) -> Result<Vec<u8>, SpecError> {
+        self.validate()?;
+        serde_json::to_vec(self).map_err(|e| SpecError::Json(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn round_trips_awkward_values_through_json() {
+        let spec = WorkloadSpec {
+            env: vec![
+                EnvVar::new("A", "1=2, 3"),
+                EnvVar::new("EMPTY", ""),
+                EnvVar::new("A", "later wins"),
+            ],
+            cwd: Some("/tmp/a dir".into()),
+            hostname: Some("box-1".into()),
+            ..WorkloadSpec::new(s(&["sh", "-c", "echo \"a, b\" 100% 'x'\ty\n", "", "é"]))
+        };
+        let json = spec.to_json().unwrap();
+        assert_eq!(WorkloadSpec::from_json(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn wire_form_is_the_documented_one() {
+        let mut spec = WorkloadSpec::new(s(&["echo", "hello world"]));
+        spec.env.push(EnvVar::new("GREETING", "hi=there"));
+        assert_eq!(
+            String::from_utf8(spec.to_json().unwrap()).unwrap(),
+            r#"{"version":1,"args":["echo","hello world"],"env":["GREETING=hi=there"]}"#
+        );
+        let pairs = br#"{"version":1,"args":["env"],"env":[["A","1"],"B=2=3"],"cwd":"/tmp","hostname":"h"}"#;
+        let spec = WorkloadSpec::from_json(pairs).unwrap();
+        assert_eq!(spec.env, [EnvVar::new("A", "1"), EnvVar::new("B", "2=3")]);
+        assert_eq!((spec.cwd(), spec.hostname()), ("/tmp", "h"));
+        let bare = WorkloadSpec::from_json(br#"{"version":1,"args":["true"]}"#).unwrap();
+        assert_eq!((bare.cwd(), bare.hostname()), ("/", "tessera"));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_run() {
+        let check = |json: &str| WorkloadSpec::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(check(r#"{"version":1,"args":[]}"#), SpecError::EmptyArgs);
+        assert_eq!(
+            check(r#"{"version":1,"args":[""]}"#),
+            SpecError::EmptyProgram
+        );
+        assert_eq!(
+            check(r#"{"version":1,"args":["a\u0000b"]}"#),
+            SpecError::NulByte("args[0]".into())
+        );
+        assert_eq!(
+            check(r#"{"version":1,"args":["a"],"cwd":"/\u0000"}"#),
+            SpecError::NulByte("cwd".into())
+        );
+        assert_eq!(
+            check(r#"{"version":1,"args":["a"],"env":[["A=B","c"]]}"#),
+            SpecError::BadEnvName("A=B".into())
+        );
+        assert_eq!(
+            check(r#"{"version":1,"args":["a"],"env":["=v"]}"#),
+            SpecError::BadEnvName(String::new())
+        );
+        assert_eq!(
+            check(r#"{"version":1,"args":["a"],"env":[["A","\u0000"]]}"#),
+            SpecError::NulByte("env \"A\"".into())
+        );
+        assert!(matches!(
+            check(r#"{"version":1,"args":["a"],"env":["NOEQUALS"]}"#),
+            SpecError::Json(m) if m.contains("NOEQUALS")
+        ));
+        assert_eq!(
+            check(r#"{"version":2,"args":["a"],"image":"x"}"#),
+            SpecError::Version(2)
+        );
+        assert!(matches!(check(r#"{"args":["a"]}"#), SpecError::Json(m) if m.contains("version")));
+        assert!(matches!(
+            check(r#"{"version":1,"args":["a"],"user":"root"}"#),
+            SpecError::Json(m) if m.contains("unknown field `user`")
+        ));
+        let mut spec = WorkloadSpec::new(s(&["a"]));
+        spec.version = 7;
+        assert_eq!(spec.to_json(), Err(SpecError::Version(7)));
+    }
+
+    #[test]
+    fn messages_name_the_version_this_build_reads() {
+        let want = format!("version {SPEC_VERSION}");
+        assert!(SpecError::Version(9)
+            .to_string()
+            .ends_with(&format!("reads {want})")));
+        let json = SpecError::Json(String::new()).to_string();
+        assert!(json.contains(&format!("version-{SPEC_VERSION} ")), "{json}");
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let err = WorkloadSpec::from_json(b"{\n\"version\": 1,\n\"args\": [1]\n}").unwrap_err();
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+}
