@@ -8,7 +8,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+pub use devices::GuestMemory;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum MemoryError {

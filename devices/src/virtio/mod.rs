@@ -30,8 +30,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
-/// Guest memory as devices see it.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as devices see it (defined once, at the crate root).
+pub use crate::GuestMemory;
 
 /// Device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
