@@ -23,6 +23,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
@@ -37,8 +38,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::bump;
 use super::{
-    drain_queue, fuzzing, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt,
-    Served, VirtioDevice, TYPE_BLOCK,
+    drain_queue, fuzzing, read_config_bytes, ActivateError, Activation, GuestMemory, InterruptKind,
+    Served, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
@@ -47,6 +48,8 @@ pub const SECTOR_SIZE: u64 = 512;
 /// The request queue's largest size.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// The one queue: requests.
+const REQUEST_QUEUE: u16 = 0;
 /// Data segments per request we promise to accept (`seg_max`): a full queue minus the header
 /// and status descriptors. Longer chains (possible through indirect tables) get IOERR.
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
@@ -143,7 +146,7 @@ device_metrics! {
 struct Active {
     mem: GuestMemory,
     queue: Queue,
-    interrupt: Interrupt,
+    interrupt: Arc<dyn VirtioInterrupt>,
     acked_features: u64,
 }
 
@@ -355,7 +358,7 @@ impl Block {
         // Before activation there is nobody to tell: the driver reads the capacity when it
         // probes the device.
         if let Some(active) = &self.active {
-            active.interrupt.signal_config_change();
+            active.interrupt.trigger(InterruptKind::Config);
         }
         Ok(())
     }
@@ -390,9 +393,10 @@ impl Block {
         let (disk, limiter, metrics) = (&mut self.disk, &mut self.limiter, &mut self.metrics);
         drain_queue(
             queue,
+            REQUEST_QUEUE,
             mem,
             &"virtio-blk",
-            interrupt,
+            &**interrupt,
             &self.queue_evts[0],
             |chain| handle_chain(disk, limiter, metrics, mem, chain, *acked_features),
         );
@@ -973,14 +977,11 @@ pub fn fuzz_one(data: &[u8]) {
     let Ok(mut block) = Block::with_backing(backing, &config) else {
         return;
     };
-    let Ok(irqfd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
     let acked_features = block.avail_features();
     let activation = Activation {
         mem,
         queues: vec![queue],
-        interrupt: Interrupt::new(irqfd),
+        interrupt: Arc::new(super::interrupt::RecordingInterrupt::default()),
         acked_features,
     };
     if block.activate(activation).is_ok() {
@@ -1015,7 +1016,8 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use crate::rate_limiter::TokenBucketConfig;
-    use crate::virtio::INTERRUPT_CONFIG_CHANGE;
+    use crate::virtio::interrupt::RecordingInterrupt;
+    use crate::virtio::transport::mmio::{MmioInterrupt, INTERRUPT_CONFIG_CHANGE};
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
@@ -1106,27 +1108,36 @@ mod tests {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
     }
 
-    /// The driver side of the queue, with the device activated on it.
+    /// The driver side of the queue, with the device activated on it. The interrupt is the MMIO
+    /// transport's, so tests read what a driver would see.
     struct Rig<'a> {
         vq: MockSplitQueue<'a, GuestMemory>,
         next_desc: u16,
+        interrupt: Arc<MmioInterrupt>,
     }
 
     impl<'a> Rig<'a> {
         fn new(mem: &'a GuestMemory, block: &mut Block) -> Self {
             let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
             let queue: Queue = vq.create_queue().unwrap();
+            let interrupt = Arc::new(MmioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ));
             block
                 .activate(Activation {
                     mem: mem.clone(),
                     queues: vec![queue],
-                    interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+                    interrupt: interrupt.clone(),
                     acked_features: block.avail_features(),
                 })
                 .unwrap();
             // Status bytes start as a value no request answers with.
             mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-            Self { vq, next_desc: 0 }
+            Self {
+                vq,
+                next_desc: 0,
+                interrupt,
+            }
         }
 
         /// Offers a chain of `parts` linked in order.
@@ -1675,7 +1686,7 @@ mod tests {
             .activate(Activation {
                 mem: mem.clone(),
                 queues: vec![],
-                interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+                interrupt: Arc::new(RecordingInterrupt::default()),
                 acked_features: 0,
             })
             .unwrap_err();
@@ -1807,8 +1818,8 @@ mod tests {
         let features = block.avail_features();
         let discard = block.discard_supported();
         let mem = memory();
-        let _rig = Rig::new(&mem, &mut block);
-        let interrupt = block.active.as_ref().unwrap().interrupt.clone();
+        let rig = Rig::new(&mem, &mut block);
+        let interrupt = rig.interrupt.clone();
 
         block.set_backing_file(&new.path).unwrap();
 
@@ -1838,8 +1849,8 @@ mod tests {
         let disk = TempDisk::new(16);
         let mut block = disk.block();
         let mem = memory();
-        let _rig = Rig::new(&mem, &mut block);
-        let interrupt = block.active.as_ref().unwrap().interrupt.clone();
+        let rig = Rig::new(&mem, &mut block);
+        let interrupt = rig.interrupt.clone();
 
         let missing = disk.path.with_extension("missing");
         let err = block.set_backing_file(&missing).unwrap_err();

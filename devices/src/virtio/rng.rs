@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Queue;
@@ -10,11 +11,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::bump;
 use super::{
-    drain_queue, ActivateError, Activation, GuestMemory, Interrupt, Served, VirtioDevice, TYPE_RNG,
+    drain_queue, ActivateError, Activation, GuestMemory, Served, VirtioDevice, VirtioInterrupt,
+    TYPE_RNG,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
 const QUEUE_SIZE: u16 = 256;
+/// The one queue: requests.
+const REQUEST_QUEUE: u16 = 0;
 /// The most entropy one request gets; Linux asks for at most a page or so at a time.
 const MAX_REQUEST: usize = 64 << 10;
 
@@ -45,7 +49,7 @@ device_metrics! {
 struct Active {
     mem: GuestMemory,
     queue: Queue,
-    interrupt: Interrupt,
+    interrupt: Arc<dyn VirtioInterrupt>,
 }
 
 /// The entropy device.
@@ -82,8 +86,9 @@ impl Rng {
             (&mut self.rate_limiter, &mut self.buffer, &mut self.metrics);
         let mem = &active.mem;
         let (queue, interrupt, kick) =
-            (&mut active.queue, &active.interrupt, &self.queue_events[0]);
-        drain_queue(queue, mem, &"virtio-rng", interrupt, kick, |chain| {
+            (&mut active.queue, &*active.interrupt, &self.queue_events[0]);
+        let label = &"virtio-rng";
+        drain_queue(queue, REQUEST_QUEUE, mem, label, interrupt, kick, |chain| {
             let mut writer = match chain.writer(mem) {
                 Ok(w) => w,
                 Err(e) => {
@@ -120,14 +125,17 @@ impl Rng {
         });
     }
 
+    /// Activates the device on `queue` with the MMIO transport's interrupt (so tests can read
+    /// its irqfd), without the transport.
     #[cfg(test)]
     fn activate_for_test(&mut self, mem: GuestMemory, queue: Queue) -> EventFd {
+        use super::transport::mmio::MmioInterrupt;
         let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let interrupt = Interrupt::new(irq.try_clone().expect("clone eventfd"));
+        let interrupt = MmioInterrupt::new(irq.try_clone().expect("clone eventfd"));
         self.active = Some(Active {
             mem,
             queue,
-            interrupt,
+            interrupt: Arc::new(interrupt),
         });
         irq
     }
@@ -235,14 +243,10 @@ pub fn fuzz_one(data: &[u8]) {
     let Ok(mut rng) = Rng::new(RateLimiterConfig::default()) else {
         return;
     };
-    let interrupt = Interrupt::new(match EventFd::new(EFD_NONBLOCK) {
-        Ok(fd) => fd,
-        Err(_) => return,
-    });
     rng.active = Some(Active {
         mem,
         queue,
-        interrupt,
+        interrupt: Arc::new(super::interrupt::RecordingInterrupt::default()),
     });
     rng.process_queue();
 }
