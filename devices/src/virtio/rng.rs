@@ -388,6 +388,59 @@ mod tests {
         assert_eq!((m.requests, m.bytes, m.rate_limited), (2, 2000, 1));
     }
 
+    /// The device alone: activated through `VirtioDevice::activate` with an interrupt that only
+    /// records, no transport anywhere. It names its one queue when it returns buffers the driver
+    /// asked to hear about (event index), and stays quiet otherwise.
+    #[test]
+    fn runs_without_a_transport_and_names_its_queue() {
+        use crate::virtio::interrupt::RecordingInterrupt;
+        use crate::virtio::{InterruptKind, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+        use virtio_queue::QueueT;
+
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut rng = Rng::new(RateLimiterConfig::default()).unwrap();
+        let irq = Arc::new(RecordingInterrupt::default());
+        let mut queue: Queue = q.create_queue().unwrap();
+        queue.set_event_idx(true);
+        // The mock's used ring overlaps the avail ring's used_event field: move it to a page of
+        // its own so the event index means what the driver wrote.
+        queue.set_used_ring_address(Some(0x4000), Some(0));
+        rng.activate(Activation {
+            mem: mem.clone(),
+            queues: vec![queue],
+            interrupt: irq.clone(),
+            acked_features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        })
+        .unwrap();
+        // used_event sits after the avail ring's 16 entries.
+        let used_event = q.avail_addr().unchecked_add(4 + 16 * 2);
+
+        // The driver wants to hear once the used index passes 5: one buffer back, no interrupt.
+        mem.write_obj(5u16, used_event).unwrap();
+        q.add_desc_chains(&[desc(0x8000, 32, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().requests, 1);
+        assert_eq!(irq.take(), vec![]);
+
+        // Now once it passes 1: the second buffer back raises exactly one, for queue 0.
+        mem.write_obj(1u16, used_event).unwrap();
+        q.add_desc_chains(&[desc(0x9000, 32, VRING_DESC_F_WRITE, 0)], 1)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().requests, 2);
+        assert_eq!(irq.take(), vec![InterruptKind::Queue(0)]);
+
+        // After a reset the device raises nothing at all.
+        rng.reset();
+        q.add_desc_chains(&[desc(0xa000, 32, VRING_DESC_F_WRITE, 0)], 2)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().requests, 2);
+        assert_eq!(irq.take(), vec![]);
+    }
+
     #[test]
     fn fuzz_replay() {
         for input in crate::virtio::fuzzing::seeded_inputs(4, 3000, 512) {

@@ -617,6 +617,28 @@ mod tests {
     }
 
     #[test]
+    fn every_queue_shares_the_line_and_config_changes_move_the_generation() {
+        let (mut t, _) = setup(false);
+        let irqfd = t.interrupt().irqfd().try_clone().unwrap();
+        let line: Arc<dyn VirtioInterrupt> = t.interrupt.clone();
+        line.trigger(InterruptKind::Queue(0));
+        line.trigger(InterruptKind::Queue(1));
+        assert_eq!(r(&mut t, 0x60), INTERRUPT_USED_RING);
+        assert_eq!(r(&mut t, 0xfc), 0);
+        assert_eq!(irqfd.read().unwrap(), 2);
+        line.trigger(InterruptKind::Config);
+        assert_eq!(
+            r(&mut t, 0x60),
+            INTERRUPT_USED_RING | INTERRUPT_CONFIG_CHANGE
+        );
+        assert_eq!(r(&mut t, 0xfc), 1);
+        assert_eq!(irqfd.read().unwrap(), 1);
+        // A reset clears the status but not the generation (it only ever moves forward).
+        w(&mut t, 0x70, 0);
+        assert_eq!((r(&mut t, 0x60), r(&mut t, 0xfc)), (0, 1));
+    }
+
+    #[test]
     fn config_space_and_odd_widths() {
         let (mut t, dummy) = setup(false);
         let mut b = [0u8; 2];
