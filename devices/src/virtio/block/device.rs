@@ -406,6 +406,9 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use crate::rate_limiter::TokenBucketConfig;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::mock::MockSplitQueue;
+
     use crate::virtio::interrupt::RecordingInterrupt;
     use crate::virtio::transport::mmio::INTERRUPT_CONFIG_CHANGE;
 
@@ -720,6 +723,47 @@ mod tests {
         block.queue_notified();
         assert_eq!(rig.used(), vec![(0, 1)]);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_UNSUPP);
+    }
+
+    /// No transport: the device reports a served request as queue 0 and a backing-file swap as
+    /// a config change, in virtio terms, to whatever interrupt it was activated with.
+    #[test]
+    fn tells_its_interrupt_the_queue_index_and_config_changes() {
+        let old = TempDisk::new(16);
+        let new = TempDisk::new(32);
+        let mut block = old.block();
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        let irq = Arc::new(RecordingInterrupt::default());
+        block
+            .activate(Activation {
+                mem: mem.clone(),
+                queues: vec![vq.create_queue().unwrap()],
+                interrupt: irq.clone(),
+                acked_features: block.avail_features(),
+            })
+            .unwrap();
+        write_header(&mem, VIRTIO_BLK_T_IN, 3);
+        vq.add_desc_chains(
+            &[
+                raw(HDR, 16, VRING_DESC_F_NEXT, 1),
+                raw(DATA, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2),
+                raw(STATUS, 1, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        block.queue_notified();
+        assert_eq!(block.counters().read_count, 1);
+        assert_eq!(irq.take(), vec![InterruptKind::Queue(REQUEST_QUEUE)]);
+
+        block.set_backing_file(&new.path).unwrap();
+        assert_eq!(irq.take(), vec![InterruptKind::Config]);
+        // Reset: the device lets go of the interrupt; a swap now tells nobody.
+        block.reset();
+        block.set_backing_file(&old.path).unwrap();
+        assert_eq!(irq.take(), vec![]);
+        assert_eq!(Arc::strong_count(&irq), 1);
     }
 
     #[test]
