@@ -13,3 +13,7 @@ pub mod timer;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+
+/// Guest memory, as the VMM maps it and devices read and write it: the one definition (the VMM's
+/// `memory::GuestMemory` re-exports it).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

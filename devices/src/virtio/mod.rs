@@ -1,14 +1,29 @@
-//! Virtio 1.x devices over the MMIO transport.
+//! Virtio 1.x devices, and the transports that put them in front of a driver.
 //!
-//! A device model implements [`VirtioDevice`] (what the transport needs: type, queues, features,
-//! config space, activation, reset) and `event_manager::MutEventSubscriber` (how it runs: it
-//! registers its queue eventfds and backend fds once, in `init`, and does its work in `process`
-//! on the VMM event loop thread). The transport ([`mmio::MmioTransport`]) sits on the MMIO bus
-//! and is driven by vCPU threads; it hands the device its queues with [`Activation`] when the
-//! driver sets DRIVER_OK and calls [`VirtioDevice::reset`] when the driver writes status 0.
+//! Two seams keep devices and transports apart; neither side names the other's types:
 //!
-//! Queue notifications reach the device through its queue eventfds (bound to the QueueNotify
-//! register with KVM ioeventfds); interrupts leave through [`Interrupt`] (a KVM irqfd).
+//! * [`VirtioDevice`] is what a transport needs from a device: type, queue sizes and eventfds,
+//!   features, config space, [`activate`](VirtioDevice::activate) and
+//!   [`reset`](VirtioDevice::reset). A device model also implements
+//!   `event_manager::MutEventSubscriber` (how it runs: it registers its queue eventfds and backend
+//!   fds once, in `init`, and does its work in `process` on the VMM event loop thread).
+//! * [`VirtioInterrupt`] is what a device needs from a transport: it says in virtio terms what
+//!   happened ([`InterruptKind::Queue`] with its queue index, or [`InterruptKind::Config`]) and
+//!   the transport decides how the driver hears it (a status register and one irqfd for MMIO, a
+//!   vector per queue for MSI-X). A device gets it as an `Arc<dyn VirtioInterrupt>` in its
+//!   [`Activation`] and returns used buffers through [`drain_queue`] or
+//!   [`VirtioInterrupt::notify_queue`], which honour event index.
+//!
+//! Transports live in [`transport`]: today [`transport::mmio`] ([`MmioTransport`] on the MMIO
+//! bus, driven by vCPU threads, and its [`MmioInterrupt`](transport::mmio::MmioInterrupt)). A
+//! transport keeps the driver's feature and queue choices, hands the device its queues with
+//! [`Activation`] when the driver sets DRIVER_OK and calls [`VirtioDevice::reset`] when the
+//! driver resets the device. Queue notifications reach the device through its queue eventfds
+//! (bound to the transport's notify address with KVM ioeventfds), never through the transport's
+//! code on the hot path.
+//!
+//! A device can therefore run with no transport at all: activate it directly with queues and a
+//! recording interrupt ([`interrupt::RecordingInterrupt`]), as the unit tests and fuzzers do.
 
 // First: its `device_metrics!` macro is used by the devices below.
 #[macro_use]
@@ -16,22 +31,22 @@ mod metrics;
 pub mod block;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod mmio;
+pub mod interrupt;
 pub mod net;
 pub mod rng;
 pub mod tap;
+pub mod transport;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-
-/// Guest memory as devices see it.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as devices see it (defined once, at the crate root).
+pub use crate::GuestMemory;
+pub use interrupt::{InterruptKind, VirtioInterrupt};
+pub use transport::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 /// Device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
@@ -46,86 +61,6 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRT
 /// The most chains a device serves in one event-loop pass before re-kicking itself, so a guest
 /// that keeps its ring full cannot hold the loop (and every other device, and signals) forever.
 pub const MAX_CHAINS_PER_PASS: usize = 256;
-
-/// Interrupt status bits (InterruptStatus / InterruptACK registers).
-pub const INTERRUPT_USED_RING: u32 = 1;
-pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
-
-/// The device's interrupt line: a status word the transport exposes and an irqfd that raises
-/// the GSI. Cloned freely between the transport and the device.
-#[derive(Clone)]
-pub struct Interrupt {
-    shared: Arc<InterruptShared>,
-}
-
-struct InterruptShared {
-    status: AtomicU32,
-    config_generation: AtomicU32,
-    irqfd: EventFd,
-}
-
-impl Interrupt {
-    /// An interrupt raised by writing to `irqfd` (registered with KVM_IRQFD by the VMM).
-    pub fn new(irqfd: EventFd) -> Self {
-        Self {
-            shared: Arc::new(InterruptShared {
-                status: AtomicU32::new(0),
-                config_generation: AtomicU32::new(0),
-                irqfd,
-            }),
-        }
-    }
-
-    /// Tells the driver that a queue has new used buffers.
-    pub fn signal_used_queue(&self) {
-        self.raise(INTERRUPT_USED_RING);
-    }
-
-    /// Tells the driver that the configuration space changed.
-    pub fn signal_config_change(&self) {
-        self.shared.config_generation.fetch_add(1, Ordering::SeqCst);
-        self.raise(INTERRUPT_CONFIG_CHANGE);
-    }
-
-    /// Signals the driver about `queue` if the driver asked to be told (event index or flags).
-    pub fn notify_queue(&self, queue: &mut Queue, mem: &GuestMemory) {
-        // A guest that corrupted its own ring gets the interrupt anyway: it is the safe side.
-        if queue.needs_notification(mem).unwrap_or(true) {
-            self.signal_used_queue();
-        }
-    }
-
-    fn raise(&self, bit: u32) {
-        self.shared.status.fetch_or(bit, Ordering::SeqCst);
-        if let Err(e) = self.shared.irqfd.write(1) {
-            log::error!("virtio: cannot raise interrupt: {e}");
-        }
-    }
-
-    /// The InterruptStatus register.
-    pub fn status(&self) -> u32 {
-        self.shared.status.load(Ordering::SeqCst)
-    }
-
-    /// The InterruptACK register: clears the acknowledged bits.
-    pub fn ack(&self, bits: u32) {
-        self.shared.status.fetch_and(!bits, Ordering::SeqCst);
-    }
-
-    /// The ConfigGeneration register.
-    pub fn config_generation(&self) -> u32 {
-        self.shared.config_generation.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn clear(&self) {
-        self.shared.status.store(0, Ordering::SeqCst);
-    }
-
-    /// The irqfd, for registering with KVM.
-    pub fn irqfd(&self) -> &EventFd {
-        &self.shared.irqfd
-    }
-}
 
 /// What a device did with one descriptor chain, for [`drain_queue`].
 pub enum Served {
@@ -149,19 +84,20 @@ pub struct Drained {
 /// while draining, then on and a re-check for chains that raced in), at most
 /// [`MAX_CHAINS_PER_PASS`] per call. A ring that keeps claiming chains it cannot yield (a bad
 /// avail index) ends the pass instead of spinning. Ring errors are the guest's: logged at debug
-/// level, led by `label`. Afterwards the guest is notified of used chains (if it asked), and
-/// `queue_evt` is kicked when the budget ran out.
+/// level, led by `label`. Afterwards the guest is notified of used chains (if it asked) as queue
+/// `queue_index`, and `queue_evt` is kicked when the budget ran out.
 pub fn drain_queue(
     queue: &mut Queue,
+    queue_index: u16,
     mem: &GuestMemory,
     label: &dyn std::fmt::Display,
-    interrupt: &Interrupt,
+    interrupt: &dyn VirtioInterrupt,
     queue_evt: &EventFd,
     serve: impl FnMut(DescriptorChain<&GuestMemory>) -> Served,
 ) -> Drained {
     let drained = serve_available(queue, mem, label, serve);
     if drained.used_any {
-        interrupt.notify_queue(queue, mem);
+        interrupt.notify_queue(queue_index, queue, mem);
     }
     if drained.budget_spent {
         if let Err(e) = queue_evt.write(1) {
@@ -228,7 +164,9 @@ fn serve_available(
 pub struct Activation {
     pub mem: GuestMemory,
     pub queues: Vec<Queue>,
-    pub interrupt: Interrupt,
+    /// How the device tells the driver about used buffers (by queue index, the position in
+    /// `queues`) and config changes; the transport's implementation, shared with it.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
     pub acked_features: u64,
 }
 
@@ -241,7 +179,7 @@ pub enum ActivateError {
     Backend(String),
 }
 
-/// A virtio device model, as the MMIO transport sees it.
+/// A virtio device model, as a transport sees it.
 ///
 /// Implementors are also `event_manager::MutEventSubscriber`s: they register their
 /// [`queue_events`](Self::queue_events) and backend fds in `init` (backends edge-triggered, so an
@@ -296,6 +234,7 @@ pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::transport::mmio::{MmioInterrupt, INTERRUPT_USED_RING};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -303,8 +242,8 @@ mod tests {
 
     /// A guest that re-posts every chain as soon as it is served never lets a pass end on its
     /// own: the budget must end it.
-    fn irq_and_evt() -> (Interrupt, EventFd) {
-        let irq = Interrupt::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+    fn irq_and_evt() -> (MmioInterrupt, EventFd) {
+        let irq = MmioInterrupt::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
         (
             irq,
             EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
@@ -321,7 +260,7 @@ mod tests {
         let mut queue: Queue = q.create_queue().unwrap();
         let avail = q.avail_addr();
         let mut served = 0u16;
-        let drained = drain_queue(&mut queue, &mem, &"test", &irq, &evt, |chain| {
+        let drained = drain_queue(&mut queue, 0, &mem, &"test", &irq, &evt, |chain| {
             served += 1;
             // Post the same head again in the next avail slot and publish it.
             let slot = avail.unchecked_add(4 + u64::from(served % 16) * 2);
@@ -343,9 +282,13 @@ mod tests {
         let desc = SplitDescriptor::new(0x8000, 16, VRING_DESC_F_WRITE as u16, 0);
         q.build_desc_chain(&[RawDescriptor::from(desc)]).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        let drained = drain_queue(&mut queue, &mem, &"test", &irq, &evt, |_| Served::PutBack);
+        let drained = drain_queue(&mut queue, 0, &mem, &"test", &irq, &evt, |_| {
+            Served::PutBack
+        });
         assert_eq!(drained, Drained::default());
-        let drained = drain_queue(&mut queue, &mem, &"test", &irq, &evt, |_| Served::Used(1));
+        let drained = drain_queue(&mut queue, 0, &mem, &"test", &irq, &evt, |_| {
+            Served::Used(1)
+        });
         assert!(drained.used_any && !drained.budget_spent);
         assert_eq!(queue.next_used(), 1);
     }

@@ -13,6 +13,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_net as vnet;
@@ -23,8 +24,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::metrics::bump;
 use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, VNET_HDR_LEN};
 use super::{
-    drain_queue, read_config_bytes, ActivateError, Activation, GuestMemory, Interrupt, Served,
-    VirtioDevice, MAX_CHAINS_PER_PASS, TYPE_NET,
+    drain_queue, read_config_bytes, ActivateError, Activation, GuestMemory, Served, VirtioDevice,
+    VirtioInterrupt, MAX_CHAINS_PER_PASS, TYPE_NET,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
@@ -399,7 +400,7 @@ struct Active {
     mem: GuestMemory,
     rx: Queue,
     tx: Queue,
-    interrupt: Interrupt,
+    interrupt: Arc<dyn VirtioInterrupt>,
 }
 
 /// A virtio-net device.
@@ -674,7 +675,7 @@ impl Net {
             }
         }
         if used {
-            active.interrupt.notify_queue(queue, mem);
+            active.interrupt.notify_queue(RX_QUEUE as u16, queue, mem);
         }
         if rekick {
             self.kick(RX_QUEUE);
@@ -697,7 +698,8 @@ impl Net {
         let (name, limiter, metrics) = (&self.name, &mut self.tx_limiter, &mut self.metrics);
         let kick = &self.queue_events[TX_QUEUE];
         let label = format_args!("net {name}: tx queue");
-        drain_queue(queue, mem, &label, &active.interrupt, kick, |chain| {
+        let (index, interrupt) = (TX_QUEUE as u16, &*active.interrupt);
+        drain_queue(queue, index, mem, &label, interrupt, kick, |chain| {
             let head = chain.head_index();
             match gather(mem, chain, false, VNET_HDR_LEN + MAX_FRAME_LEN) {
                 Ok(bufs) => {
@@ -844,13 +846,10 @@ pub fn fuzz_one(data: &[u8]) {
     }
     let acked_features = bytes.u64() & net.avail_features();
     fuzzing::fill_data(&mem, &mut bytes);
-    let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
     let activation = Activation {
         mem,
         queues: vec![rx, tx],
-        interrupt: Interrupt::new(irq),
+        interrupt: Arc::new(super::interrupt::RecordingInterrupt::default()),
         acked_features,
     };
     if net.activate(activation).is_err() {
@@ -876,6 +875,7 @@ mod tests {
     use vm_memory::GuestAddress;
 
     use super::super::fuzzing;
+    use super::super::transport::mmio::MmioInterrupt;
     use super::*;
     use crate::rate_limiter::TokenBucketConfig;
 
@@ -944,7 +944,7 @@ mod tests {
                     self.rx.create_queue().unwrap(),
                     self.tx.create_queue().unwrap(),
                 ],
-                interrupt: Interrupt::new(self.irq.try_clone().unwrap()),
+                interrupt: Arc::new(MmioInterrupt::new(self.irq.try_clone().unwrap())),
                 acked_features,
             }
         }

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Queue;
@@ -10,11 +11,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::bump;
 use super::{
-    drain_queue, ActivateError, Activation, GuestMemory, Interrupt, Served, VirtioDevice, TYPE_RNG,
+    drain_queue, ActivateError, Activation, GuestMemory, Served, VirtioDevice, VirtioInterrupt,
+    TYPE_RNG,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
 const QUEUE_SIZE: u16 = 256;
+/// The one queue: requests.
+const REQUEST_QUEUE: u16 = 0;
 /// The most entropy one request gets; Linux asks for at most a page or so at a time.
 const MAX_REQUEST: usize = 64 << 10;
 
@@ -45,7 +49,7 @@ device_metrics! {
 struct Active {
     mem: GuestMemory,
     queue: Queue,
-    interrupt: Interrupt,
+    interrupt: Arc<dyn VirtioInterrupt>,
 }
 
 /// The entropy device.
@@ -82,8 +86,9 @@ impl Rng {
             (&mut self.rate_limiter, &mut self.buffer, &mut self.metrics);
         let mem = &active.mem;
         let (queue, interrupt, kick) =
-            (&mut active.queue, &active.interrupt, &self.queue_events[0]);
-        drain_queue(queue, mem, &"virtio-rng", interrupt, kick, |chain| {
+            (&mut active.queue, &*active.interrupt, &self.queue_events[0]);
+        let label = &"virtio-rng";
+        drain_queue(queue, REQUEST_QUEUE, mem, label, interrupt, kick, |chain| {
             let mut writer = match chain.writer(mem) {
                 Ok(w) => w,
                 Err(e) => {
@@ -120,14 +125,17 @@ impl Rng {
         });
     }
 
+    /// Activates the device on `queue` with the MMIO transport's interrupt (so tests can read
+    /// its irqfd), without the transport.
     #[cfg(test)]
     fn activate_for_test(&mut self, mem: GuestMemory, queue: Queue) -> EventFd {
+        use super::transport::mmio::MmioInterrupt;
         let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let interrupt = Interrupt::new(irq.try_clone().expect("clone eventfd"));
+        let interrupt = MmioInterrupt::new(irq.try_clone().expect("clone eventfd"));
         self.active = Some(Active {
             mem,
             queue,
-            interrupt,
+            interrupt: Arc::new(interrupt),
         });
         irq
     }
@@ -235,14 +243,10 @@ pub fn fuzz_one(data: &[u8]) {
     let Ok(mut rng) = Rng::new(RateLimiterConfig::default()) else {
         return;
     };
-    let interrupt = Interrupt::new(match EventFd::new(EFD_NONBLOCK) {
-        Ok(fd) => fd,
-        Err(_) => return,
-    });
     rng.active = Some(Active {
         mem,
         queue,
-        interrupt,
+        interrupt: Arc::new(super::interrupt::RecordingInterrupt::default()),
     });
     rng.process_queue();
 }
@@ -382,6 +386,59 @@ mod tests {
         assert_eq!(used_idx(&mem), 2);
         let m = rng.counters();
         assert_eq!((m.requests, m.bytes, m.rate_limited), (2, 2000, 1));
+    }
+
+    /// The device alone: activated through `VirtioDevice::activate` with an interrupt that only
+    /// records, no transport anywhere. It names its one queue when it returns buffers the driver
+    /// asked to hear about (event index), and stays quiet otherwise.
+    #[test]
+    fn runs_without_a_transport_and_names_its_queue() {
+        use crate::virtio::interrupt::RecordingInterrupt;
+        use crate::virtio::{InterruptKind, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+        use virtio_queue::QueueT;
+
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut rng = Rng::new(RateLimiterConfig::default()).unwrap();
+        let irq = Arc::new(RecordingInterrupt::default());
+        let mut queue: Queue = q.create_queue().unwrap();
+        queue.set_event_idx(true);
+        // The mock's used ring overlaps the avail ring's used_event field: move it to a page of
+        // its own so the event index means what the driver wrote.
+        queue.set_used_ring_address(Some(0x4000), Some(0));
+        rng.activate(Activation {
+            mem: mem.clone(),
+            queues: vec![queue],
+            interrupt: irq.clone(),
+            acked_features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        })
+        .unwrap();
+        // used_event sits after the avail ring's 16 entries.
+        let used_event = q.avail_addr().unchecked_add(4 + 16 * 2);
+
+        // The driver wants to hear once the used index passes 5: one buffer back, no interrupt.
+        mem.write_obj(5u16, used_event).unwrap();
+        q.add_desc_chains(&[desc(0x8000, 32, VRING_DESC_F_WRITE, 0)], 0)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().requests, 1);
+        assert_eq!(irq.take(), vec![]);
+
+        // Now once it passes 1: the second buffer back raises exactly one, for queue 0.
+        mem.write_obj(1u16, used_event).unwrap();
+        q.add_desc_chains(&[desc(0x9000, 32, VRING_DESC_F_WRITE, 0)], 1)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().requests, 2);
+        assert_eq!(irq.take(), vec![InterruptKind::Queue(0)]);
+
+        // After a reset the device raises nothing at all.
+        rng.reset();
+        q.add_desc_chains(&[desc(0xa000, 32, VRING_DESC_F_WRITE, 0)], 2)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().requests, 2);
+        assert_eq!(irq.take(), vec![]);
     }
 
     #[test]

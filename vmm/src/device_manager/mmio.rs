@@ -10,7 +10,7 @@ use devices::virtio::net::{Net, NetError};
 use devices::virtio::rng::{Rng, RngError};
 use devices::virtio::vsock::{Vsock, VsockError};
 use devices::virtio::{
-    GuestMemory, Interrupt, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+    GuestMemory, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 use devices::{Bus, BusError};
 use event_manager::MutEventSubscriber;
@@ -131,7 +131,7 @@ impl DeviceManager {
 
         let device_type = device.device_type();
         let device = Arc::new(Mutex::new(device));
-        let transport = MmioTransport::new(mem.clone(), device.clone(), Interrupt::new(irqfd));
+        let transport = MmioTransport::new(mem.clone(), device.clone(), irqfd);
         self.mmio_bus
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
         self.devices.all.push((name, device.clone()));

@@ -23,7 +23,8 @@ pub use self::backend::MemoryBackend;
 use crate::hypervisor::{self, MemorySlot, PrivateBacking};
 use crate::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// Guest memory, as the devices see it too (defined once, in `devices`).
+pub use devices::GuestMemory;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum MemoryError {

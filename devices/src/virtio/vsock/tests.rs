@@ -20,6 +20,7 @@ use super::connection::BUF_ALLOC;
 use super::packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
 use crate::virtio::fuzzing;
+use crate::virtio::interrupt::RecordingInterrupt;
 
 const CID: u64 = 3;
 const MEM_SIZE: u64 = 0x40_0000;
@@ -122,7 +123,7 @@ impl Harness {
         let activation = Activation {
             mem: self.mem.clone(),
             queues,
-            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            interrupt: Arc::new(RecordingInterrupt::default()),
             acked_features: crate::virtio::VIRTIO_F_VERSION_1,
         };
         self.dev.lock().unwrap().activate(activation).unwrap();

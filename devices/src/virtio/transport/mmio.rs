@@ -3,14 +3,19 @@
 //! vCPU threads read and write these registers; the transport keeps the driver's feature and
 //! queue choices, walks the status state machine and hands a device its queues on DRIVER_OK.
 //! Queue notifications normally bypass it (KVM ioeventfds on [`QUEUE_NOTIFY_OFFSET`]); a write
-//! that still lands here is forwarded to the same eventfd.
+//! that still lands here is forwarded to the same eventfd. Interrupts leave through
+//! [`MmioInterrupt`], the transport's [`VirtioInterrupt`]: one line (an irqfd) for every queue
+//! and config changes, told apart by the InterruptStatus register.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    Activation, GuestMemory, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+use crate::virtio::{
+    Activation, GuestMemory, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::BusDevice;
 
@@ -25,6 +30,10 @@ const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4152_5354;
 const CONFIG_SPACE: u64 = 0x100;
 
+/// Interrupt status bits (InterruptStatus / InterruptACK registers).
+pub const INTERRUPT_USED_RING: u32 = 1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
 /// Device status bits (virtio 1.2, section 2.1).
 pub mod status {
     pub const ACKNOWLEDGE: u32 = 1;
@@ -35,11 +44,74 @@ pub mod status {
     pub const FAILED: u32 = 128;
 }
 
+/// The device's interrupt line: a status word the transport exposes and an irqfd that raises
+/// the GSI. Every queue shares the line; the driver reads InterruptStatus to learn why.
+pub struct MmioInterrupt {
+    status: AtomicU32,
+    config_generation: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl MmioInterrupt {
+    /// An interrupt raised by writing to `irqfd` (registered with KVM_IRQFD by the VMM).
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            log::error!("virtio: cannot raise interrupt: {e}");
+        }
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The InterruptACK register: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for registering with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+impl VirtioInterrupt for MmioInterrupt {
+    fn trigger(&self, kind: InterruptKind) {
+        match kind {
+            // One line for all queues: the index only matters to transports with a vector each.
+            InterruptKind::Queue(_) => self.raise(INTERRUPT_USED_RING),
+            InterruptKind::Config => {
+                self.config_generation.fetch_add(1, Ordering::SeqCst);
+                self.raise(INTERRUPT_CONFIG_CHANGE);
+            }
+        }
+    }
+}
+
 /// The transport for one device.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     mem: GuestMemory,
-    interrupt: Interrupt,
+    interrupt: Arc<MmioInterrupt>,
     status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -50,11 +122,9 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(
-        mem: GuestMemory,
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        interrupt: Interrupt,
-    ) -> Self {
+    /// The transport for `device`, raising its interrupt by writing to `irqfd` (registered with
+    /// KVM_IRQFD by the VMM).
+    pub fn new(mem: GuestMemory, device: Arc<Mutex<dyn VirtioDevice>>, irqfd: EventFd) -> Self {
         let queues = lock(&device)
             .queue_max_sizes()
             .iter()
@@ -65,7 +135,7 @@ impl MmioTransport {
         Self {
             device,
             mem,
-            interrupt,
+            interrupt: Arc::new(MmioInterrupt::new(irqfd)),
             status: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -76,7 +146,7 @@ impl MmioTransport {
         }
     }
 
-    pub fn interrupt(&self) -> &Interrupt {
+    pub fn interrupt(&self) -> &MmioInterrupt {
         &self.interrupt
     }
 
@@ -261,7 +331,7 @@ impl MmioTransport {
         let activation = Activation {
             mem: self.mem.clone(),
             queues,
-            interrupt: self.interrupt.clone(),
+            interrupt: self.interrupt.clone() as Arc<dyn VirtioInterrupt>,
             acked_features: self.driver_features,
         };
         let result = self.device().activate(activation);
@@ -276,7 +346,7 @@ impl MmioTransport {
 
     fn needs_reset(&mut self) {
         self.status |= status::DEVICE_NEEDS_RESET;
-        self.interrupt.signal_config_change();
+        self.interrupt.trigger(InterruptKind::Config);
     }
 
     fn reset(&mut self) {
@@ -331,7 +401,7 @@ fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::{ActivateError, INTERRUPT_USED_RING};
+    use crate::virtio::ActivateError;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -358,7 +428,7 @@ mod tests {
             1 << 5
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            super::super::read_config_bytes(&self.config, offset, data);
+            crate::virtio::read_config_bytes(&self.config, offset, data);
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
             self.config[offset as usize..offset as usize + data.len()].copy_from_slice(data);
@@ -388,8 +458,8 @@ mod tests {
             refuse,
         }));
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        (MmioTransport::new(mem, dummy.clone(), irq), dummy)
+        let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+        (MmioTransport::new(mem, dummy.clone(), irqfd), dummy)
     }
 
     fn r(t: &mut MmioTransport, offset: u64) -> u32 {
@@ -524,10 +594,7 @@ mod tests {
         w(&mut t, 0x70, ALL | status::DRIVER_OK);
         assert_ne!(r(&mut t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
         assert!(dummy.lock().unwrap().activated.is_none());
-        assert_ne!(
-            t.interrupt().status() & super::super::INTERRUPT_CONFIG_CHANGE,
-            0
-        );
+        assert_ne!(t.interrupt().status() & INTERRUPT_CONFIG_CHANGE, 0);
 
         let (mut t, _) = setup(true);
         negotiate(&mut t, VIRTIO_F_VERSION_1);
@@ -543,10 +610,32 @@ mod tests {
         w(&mut t, 0x50, 9); // no such queue: logged, nothing else
         assert_eq!(dummy.lock().unwrap().events[1].read().unwrap(), 1);
         assert!(dummy.lock().unwrap().events[0].read().is_err());
-        t.interrupt().signal_used_queue();
+        t.interrupt().trigger(InterruptKind::Queue(1));
         assert_eq!(r(&mut t, 0x60), INTERRUPT_USED_RING);
         w(&mut t, 0x64, INTERRUPT_USED_RING);
         assert_eq!(r(&mut t, 0x60), 0);
+    }
+
+    #[test]
+    fn every_queue_shares_the_line_and_config_changes_move_the_generation() {
+        let (mut t, _) = setup(false);
+        let irqfd = t.interrupt().irqfd().try_clone().unwrap();
+        let line: Arc<dyn VirtioInterrupt> = t.interrupt.clone();
+        line.trigger(InterruptKind::Queue(0));
+        line.trigger(InterruptKind::Queue(1));
+        assert_eq!(r(&mut t, 0x60), INTERRUPT_USED_RING);
+        assert_eq!(r(&mut t, 0xfc), 0);
+        assert_eq!(irqfd.read().unwrap(), 2);
+        line.trigger(InterruptKind::Config);
+        assert_eq!(
+            r(&mut t, 0x60),
+            INTERRUPT_USED_RING | INTERRUPT_CONFIG_CHANGE
+        );
+        assert_eq!(r(&mut t, 0xfc), 1);
+        assert_eq!(irqfd.read().unwrap(), 1);
+        // A reset clears the status but not the generation (it only ever moves forward).
+        w(&mut t, 0x70, 0);
+        assert_eq!((r(&mut t, 0x60), r(&mut t, 0xfc)), (0, 1));
     }
 
     #[test]
