@@ -3,11 +3,12 @@
 //! `bus` maps guest port and MMIO ranges to devices; `legacy` holds the PC devices a microVM
 //! still needs (8250 serial, the i8042 reset line, the guest report ports); `virtio` holds the
 //! virtio-mmio transport and the block, net, vsock and rng devices; `rate_limiter` is the token
-//! bucket they share.
+//! bucket they share; `log_limit` rate-limits every log line a guest can trigger.
 
 pub mod bus;
 pub mod clock;
 pub mod legacy;
+pub mod log_limit;
 pub mod rate_limiter;
 pub mod timer;
 pub mod virtio;

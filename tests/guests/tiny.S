@@ -13,6 +13,7 @@
  *   smp64      counts CPUs in the MP table, wakes the APs with INIT-SIPI-SIPI, each AP reports in
  *   tick64     prints "tick" every ~TICK_CYCLES TSC cycles and the i8042 scancodes it receives
  *              between ticks; resets after four (pause/resume and Ctrl-Alt-Del over the API)
+ *   bootspam64 writes the boot-done port 10,000 times, prints done, resets
  */
 
 #define SERIAL       0x3f8
@@ -233,6 +234,16 @@ _start:
 4:      lea     msg_tick(%rip), %rsi
         call    puts
         jmp     1b
+#elif defined(VARIANT_BOOTSPAM64)
+        mov     $10000, %ecx
+        mov     $BOOT_DONE, %dx
+        mov     $1, %al
+1:      out     %al, %dx
+        dec     %ecx
+        jnz     1b
+        lea     msg_done(%rip), %rsi
+        call    puts
+        jmp     reset
 #elif defined(VARIANT_SMP64)
         /* Count processor entries in the MP table (floating pointer in the EBDA's first KiB). */
         mov     $0x9fc00, %rdi

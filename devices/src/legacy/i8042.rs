@@ -87,7 +87,7 @@ impl I8042 {
     fn raise_keyboard_irq(&self) {
         if self.config & CONFIG_KBD_INTERRUPT != 0 {
             if let Err(e) = self.kbd_irq.write(1) {
-                log::warn!("i8042: cannot raise the keyboard interrupt: {e}");
+                crate::guest_warn!("i8042: cannot raise the keyboard interrupt: {e}");
             }
         }
     }
@@ -110,7 +110,7 @@ impl I8042 {
                     log::error!("i8042: cannot signal the reset: {e}");
                 }
             }
-            _ => log::debug!("i8042: ignoring controller command {cmd:#04x}"),
+            _ => crate::guest_debug!("i8042: ignoring controller command {cmd:#04x}"),
         }
     }
 

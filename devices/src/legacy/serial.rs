@@ -37,7 +37,7 @@ impl SerialEvents for InputRoom {
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
         if let Err(e) = self.room_evt.write(1) {
-            log::warn!("serial: cannot signal input room: {e}");
+            crate::guest_warn!("serial: cannot signal input room: {e}");
         }
     }
 }
@@ -69,7 +69,7 @@ impl SerialConsole {
         match self.uart.enqueue_raw_bytes(&bytes[..room]) {
             Ok(n) => n,
             Err(e) => {
-                log::warn!("serial: cannot queue input: {e}");
+                crate::guest_warn!("serial: cannot queue input: {e}");
                 0
             }
         }

@@ -491,7 +491,7 @@ fn handle_chain(
         terminated = !desc.has_next();
     }
     let unanswerable = |metrics: &mut BlockMetrics, why: &str| {
-        log::debug!("virtio-blk: dropping a chain: {why}");
+        crate::guest_debug!("virtio-blk: dropping a chain: {why}");
         bump(&mut metrics.bad_chains, 1);
         Served::Used(0)
     };
@@ -509,7 +509,7 @@ fn handle_chain(
         return unanswerable(metrics, "no status byte");
     };
     let code = if count > MAX_DESCRIPTORS {
-        log::debug!("virtio-blk: chain of {count} descriptors exceeds seg_max");
+        crate::guest_debug!("virtio-blk: chain of {count} descriptors exceeds seg_max");
         S_IOERR
     } else {
         match Reader::new(mem, chain) {
@@ -527,7 +527,7 @@ fn handle_chain(
                 }
             }
             Err(e) => {
-                log::debug!("virtio-blk: readable buffers: {e}");
+                crate::guest_debug!("virtio-blk: readable buffers: {e}");
                 S_IOERR
             }
         }
@@ -553,7 +553,7 @@ fn serve(
 ) -> Option<u8> {
     let mut header = [0u8; HEADER_SIZE];
     if reader.read_exact(&mut header).is_err() {
-        log::debug!("virtio-blk: short or unreadable request header");
+        crate::guest_debug!("virtio-blk: short or unreadable request header");
         return Some(S_IOERR);
     }
     let (request_type, sector) = parse_header(&header);
@@ -658,7 +658,9 @@ impl Disk {
     fn read(&mut self, sector: u64, writer: &mut Writer) -> u8 {
         let len = writer.available_bytes() as u64;
         let Some(mut offset) = self.byte_range(sector, len) else {
-            log::debug!("virtio-blk: read of {len} bytes at sector {sector} is out of range");
+            crate::guest_debug!(
+                "virtio-blk: read of {len} bytes at sector {sector} is out of range"
+            );
             return S_IOERR;
         };
         let mut left = len;
@@ -666,7 +668,7 @@ impl Disk {
             let n = left.min(self.bounce.len() as u64) as usize;
             let buf = &mut self.bounce[..n];
             if let Err(e) = self.file.read_exact_at(buf, offset) {
-                log::warn!("virtio-blk {}: read at {offset}: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: read at {offset}: {e}", self.path.display());
                 return S_IOERR;
             }
             if writer.write_all(buf).is_err() {
@@ -680,12 +682,14 @@ impl Disk {
 
     fn write(&mut self, sector: u64, reader: &mut Reader) -> u8 {
         if self.read_only {
-            log::debug!("virtio-blk: write to a read-only disk");
+            crate::guest_debug!("virtio-blk: write to a read-only disk");
             return S_IOERR;
         }
         let len = reader.available_bytes() as u64;
         let Some(mut offset) = self.byte_range(sector, len) else {
-            log::debug!("virtio-blk: write of {len} bytes at sector {sector} is out of range");
+            crate::guest_debug!(
+                "virtio-blk: write of {len} bytes at sector {sector} is out of range"
+            );
             return S_IOERR;
         };
         let mut left = len;
@@ -696,7 +700,7 @@ impl Disk {
                 return S_IOERR;
             }
             if let Err(e) = self.file.write_all_at(buf, offset) {
-                log::warn!("virtio-blk {}: write at {offset}: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: write at {offset}: {e}", self.path.display());
                 return S_IOERR;
             }
             offset += n as u64;
@@ -712,7 +716,7 @@ impl Disk {
             CacheType::Writeback => match self.file.sync_data() {
                 Ok(()) => S_OK,
                 Err(e) => {
-                    log::warn!("virtio-blk {}: fdatasync: {e}", self.path.display());
+                    crate::guest_warn!("virtio-blk {}: fdatasync: {e}", self.path.display());
                     S_IOERR
                 }
             },
@@ -734,7 +738,7 @@ impl Disk {
             || !len.is_multiple_of(DISCARD_SEGMENT_SIZE)
             || len / DISCARD_SEGMENT_SIZE > MAX_DISCARD_SEG as usize
         {
-            log::debug!("virtio-blk: discard/write-zeroes payload of {len} bytes");
+            crate::guest_debug!("virtio-blk: discard/write-zeroes payload of {len} bytes");
             return S_IOERR;
         }
         for _ in 0..len / DISCARD_SEGMENT_SIZE {
@@ -793,7 +797,7 @@ impl Disk {
         ) {
             Ok(()) => S_OK,
             Err(e) => {
-                log::warn!("virtio-blk {}: punch hole: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: punch hole: {e}", self.path.display());
                 S_IOERR
             }
         }
@@ -832,7 +836,7 @@ impl Disk {
         while left > 0 {
             let n = left.min(self.bounce.len() as u64) as usize;
             if let Err(e) = self.file.write_all_at(&self.bounce[..n], offset) {
-                log::warn!("virtio-blk {}: write zeroes: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: write zeroes: {e}", self.path.display());
                 return S_IOERR;
             }
             offset += n as u64;
@@ -891,7 +895,7 @@ impl VirtioDevice for Block {
         });
         // Requests the driver queued before DRIVER_OK are picked up by the event loop.
         if let Err(e) = self.queue_evts[0].write(1) {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-blk {}: cannot kick the queue: {e}",
                 self.disk.path.display()
             );
