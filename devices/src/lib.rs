@@ -13,4 +13,4 @@ pub mod rate_limiter;
 pub mod timer;
 pub mod virtio;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, WriteEffect};
