@@ -14,6 +14,7 @@ const VARIANTS: &[&str] = &[
     "kbd64",
     "smp64",
     "tick64",
+    "flood64",
     "rereset64",
     "bootspam64",
 ];

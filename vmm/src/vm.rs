@@ -11,8 +11,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use devices::legacy::{
-    GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN,
-    GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    ConsoleSink, ConsoleSinkHandle, GuestReport, PanicReason, PanicWatch, ReportedStatus,
+    SerialConsole, CONSOLE_QUEUE_BYTES, GUEST_REPORT_LEN, GUEST_REPORT_PORT, I8042,
+    I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use devices::{Bus, BusError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -46,6 +47,9 @@ type EventLoop = EventManager<Subscriber>;
 
 /// Three pages KVM needs for the real-mode TSS on Intel, inside the MMIO gap.
 const TSS_ADDRESS: usize = 0xfffb_d000;
+/// As the VM ends, the console's queued output is written while the writer makes progress;
+/// after this long without any, the rest is dropped (a reader that stopped reading).
+const CONSOLE_FLUSH_STALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum VmError {
@@ -171,7 +175,7 @@ impl Vm {
             started.elapsed()
         );
         regs::setup_boot_vcpu(&self.vcpus[0].fd, &self.memory, &entry)?;
-        let devices = LegacyDevices::new(&self.vm_fd, console, process_start)?;
+        let devices = LegacyDevices::new(&self.vm_fd, console, process_start, &self.filters)?;
         let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
         let buses = Buses {
             pio: Arc::new(devices.pio_bus()?),
@@ -183,6 +187,7 @@ impl Vm {
             devices.panic_reason.clone(),
         );
         let i8042 = devices.i8042.clone();
+        let console_sink = devices.console_sink.clone();
         let mut event_manager: EventLoop = EventManager::new().map_err(VmError::EventLoop)?;
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -224,6 +229,7 @@ impl Vm {
             control,
             reported_status: guest_report.0,
             panic_reason: guest_report.1,
+            console_sink,
             handle: VmHandle {
                 devices: virtio_devices,
                 i8042,
@@ -354,10 +360,16 @@ struct LegacyDevices {
     panic_reason: PanicReason,
     reset_evt: EventFd,
     input_room_evt: EventFd,
+    console_sink: ConsoleSinkHandle,
 }
 
 impl LegacyDevices {
-    fn new(vm_fd: &VmFd, console: &ConsoleOutput, process_start: Instant) -> Result<Self, VmError> {
+    fn new(
+        vm_fd: &VmFd,
+        console: &ConsoleOutput,
+        process_start: Instant,
+        filters: &Filters,
+    ) -> Result<Self, VmError> {
         let irq = |gsi| -> Result<EventFd, VmError> {
             let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
             vm_fd
@@ -366,7 +378,7 @@ impl LegacyDevices {
             Ok(evt)
         };
         let out: Box<dyn Write + Send> = match console {
-            ConsoleOutput::Stdio => Box::new(io::stdout()),
+            ConsoleOutput::Stdio => devices::legacy::stdout_writer(),
             ConsoleOutput::File(path) => Box::new(
                 OpenOptions::new()
                     .create(true)
@@ -378,6 +390,13 @@ impl LegacyDevices {
                     })?,
             ),
         };
+        // A writer thread under the vCPU filter (it only writes) drains the console: guest
+        // output never blocks a vCPU or the VM's stop.
+        let filters = filters.clone();
+        let (out, console_sink) = ConsoleSink::spawn(out, CONSOLE_QUEUE_BYTES, move || {
+            filters.confine_worker(ThreadKind::Vcpu)
+        })
+        .map_err(io_err("start the console writer thread"))?;
         let panic_reason = PanicReason::default();
         let out = Box::new(PanicWatch::new(out, panic_reason.clone()));
         let input_room_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -405,6 +424,7 @@ impl LegacyDevices {
             panic_reason,
             reset_evt,
             input_room_evt,
+            console_sink,
         })
     }
 
@@ -551,6 +571,7 @@ pub struct RunningVm {
     control: Arc<Mutex<VmControl>>,
     reported_status: ReportedStatus,
     panic_reason: PanicReason,
+    console_sink: ConsoleSinkHandle,
     handle: VmHandle,
 }
 
@@ -645,6 +666,8 @@ impl RunningVm {
         for (_, device) in &self.handle.devices.all {
             device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
         }
+        // What the guest printed, unless the console's reader has stopped reading.
+        self.console_sink.flush(CONSOLE_FLUSH_STALL);
         result.map(|exit| self.explain(exit))
     }
 }
