@@ -6,7 +6,17 @@ use std::process::Command;
 
 /// Variant names: each becomes `-DVARIANT_<NAME>` and `<name>.elf`.
 const VARIANTS: &[&str] = &[
-    "report64", "pvh", "reset64", "idle64", "triple64", "kbd64", "smp64", "tick64",
+    "report64",
+    "pvh",
+    "reset64",
+    "idle64",
+    "triple64",
+    "kbd64",
+    "smp64",
+    "tick64",
+    "flood64",
+    "rereset64",
+    "bootspam64",
 ];
 
 fn run(cmd: &mut Command) {

@@ -6,12 +6,28 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// What a guest write asks of the vCPU that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteEffect {
+    /// Go on running the guest.
+    Continue,
+    /// Stop running the guest: the write reset the machine (the i8042's reset line). The
+    /// vCPU ends its run loop with a reset instead of executing what follows the write.
+    Reset,
+}
+
 /// A device reachable through a [`Bus`].
 pub trait BusDevice: Send {
     /// The guest reads `data.len()` bytes at `offset` into the device's range.
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// The guest writes `data` at `offset` into the device's range.
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// Like [`BusDevice::write`], and says whether the vCPU may go on running the guest. The
+    /// bus calls this one; a device whose writes can stop the machine overrides it.
+    fn write_effect(&mut self, offset: u64, data: &[u8]) -> WriteEffect {
+        self.write(offset, data);
+        WriteEffect::Continue
+    }
 }
 
 /// Errors from building a bus.
@@ -73,15 +89,11 @@ impl Bus {
         }
     }
 
-    /// Dispatches a guest write; returns false when no device covers `addr`.
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.resolve(addr) {
-            Some((device, offset)) => {
-                lock(device).write(offset, data);
-                true
-            }
-            None => false,
-        }
+    /// Dispatches a guest write and says what it asks of the vCPU; `None` when no device
+    /// covers `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<WriteEffect> {
+        let (device, offset) = self.resolve(addr)?;
+        Some(lock(device).write_effect(offset, data))
     }
 }
 
@@ -121,7 +133,7 @@ mod tests {
         let mut data = [0u8; 1];
         assert!(bus.read(0x3fd, &mut data));
         assert_eq!(data, [5]);
-        assert!(bus.write(0x3ff, &[0xab]));
+        assert_eq!(bus.write(0x3ff, &[0xab]), Some(WriteEffect::Continue));
         assert_eq!(probe.lock().unwrap().last_write, Some((7, vec![0xab])));
     }
 
@@ -133,8 +145,30 @@ mod tests {
         let mut data = [0xffu8; 1];
         assert!(!bus.read(0x3f7, &mut data));
         assert!(!bus.read(0x400, &mut data));
-        assert!(!bus.write(0, &[1]));
+        assert_eq!(bus.write(0, &[1]), None);
         assert_eq!(data, [0xff]);
+    }
+
+    /// Asks for a reset on every write.
+    struct ResetLine;
+
+    impl BusDevice for ResetLine {
+        fn read(&mut self, _offset: u64, _data: &mut [u8]) {}
+        fn write(&mut self, _offset: u64, _data: &[u8]) {}
+        fn write_effect(&mut self, _offset: u64, _data: &[u8]) -> WriteEffect {
+            WriteEffect::Reset
+        }
+    }
+
+    #[test]
+    fn a_write_that_resets_the_machine_says_so() {
+        let mut bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(ResetLine)), 0x64, 1)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe::default())), 0x60, 1)
+            .unwrap();
+        assert_eq!(bus.write(0x64, &[0xfe]), Some(WriteEffect::Reset));
+        assert_eq!(bus.write(0x60, &[0xfe]), Some(WriteEffect::Continue));
     }
 
     #[test]

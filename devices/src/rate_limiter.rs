@@ -209,7 +209,9 @@ impl RateLimiter {
                 true
             }
             Err(e) => {
-                log::error!("rate limiter: cannot arm timer, not limiting this request: {e}");
+                crate::guest_error!(
+                    "rate limiter: cannot arm timer, not limiting this request: {e}"
+                );
                 false
             }
         }
@@ -276,7 +278,7 @@ impl RateLimiter {
         if let Err(e) = self.timer.reset(Duration::from_micros(1), None) {
             // Unblock anyway: the device then resumes on its next queue or backend event rather
             // than on a timer set for the old settings.
-            log::error!("rate limiter: cannot re-arm the timer after an update: {e}");
+            crate::guest_error!("rate limiter: cannot re-arm the timer after an update: {e}");
             self.blocked = false;
         }
     }

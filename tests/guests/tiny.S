@@ -13,6 +13,11 @@
  *   smp64      counts CPUs in the MP table, wakes the APs with INIT-SIPI-SIPI, each AP reports in
  *   tick64     prints "tick" every ~TICK_CYCLES TSC cycles and the i8042 scancodes it receives
  *              between ticks; resets after four (pause/resume and Ctrl-Alt-Del over the API)
+ *   flood64    prints lines to the serial port as fast as it can, forever; resets as soon as the
+ *              i8042 has a byte for it (SIGTERM's Ctrl-Alt-Del), without reading it
+ *   rereset64  prints one line, pulses the i8042 reset line ten times (as Linux's reboot does),
+ *              then prints "after reset" lines forever (which must never reach the console)
+ *   bootspam64 writes the boot-done port 10,000 times, prints done, resets
  */
 
 #define SERIAL       0x3f8
@@ -233,6 +238,34 @@ _start:
 4:      lea     msg_tick(%rip), %rsi
         call    puts
         jmp     1b
+#elif defined(VARIANT_FLOOD64)
+1:      lea     msg_flood(%rip), %rsi
+        call    puts
+        in      $I8042_CMD, %al
+        test    $1, %al
+        jz      1b
+        jmp     reset
+#elif defined(VARIANT_RERESET64)
+        lea     msg_before_reset(%rip), %rsi
+        call    puts
+        mov     $10, %ecx
+        mov     $0xfe, %al
+1:      out     %al, $I8042_CMD
+        dec     %ecx
+        jnz     1b
+2:      lea     msg_after_reset(%rip), %rsi
+        call    puts
+        jmp     2b
+#elif defined(VARIANT_BOOTSPAM64)
+        mov     $10000, %ecx
+        mov     $BOOT_DONE, %dx
+        mov     $1, %al
+1:      out     %al, %dx
+        dec     %ecx
+        jnz     1b
+        lea     msg_done(%rip), %rsi
+        call    puts
+        jmp     reset
 #elif defined(VARIANT_SMP64)
         /* Count processor entries in the MP table (floating pointer in the EBDA's first KiB). */
         mov     $0x9fc00, %rdi
@@ -417,3 +450,6 @@ msg_tick:               .asciz "tick\n"
 msg_no_mptable:         .asciz "tessera-test: no MP table\n"
 msg_mp_cpus:            .asciz "mptable cpus="
 msg_all_up:             .asciz "tessera-test: all cpus up\n"
+msg_flood:              .asciz "tessera-test: flooding the console 0123456789abcdefghijklmnopqrstuvwxyz\n"
+msg_before_reset:       .asciz "tessera-test: resetting ten times\n"
+msg_after_reset:        .asciz "tessera-test: still running after the reset\n"

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A tiny guest image built by build.rs: `report64`, `pvh`, `reset64`, `idle64`, `triple64`,
-/// `kbd64` or `smp64` (see guests/tiny.S).
+/// `kbd64`, `smp64`, `tick64`, `flood64`, `rereset64` or `bootspam64` (see guests/tiny.S).
 pub fn tiny_guest(name: &str) -> PathBuf {
     let path = Path::new(env!("TINY_GUEST_DIR")).join(format!("{name}.elf"));
     assert!(path.exists(), "no tiny guest {name} at {}", path.display());

@@ -880,7 +880,11 @@ fn jailed_tessera_boots_a_tiny_guest_through_its_api_socket() {
     );
     // The jailed VMM (the jailer's own process, exec'd) runs every thread under its filter.
     let threads = tests::thread_filters(jail.pid());
-    assert_eq!(threads.len(), 3, "tessera, api, vcpu0: {threads:?}");
+    assert_eq!(
+        threads.len(),
+        4,
+        "tessera, api, vcpu0, console: {threads:?}"
+    );
     tests::assert_one_filter_each(&threads);
 
     expect(

@@ -97,7 +97,12 @@ fn every_thread_of_a_running_vmm_has_its_filter() {
     let threads = thread_filters(tessera.pid());
     let mut names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["api", "tessera", "vcpu0", "vcpu1"], "{threads:?}");
+    // `console` writes the guest's console output (under the vCPU filter).
+    assert_eq!(
+        names,
+        ["api", "console", "tessera", "vcpu0", "vcpu1"],
+        "{threads:?}"
+    );
     tests::assert_one_filter_each(&threads);
 
     // Runtime paths pass their filters: a drive's new file and rate limiter, a host vsock
@@ -152,7 +157,7 @@ fn no_seccomp_leaves_every_thread_unfiltered() {
     start(&mut tessera);
     tessera.wait_for_ticks(1, WAIT);
     let threads = thread_filters(tessera.pid());
-    assert_eq!(threads.len(), 3, "{threads:?}");
+    assert_eq!(threads.len(), 4, "{threads:?}");
     for thread in &threads {
         assert_eq!(thread.mode, "0", "{thread:?} under --no-seccomp");
     }

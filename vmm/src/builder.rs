@@ -64,7 +64,7 @@ pub fn boot(
         started.elapsed()
     );
     regs::setup_boot_vcpu(vm.vcpus[0].fd.as_ref(), &entry)?;
-    let devices = LegacyDevices::new(vm.vm_fd.as_ref(), console, process_start)?;
+    let devices = LegacyDevices::new(vm.vm_fd.as_ref(), console, process_start, &vm.filters)?;
     let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
     let buses = Buses {
         pio: Arc::new(devices.pio_bus()?),
@@ -76,6 +76,7 @@ pub fn boot(
         devices.panic_reason.clone(),
     );
     let i8042 = devices.i8042.clone();
+    let console_sink = devices.console_sink.clone();
     let mut event_manager = EventManager::new().map_err(VmError::EventLoop)?;
     let (exit_tx, exit_rx) = mpsc::channel();
     let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -117,6 +118,7 @@ pub fn boot(
         event_manager,
         control,
         guest_report,
+        console_sink,
         VmHandle::new(virtio_devices, i8042, gate, vcpu_threads),
     ))
 }

@@ -2,10 +2,11 @@
 //!
 //! | port | written | VMM does |
 //! |---|---|---|
-//! | 0x3f0 | any byte: "boot done" | logs it with the time since the VMM process started |
+//! | 0x3f0 | any byte: "boot done" | logs the first write of a boot with the time since the VMM process started |
 //! | 0x3f1 | the command's exit status (0-255) | keeps it; the VMM exits with it after the guest resets |
 //!
-//! Benchmarks read the boot-done log line to time "guest init reached".
+//! Benchmarks read the boot-done log line to time "guest init reached". Later boot-done writes
+//! are only counted at the debug level (rate-limited): a guest cannot flood the log with them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -41,6 +42,8 @@ impl ReportedStatus {
 pub struct GuestReport {
     process_start: Instant,
     status: ReportedStatus,
+    /// Boot-done writes so far.
+    boot_done_writes: u64,
 }
 
 impl GuestReport {
@@ -48,6 +51,7 @@ impl GuestReport {
         Self {
             process_start,
             status,
+            boot_done_writes: 0,
         }
     }
 }
@@ -61,6 +65,14 @@ impl BusDevice for GuestReport {
         let value = data.first().copied().unwrap_or(0);
         match offset {
             BOOT_DONE_OFFSET => {
+                self.boot_done_writes = self.boot_done_writes.saturating_add(1);
+                if self.boot_done_writes > 1 {
+                    crate::guest_debug!(
+                        "guest boot-done again: value {value:#04x} (write {} of this boot)",
+                        self.boot_done_writes
+                    );
+                    return;
+                }
                 let elapsed = self.process_start.elapsed();
                 log::info!(
                     "guest boot-done: value {value:#04x} at {:.3} ms since VMM start (monotonic_us={})",
@@ -69,7 +81,7 @@ impl BusDevice for GuestReport {
                 );
             }
             EXIT_STATUS_OFFSET => {
-                log::debug!("guest reported exit status {value}");
+                crate::guest_debug!("guest reported exit status {value}");
                 self.status.set(value);
             }
             _ => {}

@@ -1,11 +1,15 @@
 //! The i8042 keyboard controller, reduced to what a microVM needs: the CPU reset line (command
 //! 0xfe on port 0x64, which Linux uses for `reboot=k`) and a keyboard that can send Ctrl-Alt-Del.
+//!
+//! A reset pulse stops the vCPU that wrote it ([`WriteEffect::Reset`]) and signals the VMM
+//! once; Linux pulses the line up to ten times, and later pulses are neither logged nor
+//! signalled again.
 
 use std::collections::VecDeque;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::BusDevice;
+use crate::{BusDevice, WriteEffect};
 
 /// The controller answers on ports 0x60..=0x64.
 pub const I8042_PORT_BASE: u64 = 0x60;
@@ -53,6 +57,8 @@ pub struct I8042 {
     /// A command that takes a data byte on port 0x60 next.
     pending: Option<u8>,
     output: VecDeque<u8>,
+    /// The guest has pulsed the reset line.
+    reset_requested: bool,
 }
 
 impl I8042 {
@@ -65,6 +71,7 @@ impl I8042 {
             status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             pending: None,
             output: VecDeque::with_capacity(OUTPUT_CAPACITY),
+            reset_requested: false,
         }
     }
 
@@ -87,12 +94,12 @@ impl I8042 {
     fn raise_keyboard_irq(&self) {
         if self.config & CONFIG_KBD_INTERRUPT != 0 {
             if let Err(e) = self.kbd_irq.write(1) {
-                log::warn!("i8042: cannot raise the keyboard interrupt: {e}");
+                crate::guest_warn!("i8042: cannot raise the keyboard interrupt: {e}");
             }
         }
     }
 
-    fn command(&mut self, cmd: u8) {
+    fn command(&mut self, cmd: u8) -> WriteEffect {
         self.status |= STATUS_LAST_WAS_COMMAND;
         match cmd {
             CMD_READ_CONFIG => self.push(self.config),
@@ -101,17 +108,28 @@ impl I8042 {
             CMD_INTERFACE_TEST => self.push(0x00),
             // Bit 0: the CPU is not held in reset; bit 1: A20 enabled.
             CMD_READ_OUTPUT_PORT => self.push(0x03),
-            CMD_PULSE_RESET => {
-                log::info!(
-                    "guest requested a reset through the i8042 (monotonic_us={})",
-                    crate::clock::monotonic_us()
-                );
-                if let Err(e) = self.reset_evt.write(1) {
-                    log::error!("i8042: cannot signal the reset: {e}");
-                }
-            }
-            _ => log::debug!("i8042: ignoring controller command {cmd:#04x}"),
+            CMD_PULSE_RESET => return self.pulse_reset(),
+            _ => crate::guest_debug!("i8042: ignoring controller command {cmd:#04x}"),
         }
+        WriteEffect::Continue
+    }
+
+    /// The guest pulsed the reset line: the first pulse is logged and signalled, every pulse
+    /// stops the vCPU that made it.
+    fn pulse_reset(&mut self) -> WriteEffect {
+        if self.reset_requested {
+            crate::guest_debug!("i8042: another reset pulse; the first one stands");
+            return WriteEffect::Reset;
+        }
+        self.reset_requested = true;
+        log::info!(
+            "guest requested a reset through the i8042 (monotonic_us={})",
+            crate::clock::monotonic_us()
+        );
+        if let Err(e) = self.reset_evt.write(1) {
+            log::error!("i8042: cannot signal the reset: {e}");
+        }
+        WriteEffect::Reset
     }
 
     fn data(&mut self, byte: u8) {
@@ -150,12 +168,19 @@ impl BusDevice for I8042 {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&byte) = data.first() else { return };
+        self.write_effect(offset, data);
+    }
+
+    fn write_effect(&mut self, offset: u64, data: &[u8]) -> WriteEffect {
+        let Some(&byte) = data.first() else {
+            return WriteEffect::Continue;
+        };
         match offset {
             DATA => self.data(byte),
-            COMMAND => self.command(byte),
+            COMMAND => return self.command(byte),
             _ => {}
         }
+        WriteEffect::Continue
     }
 }
 
@@ -182,6 +207,24 @@ mod tests {
         assert!(reset.read().is_err(), "no reset before the command");
         dev.write(COMMAND, &[CMD_PULSE_RESET]);
         assert_eq!(reset.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn every_reset_pulse_stops_the_vcpu_and_only_the_first_is_signalled() {
+        let (mut dev, reset, _) = controller();
+        assert_eq!(
+            dev.write_effect(COMMAND, &[CMD_READ_CONFIG]),
+            WriteEffect::Continue
+        );
+        assert_eq!(dev.write_effect(DATA, &[KBD_RESET]), WriteEffect::Continue);
+        for _ in 0..10 {
+            assert_eq!(
+                dev.write_effect(COMMAND, &[CMD_PULSE_RESET]),
+                WriteEffect::Reset
+            );
+        }
+        assert_eq!(reset.read().unwrap(), 1);
+        assert!(reset.read().is_err(), "signalled more than once");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The 8250 UART on 0x3f8 / IRQ 4, backed by `vm-superio`.
 //!
-//! Output is written straight through to the console writer: a slow reader stalls the guest's
-//! vCPU instead of growing a buffer. Input is queued only while the UART's FIFO has room; the VMM
-//! stops reading its input source when the FIFO is full and resumes when `room_evt` fires.
+//! Output goes to the console writer one byte at a time; the VMM gives it a
+//! [`ConsoleSink`](super::ConsoleSink), which never blocks the vCPU (a slow reader loses bytes,
+//! counted, instead of stalling the guest and the VM's stop). Input is queued only while the
+//! UART's FIFO has room; the VMM stops reading its input source when the FIFO is full and
+//! resumes when `room_evt` fires.
 
 use std::io::{self, Write};
 
@@ -37,7 +39,7 @@ impl SerialEvents for InputRoom {
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
         if let Err(e) = self.room_evt.write(1) {
-            log::warn!("serial: cannot signal input room: {e}");
+            crate::guest_warn!("serial: cannot signal input room: {e}");
         }
     }
 }
@@ -69,7 +71,7 @@ impl SerialConsole {
         match self.uart.enqueue_raw_bytes(&bytes[..room]) {
             Ok(n) => n,
             Err(e) => {
-                log::warn!("serial: cannot queue input: {e}");
+                crate::guest_warn!("serial: cannot queue input: {e}");
                 0
             }
         }

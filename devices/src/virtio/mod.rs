@@ -101,7 +101,7 @@ pub fn drain_queue(
     }
     if drained.budget_spent {
         if let Err(e) = queue_evt.write(1) {
-            log::error!("{label}: cannot re-kick the queue: {e}");
+            crate::guest_error!("{label}: cannot re-kick the queue: {e}");
         }
     }
     drained
@@ -118,7 +118,7 @@ fn serve_available(
     let mut first_pass = true;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
-            log::debug!("{label}: {e}");
+            crate::guest_debug!("{label}: {e}");
             break;
         }
         let mut popped = false;
@@ -133,7 +133,7 @@ fn serve_available(
             match serve(chain) {
                 Served::Used(len) => {
                     if let Err(e) = queue.add_used(mem, head, len) {
-                        log::debug!("{label}: {e}");
+                        crate::guest_debug!("{label}: {e}");
                     }
                     drained.used_any = true;
                     served += 1;
@@ -150,7 +150,7 @@ fn serve_available(
             Ok(true) if popped || first_pass => first_pass = false,
             Ok(_) => break,
             Err(e) => {
-                log::debug!("{label}: {e}");
+                crate::guest_debug!("{label}: {e}");
                 break;
             }
         }
@@ -197,7 +197,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space; read-only by default.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
+        crate::guest_debug!(
             "virtio device type {}: ignored a {}-byte config write at {offset:#x}",
             self.device_type(),
             data.len()

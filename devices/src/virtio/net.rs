@@ -392,7 +392,7 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 /// The avail index says chains are waiting but none can be popped (an index running past the
 /// queue size, or a ring outside memory): a broken driver. Stop instead of spinning on it.
 fn warn_unreadable_ring(name: &str, queue: &str) {
-    log::debug!("net {name}: {queue} avail ring announces chains that cannot be popped");
+    crate::guest_debug!("net {name}: {queue} avail ring announces chains that cannot be popped");
 }
 
 /// What the device holds while the driver runs it.
@@ -548,7 +548,7 @@ impl Net {
 
     fn kick(&self, queue: usize) {
         if let Err(e) = self.queue_events[queue].write(1) {
-            log::error!("net {}: cannot re-kick queue {queue}: {e}", self.name);
+            crate::guest_error!("net {}: cannot re-kick queue {queue}: {e}", self.name);
         }
     }
 
@@ -602,7 +602,7 @@ impl Net {
         let mut first_round = true;
         'notify: loop {
             if let Err(e) = queue.disable_notification(mem) {
-                log::debug!("net {}: rx queue: {e}", self.name);
+                crate::guest_debug!("net {}: rx queue: {e}", self.name);
                 break;
             }
             let mut popped = false;
@@ -617,16 +617,16 @@ impl Net {
                 let head = chain.head_index();
                 match receive(fd, mem, chain, &mut self.spill) {
                     Err(e) => {
-                        log::debug!("net {}: rx chain {head} unusable: {e}", self.name);
+                        crate::guest_debug!("net {}: rx chain {head} unusable: {e}", self.name);
                         bump(&mut self.metrics.rx_bad_chains, 1);
                         if let Err(e) = queue.add_used(mem, head, 0) {
-                            log::debug!("net {}: rx queue: {e}", self.name);
+                            crate::guest_debug!("net {}: rx queue: {e}", self.name);
                         }
                         used = true;
                     }
                     Ok(RxOutcome::Delivered(n)) => {
                         if let Err(e) = queue.add_used(mem, head, n as u32) {
-                            log::debug!("net {}: rx queue: {e}", self.name);
+                            crate::guest_debug!("net {}: rx queue: {e}", self.name);
                         }
                         used = true;
                         let frame = (n - VNET_HDR_LEN) as u64;
@@ -642,7 +642,7 @@ impl Net {
                         // The frame is gone; the chain waits for the next one.
                         queue.go_to_previous_position();
                         bump(&mut self.metrics.rx_dropped, 1);
-                        log::debug!(
+                        crate::guest_debug!(
                             "net {}: dropped a {n}-byte rx frame: the guest's buffer is smaller \
                              or it lacks a header",
                             self.name
@@ -655,7 +655,7 @@ impl Net {
                     Ok(RxOutcome::Failed(e)) => {
                         queue.go_to_previous_position();
                         bump(&mut self.metrics.rx_errors, 1);
-                        log::warn!("net {}: rx read failed: {e}", self.name);
+                        crate::guest_warn!("net {}: rx read failed: {e}", self.name);
                         break 'notify;
                     }
                 }
@@ -669,7 +669,7 @@ impl Net {
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    log::debug!("net {}: rx queue: {e}", self.name);
+                    crate::guest_debug!("net {}: rx queue: {e}", self.name);
                     break;
                 }
             }
@@ -715,13 +715,13 @@ impl Net {
                         }
                         Err(e) => {
                             bump(&mut metrics.tx_errors, 1);
-                            log::debug!("net {name}: tx frame dropped: {e}");
+                            crate::guest_debug!("net {name}: tx frame dropped: {e}");
                         }
                     }
                 }
                 Err(e) => {
                     bump(&mut metrics.tx_bad_chains, 1);
-                    log::debug!("net {name}: tx chain {head} dropped: {e}");
+                    crate::guest_debug!("net {name}: tx chain {head} dropped: {e}");
                 }
             }
             // The device writes nothing into a TX chain.
@@ -778,7 +778,7 @@ impl VirtioDevice for Net {
         self.active = None;
         self.rx_debt = 0;
         if let Err(e) = self.backend.set_offload(0) {
-            log::warn!("net {}: {e}", self.name);
+            crate::guest_warn!("net {}: {e}", self.name);
         }
     }
 

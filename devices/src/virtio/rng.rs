@@ -92,7 +92,7 @@ impl Rng {
             let mut writer = match chain.writer(mem) {
                 Ok(w) => w,
                 Err(e) => {
-                    log::debug!("virtio-rng: bad descriptor chain: {e}");
+                    crate::guest_debug!("virtio-rng: bad descriptor chain: {e}");
                     bump(&mut metrics.bad_chains, 1);
                     return Served::Used(0);
                 }
@@ -117,7 +117,7 @@ impl Rng {
                     Served::Used(n as u32)
                 }
                 Err(e) => {
-                    log::debug!("virtio-rng: request not served: {e}");
+                    crate::guest_debug!("virtio-rng: request not served: {e}");
                     bump(&mut metrics.errors, 1);
                     Served::Used(0)
                 }

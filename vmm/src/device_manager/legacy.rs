@@ -2,19 +2,21 @@
 //! the i8042 (reset, Ctrl-Alt-Del) and the guest report ports, on the port I/O bus.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use devices::legacy::{
-    GuestReport, PanicReason, PanicWatch, ReportedStatus, SerialConsole, GUEST_REPORT_LEN,
-    GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    ConsoleSink, ConsoleSinkHandle, GuestReport, PanicReason, PanicWatch, ReportedStatus,
+    SerialConsole, CONSOLE_QUEUE_BYTES, GUEST_REPORT_LEN, GUEST_REPORT_PORT, I8042,
+    I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use devices::{Bus, BusError};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::ConsoleOutput;
 use crate::hypervisor;
+use crate::seccomp::{Filters, ThreadKind};
 use crate::vm::{io_err, setup, VmError};
 use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
@@ -28,6 +30,8 @@ pub struct LegacyDevices {
     pub panic_reason: PanicReason,
     pub reset_evt: EventFd,
     pub input_room_evt: EventFd,
+    /// The console's writer thread, flushed as the VM ends.
+    pub console_sink: ConsoleSinkHandle,
 }
 
 impl LegacyDevices {
@@ -35,6 +39,7 @@ impl LegacyDevices {
         vm_fd: &dyn hypervisor::Vm,
         console: &ConsoleOutput,
         process_start: Instant,
+        filters: &Filters,
     ) -> Result<Self, VmError> {
         let irq = |gsi| -> Result<EventFd, VmError> {
             let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -44,7 +49,7 @@ impl LegacyDevices {
             Ok(evt)
         };
         let out: Box<dyn Write + Send> = match console {
-            ConsoleOutput::Stdio => Box::new(io::stdout()),
+            ConsoleOutput::Stdio => devices::legacy::stdout_writer(),
             ConsoleOutput::File(path) => Box::new(
                 OpenOptions::new()
                     .create(true)
@@ -56,6 +61,13 @@ impl LegacyDevices {
                     })?,
             ),
         };
+        // A writer thread under the vCPU filter (it only writes) drains the console: guest
+        // output never blocks a vCPU or the VM's stop.
+        let filters = filters.clone();
+        let (out, console_sink) = ConsoleSink::spawn(out, CONSOLE_QUEUE_BYTES, move || {
+            filters.confine_worker(ThreadKind::Vcpu)
+        })
+        .map_err(io_err("start the console writer thread"))?;
         let panic_reason = PanicReason::default();
         let out = Box::new(PanicWatch::new(out, panic_reason.clone()));
         let input_room_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -83,6 +95,7 @@ impl LegacyDevices {
             panic_reason,
             reset_evt,
             input_room_evt,
+            console_sink,
         })
     }
 

@@ -10,7 +10,7 @@ pub mod signals;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use devices::legacy::{PanicReason, ReportedStatus, I8042};
+use devices::legacy::{ConsoleSinkHandle, PanicReason, ReportedStatus, I8042};
 use event_manager::{EventManager, SubscriberOps};
 
 use self::control::VmControl;
@@ -22,6 +22,10 @@ use crate::vm::{Vm, VmError};
 
 type EventLoop = EventManager<Subscriber>;
 
+/// As the VM ends, the console's queued output is written while the writer makes progress;
+/// after this long without any, the rest is dropped (a reader that stopped reading).
+const CONSOLE_FLUSH_STALL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A booted VM whose vCPU threads are running.
 pub struct RunningVm {
     /// Keeps the KVM VM and guest memory alive while vCPU threads use them.
@@ -30,6 +34,7 @@ pub struct RunningVm {
     control: Arc<Mutex<VmControl>>,
     reported_status: ReportedStatus,
     panic_reason: PanicReason,
+    console_sink: ConsoleSinkHandle,
     handle: VmHandle,
 }
 
@@ -99,6 +104,7 @@ impl RunningVm {
         event_manager: EventLoop,
         control: Arc<Mutex<VmControl>>,
         (reported_status, panic_reason): (ReportedStatus, PanicReason),
+        console_sink: ConsoleSinkHandle,
         handle: VmHandle,
     ) -> Self {
         Self {
@@ -107,6 +113,7 @@ impl RunningVm {
             control,
             reported_status,
             panic_reason,
+            console_sink,
             handle,
         }
     }
@@ -155,6 +162,8 @@ impl RunningVm {
         for (_, device) in &self.handle.devices.all {
             device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
         }
+        // What the guest printed, unless the console's reader has stopped reading.
+        self.console_sink.flush(CONSOLE_FLUSH_STALL);
         result.map(|exit| self.explain(exit))
     }
 }

@@ -5,7 +5,7 @@ pub mod threads;
 
 use std::sync::Arc;
 
-use devices::Bus;
+use devices::{Bus, WriteEffect};
 
 use crate::hypervisor::{self, CpuId, VcpuExit, Vm};
 use crate::runtime::exit::VmExit;
@@ -66,21 +66,22 @@ impl Vcpu {
                         data.fill(0xff);
                     }
                 }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    if !buses.pio.write(u64::from(port), data) {
-                        log::debug!("vCPU {vcpu}: write to unclaimed port {port:#x}");
-                    }
-                }
+                Ok(VcpuExit::IoOut(port, data)) => match buses.pio.write(u64::from(port), data) {
+                    Some(WriteEffect::Continue) => {}
+                    // The i8042's reset line: nothing after the write runs.
+                    Some(WriteEffect::Reset) => return VmExit::Reset,
+                    None => devices::guest_debug!("vCPU {vcpu}: write to unclaimed port {port:#x}"),
+                },
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     if !buses.mmio.read(addr, data) {
                         data.fill(0);
                     }
                 }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if !buses.mmio.write(addr, data) {
-                        log::debug!("vCPU {vcpu}: write to unclaimed MMIO {addr:#x}");
-                    }
-                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => match buses.mmio.write(addr, data) {
+                    Some(WriteEffect::Continue) => {}
+                    Some(WriteEffect::Reset) => return VmExit::Reset,
+                    None => devices::guest_debug!("vCPU {vcpu}: write to unclaimed MMIO {addr:#x}"),
+                },
                 Ok(VcpuExit::Hlt) => return VmExit::Halted { vcpu },
                 Ok(VcpuExit::Shutdown) => return VmExit::TripleFault { vcpu },
                 Ok(VcpuExit::FailEntry { reason, cpu }) => {

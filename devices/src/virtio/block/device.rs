@@ -292,7 +292,7 @@ impl VirtioDevice for Block {
         });
         // Requests the driver queued before DRIVER_OK are picked up by the event loop.
         if let Err(e) = self.queue_evts[0].write(1) {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-blk {}: cannot kick the queue: {e}",
                 self.disk.path.display()
             );

@@ -151,7 +151,9 @@ impl Disk {
     pub(super) fn read(&mut self, sector: u64, writer: &mut Writer) -> u8 {
         let len = writer.available_bytes() as u64;
         let Some(mut offset) = self.byte_range(sector, len) else {
-            log::debug!("virtio-blk: read of {len} bytes at sector {sector} is out of range");
+            crate::guest_debug!(
+                "virtio-blk: read of {len} bytes at sector {sector} is out of range"
+            );
             return S_IOERR;
         };
         let mut left = len;
@@ -159,7 +161,7 @@ impl Disk {
             let n = left.min(self.bounce.len() as u64) as usize;
             let buf = &mut self.bounce[..n];
             if let Err(e) = self.file.read_exact_at(buf, offset) {
-                log::warn!("virtio-blk {}: read at {offset}: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: read at {offset}: {e}", self.path.display());
                 return S_IOERR;
             }
             if writer.write_all(buf).is_err() {
@@ -173,12 +175,14 @@ impl Disk {
 
     pub(super) fn write(&mut self, sector: u64, reader: &mut Reader) -> u8 {
         if self.read_only {
-            log::debug!("virtio-blk: write to a read-only disk");
+            crate::guest_debug!("virtio-blk: write to a read-only disk");
             return S_IOERR;
         }
         let len = reader.available_bytes() as u64;
         let Some(mut offset) = self.byte_range(sector, len) else {
-            log::debug!("virtio-blk: write of {len} bytes at sector {sector} is out of range");
+            crate::guest_debug!(
+                "virtio-blk: write of {len} bytes at sector {sector} is out of range"
+            );
             return S_IOERR;
         };
         let mut left = len;
@@ -189,7 +193,7 @@ impl Disk {
                 return S_IOERR;
             }
             if let Err(e) = self.file.write_all_at(buf, offset) {
-                log::warn!("virtio-blk {}: write at {offset}: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: write at {offset}: {e}", self.path.display());
                 return S_IOERR;
             }
             offset += n as u64;
@@ -205,7 +209,7 @@ impl Disk {
             CacheType::Writeback => match self.file.sync_data() {
                 Ok(()) => S_OK,
                 Err(e) => {
-                    log::warn!("virtio-blk {}: fdatasync: {e}", self.path.display());
+                    crate::guest_warn!("virtio-blk {}: fdatasync: {e}", self.path.display());
                     S_IOERR
                 }
             },
@@ -253,7 +257,7 @@ impl Disk {
         ) {
             Ok(()) => S_OK,
             Err(e) => {
-                log::warn!("virtio-blk {}: punch hole: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: punch hole: {e}", self.path.display());
                 S_IOERR
             }
         }
@@ -292,7 +296,7 @@ impl Disk {
         while left > 0 {
             let n = left.min(self.bounce.len() as u64) as usize;
             if let Err(e) = self.file.write_all_at(&self.bounce[..n], offset) {
-                log::warn!("virtio-blk {}: write zeroes: {e}", self.path.display());
+                crate::guest_warn!("virtio-blk {}: write zeroes: {e}", self.path.display());
                 return S_IOERR;
             }
             offset += n as u64;

@@ -43,7 +43,7 @@ pub(super) fn handle_chain(
         terminated = !desc.has_next();
     }
     let unanswerable = |metrics: &mut BlockMetrics, why: &str| {
-        log::debug!("virtio-blk: dropping a chain: {why}");
+        crate::guest_debug!("virtio-blk: dropping a chain: {why}");
         bump(&mut metrics.bad_chains, 1);
         Served::Used(0)
     };
@@ -61,7 +61,7 @@ pub(super) fn handle_chain(
         return unanswerable(metrics, "no status byte");
     };
     let code = if count > MAX_DESCRIPTORS {
-        log::debug!("virtio-blk: chain of {count} descriptors exceeds seg_max");
+        crate::guest_debug!("virtio-blk: chain of {count} descriptors exceeds seg_max");
         S_IOERR
     } else {
         match Reader::new(mem, chain) {
@@ -79,7 +79,7 @@ pub(super) fn handle_chain(
                 }
             }
             Err(e) => {
-                log::debug!("virtio-blk: readable buffers: {e}");
+                crate::guest_debug!("virtio-blk: readable buffers: {e}");
                 S_IOERR
             }
         }
@@ -105,7 +105,7 @@ fn serve(
 ) -> Option<u8> {
     let mut header = [0u8; HEADER_SIZE];
     if reader.read_exact(&mut header).is_err() {
-        log::debug!("virtio-blk: short or unreadable request header");
+        crate::guest_debug!("virtio-blk: short or unreadable request header");
         return Some(S_IOERR);
     }
     let (request_type, sector) = parse_header(&header);
@@ -204,7 +204,7 @@ fn discard_or_zero(disk: &mut Disk, request_type: u32, reader: &mut Reader) -> u
         || !len.is_multiple_of(DISCARD_SEGMENT_SIZE)
         || len / DISCARD_SEGMENT_SIZE > MAX_DISCARD_SEG as usize
     {
-        log::debug!("virtio-blk: discard/write-zeroes payload of {len} bytes");
+        crate::guest_debug!("virtio-blk: discard/write-zeroes payload of {len} bytes");
         return S_IOERR;
     }
     for _ in 0..len / DISCARD_SEGMENT_SIZE {

@@ -65,7 +65,7 @@ impl MmioInterrupt {
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
-            log::error!("virtio: cannot raise interrupt: {e}");
+            crate::guest_error!("virtio: cannot raise interrupt: {e}");
         }
     }
 
@@ -174,7 +174,9 @@ impl MmioTransport {
             == status::FEATURES_OK;
         match self.selected_queue() {
             Some(queue) if configurable && !queue.ready() => f(queue),
-            _ => log::debug!("virtio-mmio: ignored a queue register write in the wrong state"),
+            _ => crate::guest_debug!(
+                "virtio-mmio: ignored a queue register write in the wrong state"
+            ),
         }
     }
 
@@ -210,7 +212,7 @@ impl MmioTransport {
             0x0b0 | 0x0b4 => u32::MAX,
             0x0fc => self.interrupt.config_generation(),
             _ => {
-                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                crate::guest_debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
             }
         }
@@ -234,13 +236,13 @@ impl MmioTransport {
             0x0a0 => self.with_configurable_queue(|q| q.set_used_ring_address(Some(value), None)),
             0x0a4 => self.with_configurable_queue(|q| q.set_used_ring_address(None, Some(value))),
             0x0ac => {} // SHMSel: there are no regions to select.
-            _ => log::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+            _ => crate::guest_debug!("virtio-mmio: write of unknown register {offset:#x}"),
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
-            log::debug!("virtio-mmio: driver features written outside the DRIVER state");
+            crate::guest_debug!("virtio-mmio: driver features written outside the DRIVER state");
             return;
         }
         let value = u64::from(value);
@@ -256,10 +258,10 @@ impl MmioTransport {
         match device.queue_events().get(value as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::error!("virtio-mmio: cannot forward a queue notification: {e}");
+                    crate::guest_error!("virtio-mmio: cannot forward a queue notification: {e}");
                 }
             }
-            None => log::debug!("virtio-mmio: notification for missing queue {value}"),
+            None => crate::guest_debug!("virtio-mmio: notification for missing queue {value}"),
         }
     }
 
@@ -272,7 +274,7 @@ impl MmioTransport {
         }
         let added = value & !self.status;
         if value & self.status != self.status {
-            log::debug!(
+            crate::guest_debug!(
                 "virtio-mmio: driver tried to clear status bits ({:#x} -> {value:#x})",
                 self.status
             );
@@ -283,7 +285,7 @@ impl MmioTransport {
             && (!has(status::FEATURES_OK) || has(status::DRIVER))
             && (!has(status::DRIVER_OK) || has(status::FEATURES_OK));
         if !in_order {
-            log::debug!("virtio-mmio: status {value:#x} skips a step of the handshake");
+            crate::guest_debug!("virtio-mmio: status {value:#x} skips a step of the handshake");
             return;
         }
         if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
@@ -300,11 +302,13 @@ impl MmioTransport {
     fn features_acceptable(&self) -> bool {
         let unknown = self.driver_features & !self.offered_features();
         if unknown != 0 {
-            log::debug!("virtio-mmio: driver accepted features it was not offered: {unknown:#x}");
+            crate::guest_debug!(
+                "virtio-mmio: driver accepted features it was not offered: {unknown:#x}"
+            );
             return false;
         }
         if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-            log::debug!("virtio-mmio: legacy driver (no VIRTIO_F_VERSION_1) refused");
+            crate::guest_debug!("virtio-mmio: legacy driver (no VIRTIO_F_VERSION_1) refused");
             return false;
         }
         true
@@ -321,7 +325,7 @@ impl MmioTransport {
                     queues.push(queue);
                 }
                 None => {
-                    log::debug!(
+                    crate::guest_debug!(
                         "virtio-mmio: queue {index} is not ready or not valid at DRIVER_OK"
                     );
                     return self.needs_reset();
@@ -338,7 +342,7 @@ impl MmioTransport {
         match result {
             Ok(()) => self.activated = true,
             Err(e) => {
-                log::error!("virtio device type {}: {e}", self.device().device_type());
+                crate::guest_error!("virtio device type {}: {e}", self.device().device_type());
                 self.needs_reset();
             }
         }
@@ -371,7 +375,7 @@ impl BusDevice for MmioTransport {
         } else if data.len() == 4 {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         } else {
-            log::debug!(
+            crate::guest_debug!(
                 "virtio-mmio: {}-byte register read at {offset:#x}",
                 data.len()
             );
@@ -385,7 +389,7 @@ impl BusDevice for MmioTransport {
         } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         } else {
-            log::debug!(
+            crate::guest_debug!(
                 "virtio-mmio: {}-byte register write at {offset:#x}",
                 data.len()
             );

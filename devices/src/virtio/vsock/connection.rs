@@ -280,7 +280,7 @@ impl Connection {
                 Rx::Nothing
             }
             Err(e) => {
-                log::debug!("vsock: host stream of port {} failed: {e}", self.local_port);
+                crate::guest_debug!("vsock: host stream of port {} failed: {e}", self.local_port);
                 Rx::Reset
             }
         }
@@ -371,7 +371,7 @@ impl Connection {
     /// Takes guest data: straight to the host when nothing waits before it, the rest buffered.
     fn push(&mut self, data: &[u8]) -> Verdict {
         if self.tx_buf.len() + data.len() > BUF_ALLOC as usize {
-            log::debug!(
+            crate::guest_debug!(
                 "vsock: guest overran its credit on port {}",
                 self.local_port
             );

@@ -234,7 +234,7 @@ impl Vsock {
                 }
                 Err(e) => {
                     bump(&mut muxer.metrics.tx_bad_packets, 1);
-                    log::debug!("{e}");
+                    crate::guest_debug!("{e}");
                 }
             }
             Served::Used(0)
@@ -256,7 +256,7 @@ impl Vsock {
         let mut idle_rounds = 0;
         'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
-                log::debug!("vsock: rx queue: {e}");
+                crate::guest_debug!("vsock: rx queue: {e}");
                 break;
             }
             idle_rounds += 1;
@@ -283,18 +283,18 @@ impl Vsock {
                         }
                     }
                     Ok(_) => {
-                        log::debug!("vsock: rx buffer smaller than a packet header");
+                        crate::guest_debug!("vsock: rx buffer smaller than a packet header");
                         bump(&mut self.muxer.metrics.rx_bad_buffers, 1);
                         0
                     }
                     Err(e) => {
-                        log::debug!("vsock: rx buffer: {e}");
+                        crate::guest_debug!("vsock: rx buffer: {e}");
                         bump(&mut self.muxer.metrics.rx_bad_buffers, 1);
                         0
                     }
                 };
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    log::debug!("vsock: rx queue: {e}");
+                    crate::guest_debug!("vsock: rx queue: {e}");
                 }
                 used = true;
             }
@@ -317,13 +317,13 @@ impl Vsock {
         }
         match self.timer.reset(SWEEP_DELAY, None) {
             Ok(()) => self.timer_armed = true,
-            Err(e) => log::warn!("vsock: cannot arm the timeout timer: {e}"),
+            Err(e) => crate::guest_warn!("vsock: cannot arm the timeout timer: {e}"),
         }
     }
 
     fn kick(&self) {
         if let Err(e) = self.queue_evts[RXQ].write(1) {
-            log::warn!("vsock: cannot wake the event loop: {e}");
+            crate::guest_warn!("vsock: cannot wake the event loop: {e}");
         }
     }
 }

@@ -206,7 +206,7 @@ impl Muxer {
     pub fn on_guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
             bump(&mut self.metrics.tx_dropped, 1);
-            log::debug!(
+            crate::guest_debug!(
                 "vsock: dropped a packet from cid {} to cid {}",
                 hdr.src_cid,
                 hdr.dst_cid
@@ -234,7 +234,9 @@ impl Muxer {
     fn connect_to_host(&mut self, hdr: &Header) {
         let key = (hdr.dst_port, hdr.src_port);
         if self.conns.len() + self.pending.len() >= MAX_CONNS {
-            log::debug!("vsock: refusing a guest connection: {MAX_CONNS} connections are open");
+            crate::guest_debug!(
+                "vsock: refusing a guest connection: {MAX_CONNS} connections are open"
+            );
             bump(&mut self.metrics.conns_refused, 1);
             self.push_rst(key);
             return;
@@ -244,7 +246,7 @@ impl Muxer {
         match connect_nonblocking(Path::new(&path)) {
             Ok(stream) => self.insert(Connection::guest_initiated(stream, hdr)),
             Err(e) => {
-                log::debug!(
+                crate::guest_debug!(
                     "vsock: guest connection to {}: {e}",
                     Path::new(&path).display()
                 );
@@ -338,7 +340,7 @@ impl Muxer {
             let fd = stream.as_raw_fd();
             if self.registered.remove(&fd).is_some() {
                 if let Err(e) = ops.remove(Events::empty_raw(fd)) {
-                    log::warn!("vsock: cannot unwatch a host stream: {e:?}");
+                    crate::guest_warn!("vsock: cannot unwatch a host stream: {e:?}");
                 }
             }
         }
@@ -357,7 +359,7 @@ impl Muxer {
             match result {
                 Ok(()) if want.is_empty() => drop(self.registered.remove(&fd)),
                 Ok(()) => drop(self.registered.insert(fd, want)),
-                Err(e) => log::warn!("vsock: cannot watch a host stream: {e:?}"),
+                Err(e) => crate::guest_warn!("vsock: cannot watch a host stream: {e:?}"),
             }
         }
     }
@@ -400,7 +402,7 @@ impl Muxer {
 
     fn push_rst(&mut self, (local_port, peer_port): Key) {
         if self.rst_queue.len() >= RST_QUEUE_MAX {
-            log::debug!("vsock: the guest is not taking packets; dropped an RST");
+            crate::guest_debug!("vsock: the guest is not taking packets; dropped an RST");
             bump(&mut self.metrics.rst_dropped, 1);
             return;
         }
