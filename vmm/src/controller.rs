@@ -338,9 +338,14 @@ impl Vmm {
         if let Some(vm) = &self.vm {
             vm.add_device_metrics(&mut snapshot);
         }
+        let metrics_dropped = self.metrics.as_ref().map_or(0, MetricsSink::dropped_lines);
         snapshot.insert(
             "vmm".into(),
-            [("log_lines_dropped".to_string(), logger::dropped_lines())].into(),
+            [
+                ("log_lines_dropped".to_string(), logger::dropped_lines()),
+                ("metrics_lines_dropped".to_string(), metrics_dropped),
+            ]
+            .into(),
         );
         snapshot
     }

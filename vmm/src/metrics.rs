@@ -23,6 +23,8 @@ pub enum MetricsError {
     Open { path: String, source: io::Error },
     /// cannot write metrics to {path}: {source}
     Write { path: String, source: io::Error },
+    /// cannot write metrics to {path}: {source}; the line was dropped
+    Dropped { path: String, source: io::Error },
 }
 
 /// `PUT /metrics` and the config file's `metrics`.
@@ -35,16 +37,16 @@ pub struct MetricsConfig {
 /// Cumulative counters: group (`api_requests`, `block_rootfs`, `vmm` ...) -> name -> value.
 pub type Snapshot = BTreeMap<String, BTreeMap<String, u64>>;
 
-/// Most bytes kept for a FIFO that is not being read; lines beyond it are dropped whole.
-const MAX_PENDING: usize = 1 << 20;
-
 /// The open metrics destination and the values last written, to report deltas.
 pub struct MetricsSink {
     path: PathBuf,
     file: File,
     last: Snapshot,
-    /// What a full FIFO has not taken yet: sent before the next line, so lines stay whole.
+    /// The unwritten tail of a line a full FIFO or disk took only part of: written before
+    /// the next line, so lines stay whole.
     pending: Vec<u8>,
+    /// Lines dropped because nothing of them could be written.
+    dropped_lines: u64,
 }
 
 impl MetricsSink {
@@ -66,30 +68,76 @@ impl MetricsSink {
             file,
             last: Snapshot::new(),
             pending: Vec::new(),
+            dropped_lines: 0,
         })
     }
 
-    /// Writes one line with each counter's change since the previous line. A FIFO that is
-    /// full keeps the rest for the next write (the file is non-blocking: a slow reader must
-    /// not stall the VMM).
+    /// Writes one line with each counter's change since the previous line.
+    ///
+    /// One rule for every destination (file, FIFO; a full disk, a reader that is not keeping
+    /// up, any other error): the flush succeeds when the line is written whole, or when only
+    /// its tail is left over (kept, and written before the next line, so a line is never
+    /// torn); it fails when nothing of the line can be written, and then the line is dropped
+    /// whole and counted ([`MetricsSink::dropped_lines`]). The file is non-blocking: a slow
+    /// reader never stalls the VMM.
     pub fn write(&mut self, snapshot: Snapshot) -> Result<(), MetricsError> {
         let line = self.line(&snapshot);
         self.last = snapshot;
-        if self.pending.len() + line.len() > MAX_PENDING {
-            return Err(self.write_error(io::Error::other(
-                "the reader is not keeping up; line dropped",
+        // An earlier line's tail goes first.
+        if let Err(e) = self.send_pending() {
+            return Err(self.drop_line(e));
+        }
+        if !self.pending.is_empty() {
+            return Err(self.drop_line(io::Error::other(
+                "the reader is not keeping up (the previous line is still being written)",
             )));
         }
-        self.pending.extend_from_slice(line.as_bytes());
+        self.pending = line.into_bytes();
+        let whole = self.pending.len();
+        match self.send_pending() {
+            Ok(()) if self.pending.len() < whole => Ok(()),
+            Ok(()) => {
+                self.pending.clear();
+                Err(self.drop_line(io::Error::other(
+                    "the reader is not keeping up (its FIFO is full)",
+                )))
+            }
+            Err(e) if self.pending.len() < whole => {
+                // The head is out: keep the tail, so the line can still be finished.
+                log::warn!("{}", self.write_error(e));
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.clear();
+                Err(self.drop_line(e))
+            }
+        }
+    }
+
+    /// How many lines were dropped so far.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped_lines
+    }
+
+    fn drop_line(&mut self, source: io::Error) -> MetricsError {
+        self.dropped_lines += 1;
+        MetricsError::Dropped {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Writes what is pending until it is all out or the destination would block.
+    fn send_pending(&mut self) -> io::Result<()> {
         while !self.pending.is_empty() {
             match self.file.write(&self.pending) {
-                Ok(0) => break,
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     self.pending.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(self.write_error(e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -155,6 +203,8 @@ impl ApiCounters {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     #[test]
@@ -209,5 +259,70 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(err.contains("/nonexistent/dir/m.json"), "{err}");
+    }
+
+    fn snapshot_with(n: u64) -> Snapshot {
+        Snapshot::from([(
+            "block_rootfs".to_string(),
+            BTreeMap::from([("read_count".to_string(), n)]),
+        )])
+    }
+
+    /// A full disk and a full FIFO follow one rule: a line nothing of which can be written is
+    /// dropped whole, counted, and the flush fails saying so; lines that reach the reader are
+    /// whole.
+    #[test]
+    fn a_line_that_cannot_be_written_is_dropped_whole_and_counted_everywhere() {
+        let mut full_disk = MetricsSink::open(&MetricsConfig {
+            metrics_path: "/dev/full".into(),
+        })
+        .unwrap();
+        let err = full_disk.write(snapshot_with(1)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot write metrics to /dev/full: "),
+            "{err}"
+        );
+        assert!(err.ends_with("; the line was dropped"), "{err}");
+        assert_eq!(full_disk.dropped_lines(), 1);
+
+        let fifo =
+            std::env::temp_dir().join(format!("tessera-metrics-{}.fifo", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let mut sink = MetricsSink::open(&MetricsConfig {
+            metrics_path: fifo.clone(),
+        })
+        .unwrap();
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut written = 0u64;
+        let err = loop {
+            written += 1;
+            assert!(written < 100_000, "a FIFO nobody reads never filled");
+            if let Err(e) = sink.write(snapshot_with(written)) {
+                break e.to_string();
+            }
+        };
+        assert!(err.contains("the reader is not keeping up"), "{err}");
+        assert!(err.ends_with("; the line was dropped"), "{err}");
+        assert_eq!(sink.dropped_lines(), 1);
+        let mut text = Vec::new();
+        let _ = (&reader).take(16 << 20).read_to_end(&mut text);
+        // Whatever the reader got is whole lines, except a tail the sink still holds.
+        let text = String::from_utf8(text).unwrap();
+        let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+        if lines.last().is_some_and(|l| !l.ends_with('\n')) {
+            lines.pop();
+            assert!(!sink.pending.is_empty());
+        }
+        for line in lines {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        std::fs::remove_file(&fifo).unwrap();
     }
 }
