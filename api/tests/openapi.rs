@@ -16,9 +16,9 @@ use std::time::Instant;
 use api::http::{self, HttpError, Method, Request, Response};
 use api::rest::routes::{route, Routed, ROUTES};
 use serde_json::{json, Value};
+use vmm::config::VmConfig;
 use vmm::controller::Vmm;
 use vmm::metrics::ApiCounters;
-use vmm::resources::VmConfig;
 use vmm::rpc::{ActionError, VmmAction, VmmData};
 use vmm::ConsoleOutput;
 

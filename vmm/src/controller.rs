@@ -15,9 +15,10 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::builder;
 use crate::config::{ConsoleOutput, MachineConfig};
+use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
 use crate::logger::{self, PreparedLogger};
 use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
-use crate::resources::{DriveUpdate, NetworkInterfaceUpdate, VmConfig, VmResources};
+use crate::resources::VmResources;
 use crate::rpc::{
     poll_recv, ActionError, ActionResult, InstanceInfo, VmmAction, VmmData, VmmEnd, HANDOFF_POLL,
 };
@@ -126,7 +127,7 @@ impl Vmm {
             VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(self.instance_info())),
             VmmAction::GetVmConfig => Ok(VmmData::VmConfig(Box::new(self.resources.to_config()))),
             VmmAction::GetMachineConfig => Ok(VmmData::MachineConfig(
-                crate::resources::MachineConfigBody::from_config(&self.resources.machine),
+                crate::config::MachineConfigBody::from_config(&self.resources.machine),
             )),
             VmmAction::FlushMetrics => self.flush_metrics().map(|()| VmmData::Empty),
             action => match self.vm.clone() {

@@ -2,8 +2,8 @@
 //! builder adds once devices are placed.
 
 use crate::config::{BootSource, ConfigError};
-use crate::device_config::DeviceSettings;
 use crate::device_manager::DeviceManager;
+use crate::resources::DeviceSettings;
 use crate::vm::VmError;
 use crate::x86_64::layout::CMDLINE_MAX_SIZE;
 

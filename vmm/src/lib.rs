@@ -1,6 +1,6 @@
 //! Tessera's virtual machine monitor core.
 //!
-//! A launch goes: a front end's request shapes (`config`, `device_config`) -> one checked
+//! A launch goes: a front end's request shapes (`config`) -> one checked
 //! [`VmResources`](resources::VmResources) -> [`builder`]: [`Vm::create`] (hypervisor VM,
 //! memory, vCPUs: everything the machine config decides) then [`builder::boot`] (devices,
 //! kernel, initrd, boot structures, vCPU threads) -> [`RunningVm::wait`] (the VMM event loop
@@ -11,7 +11,6 @@ pub mod builder;
 pub mod config;
 pub mod console_input;
 pub mod controller;
-pub mod device_config;
 pub mod device_manager;
 pub mod hypervisor;
 pub mod kernel_cmdline;
@@ -26,8 +25,8 @@ pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
 
+pub use config::DevicesConfig;
 pub use config::{BootSource, ConsoleOutput, MachineConfig};
-pub use device_config::DevicesConfig;
 pub use runtime::exit::VmExit;
 pub use runtime::RunningVm;
 pub use vm::{Vm, VmError};

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::LoggerConfig;
 use log::{LevelFilter, Log, Metadata, Record};
-use serde::{Deserialize, Serialize};
 
 /// Crates whose logs are never shown: virtio-queue logs each malformed ring at error level,
 /// which would let a guest flood the log.
@@ -29,40 +29,6 @@ pub enum LoggerError {
     Open { path: String, source: io::Error },
     /// the logger is not initialised
     NotInitialised,
-}
-
-/// `PUT /logger` and the config file's `logger`, as Firecracker names them.
-///
-/// Unlike Firecracker, `show_level` defaults to true: a log line without its level is rarely
-/// what anyone wants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerConfig {
-    #[serde(default)]
-    pub log_path: Option<PathBuf>,
-    #[serde(default)]
-    pub level: Option<String>,
-    #[serde(default)]
-    pub show_level: Option<bool>,
-    #[serde(default)]
-    pub show_log_origin: Option<bool>,
-    /// Only records whose module path starts with this are written.
-    #[serde(default)]
-    pub module: Option<String>,
-}
-
-impl LoggerConfig {
-    /// This configuration over `old`: the fields it sets replace `old`'s, as the live logger
-    /// applies them.
-    pub fn over(self, old: LoggerConfig) -> LoggerConfig {
-        LoggerConfig {
-            log_path: self.log_path.or(old.log_path),
-            level: self.level.or(old.level),
-            show_level: self.show_level.or(old.show_level),
-            show_log_origin: self.show_log_origin.or(old.show_log_origin),
-            module: self.module.or(old.module),
-        }
-    }
 }
 
 /// Firecracker's level names (and Rust's `Warn`), any case.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use crate::config::MetricsConfig;
 
 /// How often metrics are flushed without being asked (Firecracker's period).
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
@@ -25,13 +25,6 @@ pub enum MetricsError {
     Write { path: String, source: io::Error },
     /// cannot write metrics to {path}: {source}; the line was dropped
     Dropped { path: String, source: io::Error },
-}
-
-/// `PUT /metrics` and the config file's `metrics`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    pub metrics_path: PathBuf,
 }
 
 /// Cumulative counters: group (`api_requests`, `block_rootfs`, `vmm` ...) -> name -> value.

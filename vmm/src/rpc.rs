@@ -19,13 +19,13 @@ use devices::virtio::net::NetError;
 use serde::Serialize;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device_config::{Drive, Entropy, NetworkInterface, Vsock};
-use crate::logger::{LoggerConfig, LoggerError};
-use crate::metrics::{MetricsConfig, MetricsError};
-use crate::resources::{
-    BootSourceConfig, DriveUpdate, MachineConfigBody, NetworkInterfaceUpdate, ResourcesError,
-    VmConfig,
+use crate::config::{
+    BootSourceConfig, Drive, DriveUpdate, Entropy, LoggerConfig, MachineConfigBody, MetricsConfig,
+    NetworkInterface, NetworkInterfaceUpdate, VmConfig, Vsock,
 };
+use crate::logger::LoggerError;
+use crate::metrics::MetricsError;
+use crate::resources::ResourcesError;
 use crate::runtime::pause::PauseError;
 use crate::vm::VmError;
 

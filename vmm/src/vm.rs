@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use crate::boot::LoaderError;
 use crate::config::{ConfigError, MachineConfig};
-use crate::device_config::DeviceConfigError;
 use crate::device_manager::DeviceManagerError;
 use crate::hypervisor::kvm::{self, KvmError};
 use crate::hypervisor::{self, Hypervisor, VmType};
 use crate::memory::{self, GuestMemory, MemoryBackend, MemoryError};
+use crate::resources::DeviceConfigError;
 use crate::seccomp::Filters;
 use crate::vcpu::threads::{ParkedVcpus, VcpuThreadError};
 use crate::vcpu::{Vcpu, VcpuError};

@@ -1,7 +1,7 @@
 //! `--disk`, `--net`, `--vsock` and `--entropy`: short `key=value` flags that build the same
 //! [`DevicesConfig`] a config file holds.
 
-use vmm::device_config::{
+use vmm::config::{
     Drive, DriveCacheType, Entropy, NetworkInterface, RateLimiter, TokenBucket, Vsock,
 };
 use vmm::DevicesConfig;

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use vmm::config::ConsoleOutput;
+use vmm::config::VmConfig;
 use vmm::controller::{self, RunError, Vmm};
 use vmm::metrics::ApiCounters;
-use vmm::resources::VmConfig;
 use vmm::runtime::exit::EXIT_NO_STATUS;
 use vmm::seccomp::{Filters, ThreadKind};
 use vmm::VmExit;

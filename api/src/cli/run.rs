@@ -7,8 +7,9 @@ use std::time::Instant;
 use guest_init::spec::{EnvVar, WorkloadSpec};
 use vmm::builder;
 use vmm::config::ConsoleOutput;
+use vmm::config::{BootSourceConfig, MachineConfigBody};
 use vmm::kernel_cmdline::{COMMAND_CMDLINE, DEFAULT_CMDLINE};
-use vmm::resources::{BootSourceConfig, MachineConfigBody, ResourcesError, VmResources};
+use vmm::resources::{ResourcesError, VmResources};
 use vmm::seccomp::Filters;
 
 use super::{device_args, exit_code};

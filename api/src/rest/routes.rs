@@ -3,11 +3,12 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use vmm::config::{
+    BootSourceConfig, Drive, DriveUpdate, Entropy, LoggerConfig, MetricsConfig, NetworkInterface,
+    NetworkInterfaceUpdate, Vsock,
+};
 use vmm::controller::VERSION;
-use vmm::device_config::{Drive, Entropy, NetworkInterface, Vsock};
-use vmm::logger::LoggerConfig;
-use vmm::metrics::{ApiCounters, MetricsConfig};
-use vmm::resources::{BootSourceConfig, DriveUpdate, NetworkInterfaceUpdate};
+use vmm::metrics::ApiCounters;
 use vmm::rpc::{ActionError, ApiEnd, VmmAction, VmmData};
 
 use crate::http::{Method, Request, Response};

@@ -16,8 +16,8 @@ use devices::{Bus, BusError};
 use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device_config::DeviceSettings;
 use crate::hypervisor::{self, NotifyAddress, Vm};
+use crate::resources::DeviceSettings;
 use crate::x86_64::layout::{VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_START};
 
 /// An event-loop subscriber, as the VMM's `EventManager` holds them.

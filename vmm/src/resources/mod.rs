@@ -1,22 +1,24 @@
-//! Everything a VM is configured with before it starts, in Firecracker's JSON shape: the
-//! config file, `GET /vm/config`, and the bodies of the configuration endpoints.
+//! The one checked configuration of a VM that has not started ([`VmResources`]): every front
+//! end (CLI flags, REST, the config file; later the workload spec, the shim, a snapshot)
+//! builds it with these setters, and the builder boots it.
 //!
 //! Every update is checked in full on a copy before it replaces the current value, so a request
 //! that fails changes nothing.
 
 use std::fs::{File, FileType, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use guest_init::spec::{SpecError, WorkloadSpec};
-use serde::{Deserialize, Serialize};
 
-use crate::config::{BootSource, ConfigError, ConsoleOutput, MachineConfig};
-use crate::device_config::{
-    DeviceConfigError, DevicesConfig, Drive, Entropy, NetworkInterface, RateLimiter, Vsock,
+pub mod devices;
+
+use crate::config::{
+    BootSource, BootSourceConfig, ConfigError, ConsoleOutput, DevicesConfig, Drive, DriveUpdate,
+    Entropy, LoggerConfig, MachineConfig, MachineConfigBody, MetricsConfig, NetworkInterface,
+    NetworkInterfaceUpdate, VmConfig, Vsock,
 };
-use crate::logger::LoggerConfig;
-use crate::metrics::MetricsConfig;
+pub use devices::{DeviceConfigError, DeviceSettings};
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum ResourcesError {
@@ -48,26 +50,6 @@ pub enum ResourcesError {
     UnknownInterface(String),
     /// workload: {0}
     Workload(#[from] SpecError),
-}
-
-/// `PUT`/`PATCH /machine-config` and the config file's `machine-config`. Fields Firecracker
-/// has but Tessera does not implement are accepted only with the values that mean "off".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfigBody {
-    #[serde(default)]
-    pub vcpu_count: Option<u64>,
-    #[serde(default)]
-    pub mem_size_mib: Option<u64>,
-    #[serde(default)]
-    pub smt: Option<bool>,
-    #[serde(default)]
-    pub track_dirty_pages: Option<bool>,
-    #[serde(default)]
-    pub huge_pages: Option<String>,
-    /// Deprecated in Firecracker; kept so older clients' bodies are accepted.
-    #[serde(default, skip_serializing)]
-    pub cpu_template: Option<String>,
 }
 
 impl MachineConfigBody {
@@ -122,17 +104,6 @@ impl MachineConfigBody {
     }
 }
 
-/// `PUT /boot-source` and the config file's `boot-source`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BootSourceConfig {
-    pub kernel_image_path: PathBuf,
-    #[serde(default)]
-    pub initrd_path: Option<PathBuf>,
-    #[serde(default)]
-    pub boot_args: Option<String>,
-}
-
 impl BootSourceConfig {
     /// Checks the command line and that kernel and initrd can be opened now, so a typo is
     /// reported by the request that made it rather than by `InstanceStart`.
@@ -147,60 +118,6 @@ impl BootSourceConfig {
             self.boot_args.clone(),
         )?)
     }
-}
-
-/// `PATCH /drives/{id}`: a new backing file and/or rate limiter for a running VM's drive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriveUpdate {
-    pub drive_id: String,
-    #[serde(default)]
-    pub path_on_host: Option<PathBuf>,
-    #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
-}
-
-/// `PATCH /network-interfaces/{id}`: new rate limiters for a running VM's interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkInterfaceUpdate {
-    pub iface_id: String,
-    #[serde(default)]
-    pub rx_rate_limiter: Option<RateLimiter>,
-    #[serde(default)]
-    pub tx_rate_limiter: Option<RateLimiter>,
-}
-
-/// The whole configuration: the config file's shape and `GET /vm/config`'s.
-///
-/// `balloon`, `mmds-config` and `cpu-config` are Firecracker sections Tessera does not
-/// implement yet: `null` is accepted (so `GET /vm/config` output can be fed back), anything
-/// else is refused by name.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    #[serde(rename = "boot-source", default)]
-    pub boot_source: Option<BootSourceConfig>,
-    #[serde(rename = "machine-config", default)]
-    pub machine_config: Option<MachineConfigBody>,
-    #[serde(default)]
-    pub drives: Vec<Drive>,
-    #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<NetworkInterface>,
-    #[serde(default)]
-    pub vsock: Option<Vsock>,
-    #[serde(default)]
-    pub entropy: Option<Entropy>,
-    #[serde(default)]
-    pub logger: Option<LoggerConfig>,
-    #[serde(default)]
-    pub metrics: Option<MetricsConfig>,
-    #[serde(default)]
-    pub balloon: Option<serde_json::Value>,
-    #[serde(rename = "mmds-config", default)]
-    pub mmds_config: Option<serde_json::Value>,
-    #[serde(rename = "cpu-config", default)]
-    pub cpu_config: Option<serde_json::Value>,
 }
 
 /// The configuration of a VM that has not started: each setter checks its input and the
@@ -457,6 +374,8 @@ fn file_type(what: &'static str, path: &Path, file: &File) -> Result<FileType, R
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn temp_file(name: &str) -> PathBuf {

@@ -1,14 +1,14 @@
-//! The devices a user asks for, in Firecracker's config-file shape (`drives`,
-//! `network-interfaces`, `vsock`, `entropy`), checked and turned into device-model settings.
+//! The devices a user asks for ([`DevicesConfig`]), checked together (ids, the root drive,
+//! MACs, CIDs) and turned into device-model settings.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 
-use devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+use devices::rate_limiter::RateLimiterConfig;
 use devices::virtio::block::{BlockConfig, CacheType};
 use devices::virtio::net::NetConfig;
 use devices::virtio::vsock::VsockConfig;
-use serde::{Deserialize, Serialize};
+
+use crate::config::{DevicesConfig, DriveCacheType};
 
 /// The guest's serial number for a drive (GET_ID) holds at most this many bytes.
 const MAX_ID_LEN: usize = 20;
@@ -37,129 +37,6 @@ pub enum DeviceConfigError {
     BadCid(u32),
     /// vsock uds_path is empty
     EmptyUdsPath,
-}
-
-/// One token bucket: `size` tokens refilled over `refill_time` milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucket {
-    pub size: u64,
-    #[serde(default)]
-    pub one_time_burst: u64,
-    pub refill_time: u64,
-}
-
-/// Bandwidth (bytes) and ops buckets; an absent bucket is unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiter {
-    #[serde(default)]
-    pub bandwidth: Option<TokenBucket>,
-    #[serde(default)]
-    pub ops: Option<TokenBucket>,
-}
-
-impl RateLimiter {
-    /// This `PATCH` limiter applied over `current`, as Firecracker does it: a bucket the
-    /// update names replaces the current one (a zero-sized bucket lifts that limit), a bucket
-    /// it leaves out stays as it is.
-    pub fn patched(self, current: Option<RateLimiter>) -> RateLimiter {
-        let current = current.unwrap_or_default();
-        RateLimiter {
-            bandwidth: self.bandwidth.or(current.bandwidth),
-            ops: self.ops.or(current.ops),
-        }
-    }
-
-    /// The device-model limits. As in Firecracker, a bucket with a zero `size` or
-    /// `refill_time` is no bucket: that resource is unlimited (how a PATCH lifts a limit).
-    pub fn to_config(self) -> RateLimiterConfig {
-        let bucket = |b: TokenBucket| {
-            (b.size > 0 && b.refill_time > 0).then_some(TokenBucketConfig {
-                size: b.size,
-                one_time_burst: b.one_time_burst,
-                refill_time_ms: b.refill_time,
-            })
-        };
-        RateLimiterConfig {
-            bandwidth: self.bandwidth.and_then(bucket),
-            ops: self.ops.and_then(bucket),
-        }
-    }
-}
-
-/// Host page cache use for a drive, as Firecracker names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum DriveCacheType {
-    /// Flush requests are acknowledged without syncing (the guest is not offered FLUSH).
-    #[default]
-    Unsafe,
-    /// The guest is offered FLUSH and each flush is an fdatasync.
-    Writeback,
-}
-
-/// A virtio-blk drive backed by a raw file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Drive {
-    pub drive_id: String,
-    pub path_on_host: PathBuf,
-    #[serde(default)]
-    pub is_root_device: bool,
-    #[serde(default)]
-    pub is_read_only: bool,
-    #[serde(default)]
-    pub cache_type: DriveCacheType,
-    #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
-}
-
-/// A virtio-net interface on a host TAP device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkInterface {
-    pub iface_id: String,
-    pub host_dev_name: String,
-    #[serde(default)]
-    pub guest_mac: Option<String>,
-    #[serde(default)]
-    pub rx_rate_limiter: Option<RateLimiter>,
-    #[serde(default)]
-    pub tx_rate_limiter: Option<RateLimiter>,
-}
-
-/// The virtio-vsock device and its host unix socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Vsock {
-    /// Accepted for Firecracker compatibility; unused.
-    #[serde(default)]
-    pub vsock_id: Option<String>,
-    pub guest_cid: u32,
-    pub uds_path: PathBuf,
-}
-
-/// The virtio-rng device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Entropy {
-    #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
-}
-
-/// Every device of a VM, in the order the guest sees them (drives first, so the root drive
-/// and `/dev/vda` agree with the order given).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DevicesConfig {
-    #[serde(default)]
-    pub drives: Vec<Drive>,
-    #[serde(default, rename = "network-interfaces")]
-    pub network_interfaces: Vec<NetworkInterface>,
-    #[serde(default)]
-    pub vsock: Option<Vsock>,
-    #[serde(default)]
-    pub entropy: Option<Entropy>,
 }
 
 /// Device-model settings made from a checked [`DevicesConfig`].
@@ -314,6 +191,7 @@ fn parse_mac(iface: &str, text: &str) -> Result<[u8; 6], DeviceConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Drive, NetworkInterface, Vsock};
 
     fn drive(id: &str) -> Drive {
         Drive {
