@@ -16,7 +16,7 @@ use std::time::Instant;
 use api::http::{self, HttpError, Method, Request, Response};
 use api::rest::routes::{route, Routed, ROUTES};
 use serde_json::{json, Value};
-use vmm::config::VmConfig;
+use vmm::config::VmConfigBody;
 use vmm::controller::Vmm;
 use vmm::metrics::ApiCounters;
 use vmm::rpc::{ActionError, VmmAction, VmmData};
@@ -1001,7 +1001,7 @@ fn examples_and_defaults_match_their_schemas() {
     // The configuration example is a config file the VMM reads.
     let vm_config = &spec()["paths"]["/vm/config"]["get"]["responses"]["200"]["content"]
         ["application/json"]["example"];
-    if let Err(e) = serde_json::from_value::<VmConfig>(vm_config.clone()) {
+    if let Err(e) = serde_json::from_value::<VmConfigBody>(vm_config.clone()) {
         errors.push(format!("GET /vm/config example is not a config file: {e}"));
     }
     report("examples and defaults", errors);
@@ -1529,7 +1529,7 @@ fn a_vmm_before_start_accepts_the_examples_and_answers_as_documented() {
                     errors.push(format!("GET /vm/config: no {section} after its example"));
                 }
             }
-            if let Err(e) = serde_json::from_value::<VmConfig>(config) {
+            if let Err(e) = serde_json::from_value::<VmConfigBody>(config) {
                 errors.push(format!("GET /vm/config is not a config file: {e}"));
             }
         }

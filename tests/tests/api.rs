@@ -971,7 +971,7 @@ fn preboot_bad_requests_are_refused_and_change_nothing() {
                 .into(),
             "multicast",
         ),
-        // Vsock and entropy.
+        // VsockBody and entropy.
         (
             "PUT",
             "/vsock".into(),

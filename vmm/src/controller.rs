@@ -15,7 +15,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::builder;
 use crate::config::{ConsoleOutput, MachineConfig};
-use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
+use crate::config::{DriveUpdateBody, NetworkInterfaceUpdateBody, VmConfigBody};
 use crate::logger::{self, PreparedLogger};
 use crate::metrics::{ApiCounters, MetricsSink, Snapshot, FLUSH_PERIOD};
 use crate::resources::VmResources;
@@ -94,7 +94,7 @@ impl Vmm {
 
     /// Applies a whole config file: everything is checked, and the metrics file opened,
     /// before anything changes.
-    pub fn configure(&mut self, config: &VmConfig) -> Result<(), ActionError> {
+    pub fn configure(&mut self, config: &VmConfigBody) -> Result<(), ActionError> {
         let resources = VmResources::from_config(config)?;
         let logger = resources
             .logger
@@ -201,7 +201,7 @@ impl Vmm {
 
     /// Swaps a running drive's backing file and/or rate limiter; the file is checked (opened)
     /// before anything changes.
-    fn update_drive(&mut self, vm: &VmHandle, update: &DriveUpdate) -> Result<(), ActionError> {
+    fn update_drive(&mut self, vm: &VmHandle, update: &DriveUpdateBody) -> Result<(), ActionError> {
         let drive = self.resources.drive(&update.drive_id)?;
         let (_, block) = vm
             .devices
@@ -234,7 +234,7 @@ impl Vmm {
     fn update_interface(
         &mut self,
         vm: &VmHandle,
-        update: &NetworkInterfaceUpdate,
+        update: &NetworkInterfaceUpdateBody,
     ) -> Result<(), ActionError> {
         let iface = self.resources.network_interface(&update.iface_id)?;
         let rx = update

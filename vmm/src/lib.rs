@@ -25,7 +25,7 @@ pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
 
-pub use config::DevicesConfig;
+pub use config::DevicesBody;
 pub use config::{BootSource, ConsoleOutput, MachineConfig};
 pub use runtime::exit::VmExit;
 pub use runtime::RunningVm;

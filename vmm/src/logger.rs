@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::LoggerConfig;
+use crate::config::LoggerBody;
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Crates whose logs are never shown: virtio-queue logs each malformed ring at error level,
@@ -76,7 +76,7 @@ pub fn init(level: LevelFilter) {
 
 /// A checked logger configuration with its destination open, not yet in use.
 pub struct PreparedLogger {
-    config: LoggerConfig,
+    config: LoggerBody,
     level: Option<LevelFilter>,
     target: Option<File>,
     /// The log file, when opening it created it.
@@ -85,7 +85,7 @@ pub struct PreparedLogger {
 
 impl PreparedLogger {
     /// Checks `config` and opens its destination; nothing changes until [`Self::apply`].
-    pub fn open(config: &LoggerConfig) -> Result<Self, LoggerError> {
+    pub fn open(config: &LoggerBody) -> Result<Self, LoggerError> {
         let level = config.level.as_deref().map(parse_level).transpose()?;
         let (target, created) = match &config.log_path {
             Some(path) => {
@@ -146,7 +146,7 @@ impl PreparedLogger {
 }
 
 /// Applies `config`: the destination is opened first, so an error changes nothing.
-pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
+pub fn configure(config: &LoggerBody) -> Result<(), LoggerError> {
     PreparedLogger::open(config)?.apply()
 }
 
@@ -246,7 +246,7 @@ mod tests {
         init(LevelFilter::Info);
         let path = std::env::temp_dir().join(format!("tessera-logger-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let bad = LoggerConfig {
+        let bad = LoggerBody {
             log_path: Some("/nonexistent/dir/x.log".into()),
             level: None,
             show_level: None,
@@ -257,7 +257,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/dir/x.log"));
-        configure(&LoggerConfig {
+        configure(&LoggerBody {
             log_path: Some(path.clone()),
             level: Some("Debug".into()),
             ..bad

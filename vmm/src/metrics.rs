@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::MetricsConfig;
+use crate::config::MetricsBody;
 
 /// How often metrics are flushed without being asked (Firecracker's period).
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
@@ -43,7 +43,7 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    pub fn open(config: &MetricsConfig) -> Result<Self, MetricsError> {
+    pub fn open(config: &MetricsBody) -> Result<Self, MetricsError> {
         let path = config.metrics_path.clone();
         let file = OpenOptions::new()
             // Read access lets a FIFO open without a reader; append keeps files whole.
@@ -205,7 +205,7 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("tessera-metrics-{}.json", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut sink = MetricsSink::open(&MetricsConfig {
+        let mut sink = MetricsSink::open(&MetricsBody {
             metrics_path: path.clone(),
         })
         .unwrap();
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn unopenable_path_is_named() {
-        let err = MetricsSink::open(&MetricsConfig {
+        let err = MetricsSink::open(&MetricsBody {
             metrics_path: "/nonexistent/dir/m.json".into(),
         })
         .err()
@@ -266,7 +266,7 @@ mod tests {
     /// whole.
     #[test]
     fn a_line_that_cannot_be_written_is_dropped_whole_and_counted_everywhere() {
-        let mut full_disk = MetricsSink::open(&MetricsConfig {
+        let mut full_disk = MetricsSink::open(&MetricsBody {
             metrics_path: "/dev/full".into(),
         })
         .unwrap();
@@ -284,7 +284,7 @@ mod tests {
         let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo on a NUL-terminated path; the result is checked.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let mut sink = MetricsSink::open(&MetricsConfig {
+        let mut sink = MetricsSink::open(&MetricsBody {
             metrics_path: fifo.clone(),
         })
         .unwrap();

@@ -20,8 +20,8 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{
-    BootSourceConfig, Drive, DriveUpdate, Entropy, LoggerConfig, MachineConfigBody, MetricsConfig,
-    NetworkInterface, NetworkInterfaceUpdate, VmConfig, Vsock,
+    BootSourceBody, DriveBody, DriveUpdateBody, EntropyBody, LoggerBody, MachineConfigBody,
+    MetricsBody, NetworkInterfaceBody, NetworkInterfaceUpdateBody, VmConfigBody, VsockBody,
 };
 use crate::logger::LoggerError;
 use crate::metrics::MetricsError;
@@ -37,15 +37,15 @@ pub enum VmmAction {
     GetMachineConfig,
     PutMachineConfig(MachineConfigBody),
     PatchMachineConfig(MachineConfigBody),
-    PutBootSource(BootSourceConfig),
-    PutDrive(Drive),
-    PatchDrive(DriveUpdate),
-    PutNetworkInterface(NetworkInterface),
-    PatchNetworkInterface(NetworkInterfaceUpdate),
-    PutVsock(Vsock),
-    PutEntropy(Entropy),
-    PutLogger(LoggerConfig),
-    PutMetrics(MetricsConfig),
+    PutBootSource(BootSourceBody),
+    PutDrive(DriveBody),
+    PatchDrive(DriveUpdateBody),
+    PutNetworkInterface(NetworkInterfaceBody),
+    PatchNetworkInterface(NetworkInterfaceUpdateBody),
+    PutVsock(VsockBody),
+    PutEntropy(EntropyBody),
+    PutLogger(LoggerBody),
+    PutMetrics(MetricsBody),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -68,7 +68,7 @@ pub struct InstanceInfo {
 pub enum VmmData {
     Empty,
     InstanceInfo(InstanceInfo),
-    VmConfig(Box<VmConfig>),
+    VmConfig(Box<VmConfigBody>),
     MachineConfig(MachineConfigBody),
 }
 

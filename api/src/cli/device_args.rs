@@ -1,10 +1,11 @@
 //! `--disk`, `--net`, `--vsock` and `--entropy`: short `key=value` flags that build the same
-//! [`DevicesConfig`] a config file holds.
+//! [`DevicesBody`] a config file holds.
 
 use vmm::config::{
-    Drive, DriveCacheType, Entropy, NetworkInterface, RateLimiter, TokenBucket, Vsock,
+    DriveBody, DriveCacheType, EntropyBody, NetworkInterfaceBody, RateLimiterBody, TokenBucketBody,
+    VsockBody,
 };
-use vmm::DevicesConfig;
+use vmm::DevicesBody;
 
 /// The device flags as given on the command line.
 pub struct DeviceArgs<'a> {
@@ -15,7 +16,7 @@ pub struct DeviceArgs<'a> {
 }
 
 impl DeviceArgs<'_> {
-    pub fn to_config(&self) -> Result<DevicesConfig, String> {
+    pub fn to_config(&self) -> Result<DevicesBody, String> {
         let drives = self
             .disks
             .iter()
@@ -32,20 +33,20 @@ impl DeviceArgs<'_> {
             .vsock
             .map(|spec| parse_vsock(spec).map_err(|e| format!("--vsock {spec:?}: {e}")))
             .transpose()?;
-        Ok(DevicesConfig {
+        Ok(DevicesBody {
             drives,
             network_interfaces,
             vsock,
-            entropy: self.entropy.then(Entropy::default),
+            entropy: self.entropy.then(EntropyBody::default),
         })
     }
 }
 
 /// `PATH[,ro][,root][,cache=unsafe|writeback][,id=NAME][,bw=BYTES_PER_S][,iops=N]`
-fn parse_disk(index: usize, spec: &str) -> Result<Drive, String> {
+fn parse_disk(index: usize, spec: &str) -> Result<DriveBody, String> {
     let mut parts = spec.split(',');
     let path = parts.next().filter(|p| !p.is_empty()).ok_or("no path")?;
-    let mut drive = Drive {
+    let mut drive = DriveBody {
         drive_id: format!("disk{index}"),
         path_on_host: path.into(),
         is_root_device: false,
@@ -53,7 +54,7 @@ fn parse_disk(index: usize, spec: &str) -> Result<Drive, String> {
         cache_type: DriveCacheType::Unsafe,
         rate_limiter: None,
     };
-    let mut limits = RateLimiter::default();
+    let mut limits = RateLimiterBody::default();
     for part in parts {
         match part.split_once('=') {
             None if part == "ro" => drive.is_read_only = true,
@@ -70,13 +71,13 @@ fn parse_disk(index: usize, spec: &str) -> Result<Drive, String> {
             }
         }
     }
-    drive.rate_limiter = (limits != RateLimiter::default()).then_some(limits);
+    drive.rate_limiter = (limits != RateLimiterBody::default()).then_some(limits);
     Ok(drive)
 }
 
 /// `tap=NAME[,mac=MAC][,id=NAME][,bw=BYTES_PER_S]` (`bw` limits each direction)
-fn parse_net(index: usize, spec: &str) -> Result<NetworkInterface, String> {
-    let mut iface = NetworkInterface {
+fn parse_net(index: usize, spec: &str) -> Result<NetworkInterfaceBody, String> {
+    let mut iface = NetworkInterfaceBody {
         iface_id: format!("eth{index}"),
         host_dev_name: String::new(),
         guest_mac: None,
@@ -89,7 +90,7 @@ fn parse_net(index: usize, spec: &str) -> Result<NetworkInterface, String> {
             Some(("mac", mac)) => iface.guest_mac = Some(mac.to_string()),
             Some(("id", id)) => iface.iface_id = id.to_string(),
             Some(("bw", n)) => {
-                let limit = Some(RateLimiter {
+                let limit = Some(RateLimiterBody {
                     bandwidth: Some(per_second(n)?),
                     ops: None,
                 });
@@ -109,7 +110,7 @@ fn parse_net(index: usize, spec: &str) -> Result<NetworkInterface, String> {
 }
 
 /// `cid=N,uds=PATH`
-fn parse_vsock(spec: &str) -> Result<Vsock, String> {
+fn parse_vsock(spec: &str) -> Result<VsockBody, String> {
     let (mut cid, mut uds) = (None, None);
     for part in spec.split(',') {
         match part.split_once('=') {
@@ -123,7 +124,7 @@ fn parse_vsock(spec: &str) -> Result<Vsock, String> {
             _ => return Err(format!("unknown option {part:?} (use cid=N,uds=PATH)")),
         }
     }
-    Ok(Vsock {
+    Ok(VsockBody {
         vsock_id: None,
         guest_cid: cid.ok_or("cid=N is required")?,
         uds_path: uds.ok_or("uds=PATH is required")?,
@@ -131,9 +132,9 @@ fn parse_vsock(spec: &str) -> Result<Vsock, String> {
 }
 
 /// A bucket refilled with `n` tokens every second.
-fn per_second(n: &str) -> Result<TokenBucket, String> {
+fn per_second(n: &str) -> Result<TokenBucketBody, String> {
     match n.parse::<u64>() {
-        Ok(size) if size > 0 => Ok(TokenBucket {
+        Ok(size) if size > 0 => Ok(TokenBucketBody {
             size,
             one_time_burst: 0,
             refill_time: 1000,
@@ -146,7 +147,7 @@ fn per_second(n: &str) -> Result<TokenBucket, String> {
 mod tests {
     use super::*;
 
-    fn config(disks: &[&str], nets: &[&str], vsock: Option<&str>) -> Result<DevicesConfig, String> {
+    fn config(disks: &[&str], nets: &[&str], vsock: Option<&str>) -> Result<DevicesBody, String> {
         let disks: Vec<String> = disks.iter().map(|s| s.to_string()).collect();
         let nets: Vec<String> = nets.iter().map(|s| s.to_string()).collect();
         DeviceArgs {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use vmm::config::ConsoleOutput;
-use vmm::config::VmConfig;
+use vmm::config::VmConfigBody;
 use vmm::controller::{self, RunError, Vmm};
 use vmm::metrics::ApiCounters;
 use vmm::runtime::exit::EXIT_NO_STATUS;
@@ -274,7 +274,7 @@ fn serve(args: VmmArgs, process_start: Instant, filters: Filters) -> Result<u8, 
     }
 }
 
-fn read_config_file(path: &Path) -> Result<VmConfig, String> {
+fn read_config_file(path: &Path) -> Result<VmConfigBody, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read --config-file {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("--config-file {}: {e}", path.display()))

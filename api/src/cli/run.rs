@@ -7,7 +7,7 @@ use std::time::Instant;
 use guest_init::spec::{EnvVar, WorkloadSpec};
 use vmm::builder;
 use vmm::config::ConsoleOutput;
-use vmm::config::{BootSourceConfig, MachineConfigBody};
+use vmm::config::{BootSourceBody, MachineConfigBody};
 use vmm::kernel_cmdline::{COMMAND_CMDLINE, DEFAULT_CMDLINE};
 use vmm::resources::{ResourcesError, VmResources};
 use vmm::seccomp::Filters;
@@ -148,12 +148,12 @@ impl RunArgs {
         }))
     }
 
-    fn boot_source(&self) -> Result<BootSourceConfig, String> {
+    fn boot_source(&self) -> Result<BootSourceBody, String> {
         if self.command.is_empty() {
             let kernel = self.kernel.clone().ok_or(
                 "nothing to boot: give --kernel PATH, or a command after `--` to run in the default microVM",
             )?;
-            return Ok(BootSourceConfig {
+            return Ok(BootSourceBody {
                 kernel_image_path: kernel,
                 initrd_path: self.initrd.clone(),
                 boot_args: Some(self.cmdline.clone().unwrap_or(DEFAULT_CMDLINE.to_string())),
@@ -168,7 +168,7 @@ impl RunArgs {
             Some(initrd) => initrd.clone(),
             None => guest_image::default_initrd()?,
         };
-        Ok(BootSourceConfig {
+        Ok(BootSourceBody {
             kernel_image_path: kernel,
             initrd_path: Some(initrd),
             boot_args: Some(base.to_string()),

@@ -4,8 +4,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vmm::config::{
-    BootSourceConfig, Drive, DriveUpdate, Entropy, LoggerConfig, MetricsConfig, NetworkInterface,
-    NetworkInterfaceUpdate, Vsock,
+    BootSourceBody, DriveBody, DriveUpdateBody, EntropyBody, LoggerBody, MetricsBody,
+    NetworkInterfaceBody, NetworkInterfaceUpdateBody, VsockBody,
 };
 use vmm::controller::VERSION;
 use vmm::metrics::ApiCounters;
@@ -183,33 +183,31 @@ fn action(request: &Request, template: &str, id: &str) -> Result<Routed, String>
         (Method::Get, "/machine-config") => VmmAction::GetMachineConfig,
         (Method::Put, "/machine-config") => VmmAction::PutMachineConfig(body(request)?),
         (Method::Patch, "/machine-config") => VmmAction::PatchMachineConfig(body(request)?),
-        (Method::Put, "/boot-source") => {
-            VmmAction::PutBootSource(body::<BootSourceConfig>(request)?)
-        }
+        (Method::Put, "/boot-source") => VmmAction::PutBootSource(body::<BootSourceBody>(request)?),
         (Method::Put, "/drives/{drive_id}") => {
-            let drive: Drive = body(request)?;
+            let drive: DriveBody = body(request)?;
             same_id("drive_id", id, &drive.drive_id)?;
             VmmAction::PutDrive(drive)
         }
         (Method::Patch, "/drives/{drive_id}") => {
-            let update: DriveUpdate = body(request)?;
+            let update: DriveUpdateBody = body(request)?;
             same_id("drive_id", id, &update.drive_id)?;
             VmmAction::PatchDrive(update)
         }
         (Method::Put, "/network-interfaces/{iface_id}") => {
-            let iface: NetworkInterface = body(request)?;
+            let iface: NetworkInterfaceBody = body(request)?;
             same_id("iface_id", id, &iface.iface_id)?;
             VmmAction::PutNetworkInterface(iface)
         }
         (Method::Patch, "/network-interfaces/{iface_id}") => {
-            let update: NetworkInterfaceUpdate = body(request)?;
+            let update: NetworkInterfaceUpdateBody = body(request)?;
             same_id("iface_id", id, &update.iface_id)?;
             VmmAction::PatchNetworkInterface(update)
         }
-        (Method::Put, "/vsock") => VmmAction::PutVsock(body::<Vsock>(request)?),
-        (Method::Put, "/entropy") => VmmAction::PutEntropy(body::<Entropy>(request)?),
-        (Method::Put, "/logger") => VmmAction::PutLogger(body::<LoggerConfig>(request)?),
-        (Method::Put, "/metrics") => VmmAction::PutMetrics(body::<MetricsConfig>(request)?),
+        (Method::Put, "/vsock") => VmmAction::PutVsock(body::<VsockBody>(request)?),
+        (Method::Put, "/entropy") => VmmAction::PutEntropy(body::<EntropyBody>(request)?),
+        (Method::Put, "/logger") => VmmAction::PutLogger(body::<LoggerBody>(request)?),
+        (Method::Put, "/metrics") => VmmAction::PutMetrics(body::<MetricsBody>(request)?),
         (Method::Put, "/actions") => match body::<ActionBody>(request)?.action_type {
             ActionType::InstanceStart => VmmAction::InstanceStart,
             ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,

@@ -11,7 +11,7 @@ use crate::kernel_cmdline::{validate_cmdline, DEFAULT_CMDLINE};
 /// `PUT /boot-source` and the config file's `boot-source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BootSourceConfig {
+pub struct BootSourceBody {
     pub kernel_image_path: PathBuf,
     #[serde(default)]
     pub initrd_path: Option<PathBuf>,

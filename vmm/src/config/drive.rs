@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::rate_limiter::RateLimiter;
+use super::rate_limiter::RateLimiterBody;
 
 /// Host page cache use for a drive, as Firecracker names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -19,7 +19,7 @@ pub enum DriveCacheType {
 /// A virtio-blk drive backed by a raw file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Drive {
+pub struct DriveBody {
     pub drive_id: String,
     pub path_on_host: PathBuf,
     #[serde(default)]
@@ -29,16 +29,16 @@ pub struct Drive {
     #[serde(default)]
     pub cache_type: DriveCacheType,
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<RateLimiterBody>,
 }
 
 /// `PATCH /drives/{id}`: a new backing file and/or rate limiter for a running VM's drive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DriveUpdate {
+pub struct DriveUpdateBody {
     pub drive_id: String,
     #[serde(default)]
     pub path_on_host: Option<PathBuf>,
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<RateLimiterBody>,
 }

@@ -2,12 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rate_limiter::RateLimiter;
+use super::rate_limiter::RateLimiterBody;
 
 /// The virtio-rng device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Entropy {
+pub struct EntropyBody {
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<RateLimiterBody>,
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// what anyone wants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoggerConfig {
+pub struct LoggerBody {
     #[serde(default)]
     pub log_path: Option<PathBuf>,
     #[serde(default)]
@@ -24,11 +24,11 @@ pub struct LoggerConfig {
     pub module: Option<String>,
 }
 
-impl LoggerConfig {
+impl LoggerBody {
     /// This configuration over `old`: the fields it sets replace `old`'s, as the live logger
     /// applies them.
-    pub fn over(self, old: LoggerConfig) -> LoggerConfig {
-        LoggerConfig {
+    pub fn over(self, old: LoggerBody) -> LoggerBody {
+        LoggerBody {
             log_path: self.log_path.or(old.log_path),
             level: self.level.or(old.level),
             show_level: self.show_level.or(old.show_level),

@@ -18,17 +18,17 @@ pub mod rate_limiter;
 pub mod vm;
 pub mod vsock;
 
-pub use boot::{BootSource, BootSourceConfig, ConsoleOutput};
-pub use devices::DevicesConfig;
-pub use drive::{Drive, DriveCacheType, DriveUpdate};
-pub use entropy::Entropy;
-pub use logger::LoggerConfig;
+pub use boot::{BootSource, BootSourceBody, ConsoleOutput};
+pub use devices::DevicesBody;
+pub use drive::{DriveBody, DriveCacheType, DriveUpdateBody};
+pub use entropy::EntropyBody;
+pub use logger::LoggerBody;
 pub use machine::{MachineConfig, MachineConfigBody, MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
-pub use metrics::MetricsConfig;
-pub use net::{NetworkInterface, NetworkInterfaceUpdate};
-pub use rate_limiter::{RateLimiter, TokenBucket};
-pub use vm::VmConfig;
-pub use vsock::Vsock;
+pub use metrics::MetricsBody;
+pub use net::{NetworkInterfaceBody, NetworkInterfaceUpdateBody};
+pub use rate_limiter::{RateLimiterBody, TokenBucketBody};
+pub use vm::VmConfigBody;
+pub use vsock::VsockBody;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display, PartialEq, Eq)]
 pub enum ConfigError {

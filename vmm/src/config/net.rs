@@ -2,29 +2,29 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rate_limiter::RateLimiter;
+use super::rate_limiter::RateLimiterBody;
 
 /// A virtio-net interface on a host TAP device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkInterface {
+pub struct NetworkInterfaceBody {
     pub iface_id: String,
     pub host_dev_name: String,
     #[serde(default)]
     pub guest_mac: Option<String>,
     #[serde(default)]
-    pub rx_rate_limiter: Option<RateLimiter>,
+    pub rx_rate_limiter: Option<RateLimiterBody>,
     #[serde(default)]
-    pub tx_rate_limiter: Option<RateLimiter>,
+    pub tx_rate_limiter: Option<RateLimiterBody>,
 }
 
 /// `PATCH /network-interfaces/{id}`: new rate limiters for a running VM's interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkInterfaceUpdate {
+pub struct NetworkInterfaceUpdateBody {
     pub iface_id: String,
     #[serde(default)]
-    pub rx_rate_limiter: Option<RateLimiter>,
+    pub rx_rate_limiter: Option<RateLimiterBody>,
     #[serde(default)]
-    pub tx_rate_limiter: Option<RateLimiter>,
+    pub tx_rate_limiter: Option<RateLimiterBody>,
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// One token bucket: `size` tokens refilled over `refill_time` milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenBucket {
+pub struct TokenBucketBody {
     pub size: u64,
     #[serde(default)]
     pub one_time_burst: u64,
@@ -16,20 +16,20 @@ pub struct TokenBucket {
 /// Bandwidth (bytes) and ops buckets; an absent bucket is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RateLimiter {
+pub struct RateLimiterBody {
     #[serde(default)]
-    pub bandwidth: Option<TokenBucket>,
+    pub bandwidth: Option<TokenBucketBody>,
     #[serde(default)]
-    pub ops: Option<TokenBucket>,
+    pub ops: Option<TokenBucketBody>,
 }
 
-impl RateLimiter {
+impl RateLimiterBody {
     /// This `PATCH` limiter applied over `current`, as Firecracker does it: a bucket the
     /// update names replaces the current one (a zero-sized bucket lifts that limit), a bucket
     /// it leaves out stays as it is.
-    pub fn patched(self, current: Option<RateLimiter>) -> RateLimiter {
+    pub fn patched(self, current: Option<RateLimiterBody>) -> RateLimiterBody {
         let current = current.unwrap_or_default();
-        RateLimiter {
+        RateLimiterBody {
             bandwidth: self.bandwidth.or(current.bandwidth),
             ops: self.ops.or(current.ops),
         }
@@ -38,7 +38,7 @@ impl RateLimiter {
     /// The device-model limits. As in Firecracker, a bucket with a zero `size` or
     /// `refill_time` is no bucket: that resource is unlimited (how a PATCH lifts a limit).
     pub fn to_config(self) -> RateLimiterConfig {
-        let bucket = |b: TokenBucket| {
+        let bucket = |b: TokenBucketBody| {
             (b.size > 0 && b.refill_time > 0).then_some(TokenBucketConfig {
                 size: b.size,
                 one_time_burst: b.one_time_burst,

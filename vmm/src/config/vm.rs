@@ -2,14 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::boot::BootSourceConfig;
-use super::drive::Drive;
-use super::entropy::Entropy;
-use super::logger::LoggerConfig;
+use super::boot::BootSourceBody;
+use super::drive::DriveBody;
+use super::entropy::EntropyBody;
+use super::logger::LoggerBody;
 use super::machine::MachineConfigBody;
-use super::metrics::MetricsConfig;
-use super::net::NetworkInterface;
-use super::vsock::Vsock;
+use super::metrics::MetricsBody;
+use super::net::NetworkInterfaceBody;
+use super::vsock::VsockBody;
 
 /// The whole configuration: the config file's shape and `GET /vm/config`'s.
 ///
@@ -18,23 +18,23 @@ use super::vsock::Vsock;
 /// else is refused by name.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VmConfig {
+pub struct VmConfigBody {
     #[serde(rename = "boot-source", default)]
-    pub boot_source: Option<BootSourceConfig>,
+    pub boot_source: Option<BootSourceBody>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfigBody>,
     #[serde(default)]
-    pub drives: Vec<Drive>,
+    pub drives: Vec<DriveBody>,
     #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<NetworkInterface>,
+    pub network_interfaces: Vec<NetworkInterfaceBody>,
     #[serde(default)]
-    pub vsock: Option<Vsock>,
+    pub vsock: Option<VsockBody>,
     #[serde(default)]
-    pub entropy: Option<Entropy>,
+    pub entropy: Option<EntropyBody>,
     #[serde(default)]
-    pub logger: Option<LoggerConfig>,
+    pub logger: Option<LoggerBody>,
     #[serde(default)]
-    pub metrics: Option<MetricsConfig>,
+    pub metrics: Option<MetricsBody>,
     #[serde(default)]
     pub balloon: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The virtio-vsock device and its host unix socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Vsock {
+pub struct VsockBody {
     /// Accepted for Firecracker compatibility; unused.
     #[serde(default)]
     pub vsock_id: Option<String>,

@@ -1,4 +1,4 @@
-//! The devices a user asks for ([`DevicesConfig`]), checked together (ids, the root drive,
+//! The devices a user asks for ([`DevicesBody`]), checked together (ids, the root drive,
 //! MACs, CIDs) and turned into device-model settings.
 
 use std::collections::HashSet;
@@ -8,7 +8,7 @@ use devices::virtio::block::{BlockConfig, CacheType};
 use devices::virtio::net::NetConfig;
 use devices::virtio::vsock::VsockConfig;
 
-use crate::config::{DevicesConfig, DriveCacheType};
+use crate::config::{DevicesBody, DriveCacheType};
 
 /// The guest's serial number for a drive (GET_ID) holds at most this many bytes.
 const MAX_ID_LEN: usize = 20;
@@ -39,7 +39,7 @@ pub enum DeviceConfigError {
     EmptyUdsPath,
 }
 
-/// Device-model settings made from a checked [`DevicesConfig`].
+/// Device-model settings made from a checked [`DevicesBody`].
 pub struct DeviceSettings {
     pub drives: Vec<BlockConfig>,
     /// `/dev/vdX` of the root drive, when one is marked.
@@ -50,7 +50,7 @@ pub struct DeviceSettings {
     pub entropy: Option<RateLimiterConfig>,
 }
 
-impl DevicesConfig {
+impl DevicesBody {
     /// Checks names, ids and addresses (files and TAPs are opened later, by the devices).
     pub fn settings(&self) -> Result<DeviceSettings, DeviceConfigError> {
         let mut ids = HashSet::new();
@@ -143,7 +143,7 @@ impl DevicesConfig {
     }
 }
 
-/// Drive and interface ids appear in API paths, metrics names and the disk serial: 1 to 20
+/// DriveBody and interface ids appear in API paths, metrics names and the disk serial: 1 to 20
 /// characters that need no escaping anywhere.
 fn valid_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
@@ -191,10 +191,10 @@ fn parse_mac(iface: &str, text: &str) -> Result<[u8; 6], DeviceConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Drive, NetworkInterface, Vsock};
+    use crate::config::{DriveBody, NetworkInterfaceBody, VsockBody};
 
-    fn drive(id: &str) -> Drive {
-        Drive {
+    fn drive(id: &str) -> DriveBody {
+        DriveBody {
             drive_id: id.into(),
             path_on_host: "/d".into(),
             is_root_device: false,
@@ -215,7 +215,7 @@ mod tests {
             "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
             "entropy": {}
         }"#;
-        let config: DevicesConfig = serde_json::from_str(json).unwrap();
+        let config: DevicesBody = serde_json::from_str(json).unwrap();
         let s = config.settings().unwrap();
         assert_eq!(s.root_device, Some(("/dev/vda".to_string(), true)));
         assert_eq!(s.drives[0].serial, "rootfs");
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = serde_json::from_str::<DevicesConfig>(
+        let err = serde_json::from_str::<DevicesBody>(
             r#"{"drives": [{"drive_id": "a", "path_on_host": "/x", "bogus": 1}]}"#,
         )
         .unwrap_err();
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn bad_ids_macs_and_cids_are_refused() {
-        let mut c = DevicesConfig {
+        let mut c = DevicesBody {
             drives: vec![drive("a"), drive("a")],
             ..Default::default()
         };
@@ -279,8 +279,8 @@ mod tests {
             parse_mac("eth0", "01:00:5e:00:00:01"),
             Err(DeviceConfigError::MulticastMac { .. })
         ));
-        let c = DevicesConfig {
-            vsock: Some(Vsock {
+        let c = DevicesBody {
+            vsock: Some(VsockBody {
                 vsock_id: None,
                 guest_cid: 2,
                 uds_path: "/v".into(),
@@ -288,8 +288,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.settings().err(), Some(DeviceConfigError::BadCid(2)));
-        let c = DevicesConfig {
-            network_interfaces: vec![NetworkInterface {
+        let c = DevicesBody {
+            network_interfaces: vec![NetworkInterfaceBody {
                 iface_id: "eth0".into(),
                 host_dev_name: "a-name-that-is-too-long".into(),
                 guest_mac: None,

@@ -14,9 +14,9 @@ use guest_init::spec::{SpecError, WorkloadSpec};
 pub mod devices;
 
 use crate::config::{
-    BootSource, BootSourceConfig, ConfigError, ConsoleOutput, DevicesConfig, Drive, DriveUpdate,
-    Entropy, LoggerConfig, MachineConfig, MachineConfigBody, MetricsConfig, NetworkInterface,
-    NetworkInterfaceUpdate, VmConfig, Vsock,
+    BootSource, BootSourceBody, ConfigError, ConsoleOutput, DevicesBody, DriveBody,
+    DriveUpdateBody, EntropyBody, LoggerBody, MachineConfig, MachineConfigBody, MetricsBody,
+    NetworkInterfaceBody, NetworkInterfaceUpdateBody, VmConfigBody, VsockBody,
 };
 pub use devices::{DeviceConfigError, DeviceSettings};
 
@@ -104,7 +104,7 @@ impl MachineConfigBody {
     }
 }
 
-impl BootSourceConfig {
+impl BootSourceBody {
     /// Checks the command line and that kernel and initrd can be opened now, so a typo is
     /// reported by the request that made it rather than by `InstanceStart`.
     pub fn to_boot_source(&self) -> Result<BootSource, ResourcesError> {
@@ -125,10 +125,10 @@ impl BootSourceConfig {
 #[derive(Debug, Clone, Default)]
 pub struct VmResources {
     pub machine: MachineConfig,
-    pub boot_source: Option<(BootSourceConfig, BootSource)>,
-    pub devices: DevicesConfig,
-    pub logger: Option<LoggerConfig>,
-    pub metrics: Option<MetricsConfig>,
+    pub boot_source: Option<(BootSourceBody, BootSource)>,
+    pub devices: DevicesBody,
+    pub logger: Option<LoggerBody>,
+    pub metrics: Option<MetricsBody>,
     /// The workload tessera-init runs, for a guest whose init is tessera-init.
     pub workload: Option<WorkloadSpec>,
     /// Where the guest console goes: not part of Firecracker's configuration, so the API and
@@ -139,7 +139,7 @@ pub struct VmResources {
 impl VmResources {
     /// Resources from a config file's contents; `logger` and `metrics` are returned as given
     /// for the caller to open.
-    pub fn from_config(config: &VmConfig) -> Result<Self, ResourcesError> {
+    pub fn from_config(config: &VmConfigBody) -> Result<Self, ResourcesError> {
         for (what, value) in [
             ("balloon", &config.balloon),
             ("mmds-config", &config.mmds_config),
@@ -156,7 +156,7 @@ impl VmResources {
         if let Some(boot) = &config.boot_source {
             resources.set_boot_source(boot)?;
         }
-        let devices = DevicesConfig {
+        let devices = DevicesBody {
             drives: config.drives.clone(),
             network_interfaces: config.network_interfaces.clone(),
             vsock: config.vsock.clone(),
@@ -173,8 +173,8 @@ impl VmResources {
     }
 
     /// The configuration in the config file's shape.
-    pub fn to_config(&self) -> VmConfig {
-        VmConfig {
+    pub fn to_config(&self) -> VmConfigBody {
+        VmConfigBody {
             boot_source: self.boot_source.as_ref().map(|(body, _)| body.clone()),
             machine_config: Some(MachineConfigBody::from_config(&self.machine)),
             drives: self.devices.drives.clone(),
@@ -206,7 +206,7 @@ impl VmResources {
         Ok(())
     }
 
-    pub fn set_boot_source(&mut self, body: &BootSourceConfig) -> Result<(), ResourcesError> {
+    pub fn set_boot_source(&mut self, body: &BootSourceBody) -> Result<(), ResourcesError> {
         let boot = body.to_boot_source()?;
         self.boot_source = Some((body.clone(), boot));
         Ok(())
@@ -214,7 +214,7 @@ impl VmResources {
 
     /// Adds the drive, or replaces the one with the same id (keeping its place, so the guest's
     /// disk names do not move).
-    pub fn put_drive(&mut self, drive: &Drive) -> Result<(), ResourcesError> {
+    pub fn put_drive(&mut self, drive: &DriveBody) -> Result<(), ResourcesError> {
         check_drive_file(drive)?;
         let mut devices = self.devices.clone();
         match devices
@@ -229,7 +229,7 @@ impl VmResources {
     }
 
     /// Records a running drive's new backing file or rate limiter.
-    pub fn update_drive(&mut self, update: &DriveUpdate) -> Result<(), ResourcesError> {
+    pub fn update_drive(&mut self, update: &DriveUpdateBody) -> Result<(), ResourcesError> {
         let drive = self
             .devices
             .drives
@@ -245,7 +245,7 @@ impl VmResources {
         Ok(())
     }
 
-    pub fn drive(&self, id: &str) -> Result<&Drive, ResourcesError> {
+    pub fn drive(&self, id: &str) -> Result<&DriveBody, ResourcesError> {
         self.devices
             .drives
             .iter()
@@ -255,7 +255,7 @@ impl VmResources {
 
     pub fn put_network_interface(
         &mut self,
-        iface: &NetworkInterface,
+        iface: &NetworkInterfaceBody,
     ) -> Result<(), ResourcesError> {
         let mut devices = self.devices.clone();
         match devices
@@ -272,7 +272,7 @@ impl VmResources {
     /// Records a running interface's new rate limiters.
     pub fn update_network_interface(
         &mut self,
-        update: &NetworkInterfaceUpdate,
+        update: &NetworkInterfaceUpdateBody,
     ) -> Result<(), ResourcesError> {
         let iface = self
             .devices
@@ -289,7 +289,7 @@ impl VmResources {
         Ok(())
     }
 
-    pub fn network_interface(&self, id: &str) -> Result<&NetworkInterface, ResourcesError> {
+    pub fn network_interface(&self, id: &str) -> Result<&NetworkInterfaceBody, ResourcesError> {
         self.devices
             .network_interfaces
             .iter()
@@ -297,19 +297,19 @@ impl VmResources {
             .ok_or_else(|| ResourcesError::UnknownInterface(id.to_string()))
     }
 
-    pub fn set_vsock(&mut self, vsock: &Vsock) -> Result<(), ResourcesError> {
+    pub fn set_vsock(&mut self, vsock: &VsockBody) -> Result<(), ResourcesError> {
         let mut devices = self.devices.clone();
         devices.vsock = Some(vsock.clone());
         self.commit_devices(devices)
     }
 
-    pub fn set_entropy(&mut self, entropy: &Entropy) -> Result<(), ResourcesError> {
+    pub fn set_entropy(&mut self, entropy: &EntropyBody) -> Result<(), ResourcesError> {
         let mut devices = self.devices.clone();
         devices.entropy = Some(*entropy);
         self.commit_devices(devices)
     }
 
-    fn commit_devices(&mut self, devices: DevicesConfig) -> Result<(), ResourcesError> {
+    fn commit_devices(&mut self, devices: DevicesBody) -> Result<(), ResourcesError> {
         devices.settings()?;
         self.devices = devices;
         Ok(())
@@ -318,7 +318,7 @@ impl VmResources {
 
 /// A drive's file must be a regular file or block device that opens with the access the guest
 /// will get.
-fn check_drive_file(drive: &Drive) -> Result<(), ResourcesError> {
+fn check_drive_file(drive: &DriveBody) -> Result<(), ResourcesError> {
     let file = open_checked(
         "drive path_on_host",
         &drive.path_on_host,
@@ -420,7 +420,7 @@ mod tests {
     fn a_refused_drive_leaves_the_drives_as_they_were() {
         let path = temp_file("drive");
         let mut r = VmResources::default();
-        let drive = |id: &str, root| Drive {
+        let drive = |id: &str, root| DriveBody {
             drive_id: id.into(),
             path_on_host: path.clone(),
             is_root_device: root,
@@ -453,7 +453,7 @@ mod tests {
             err.contains("is not a regular file or block device"),
             "{err}"
         );
-        let boot = BootSourceConfig {
+        let boot = BootSourceBody {
             kernel_image_path: fifo.clone(),
             initrd_path: None,
             boot_args: None,
@@ -476,17 +476,18 @@ mod tests {
                 "balloon": null}}"#,
             kernel.display()
         );
-        let config: VmConfig = serde_json::from_str(&json).unwrap();
+        let config: VmConfigBody = serde_json::from_str(&json).unwrap();
         let r = VmResources::from_config(&config).unwrap();
         assert_eq!(r.machine, MachineConfig::new(2, 64).unwrap());
         let out = serde_json::to_string(&r.to_config()).unwrap();
-        let again: VmConfig = serde_json::from_str(&out).unwrap();
+        let again: VmConfigBody = serde_json::from_str(&out).unwrap();
         assert_eq!(VmResources::from_config(&again).unwrap().machine, r.machine);
 
-        let balloon: VmConfig = serde_json::from_str(r#"{"balloon": {"amount_mib": 1}}"#).unwrap();
+        let balloon: VmConfigBody =
+            serde_json::from_str(r#"{"balloon": {"amount_mib": 1}}"#).unwrap();
         let err = VmResources::from_config(&balloon).unwrap_err().to_string();
         assert_eq!(err, "balloon is not supported by Tessera yet");
-        let missing = BootSourceConfig {
+        let missing = BootSourceBody {
             kernel_image_path: "/nonexistent/vmlinux".into(),
             initrd_path: None,
             boot_args: None,
