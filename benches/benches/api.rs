@@ -10,7 +10,9 @@
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p benches --bench api`
 //! (`API_SPAWN_RUNS=N`, default 100; `API_PUT_REQUESTS=N`, default 2000; `API_START_RUNS=N`,
-//! default 30). Prints medians, p90s and p99s.
+//! default 30). Prints medians, p90s and p99s. `BENCH_BASELINE_TESSERA=PATH` also measures
+//! another tessera binary (an earlier build), interleaved run by run (the round trips in
+//! alternating halves), and prints its rows and the ratios of medians.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -236,6 +238,9 @@ fn main() {
         &mut version_us,
         "us",
     );
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_TESSERA").map(PathBuf::from) {
+        compare_with_baseline(&tessera, &baseline, spawn_runs, put_requests, start_runs);
+    }
     match kvm_unavailable() {
         Some(why) => println!("SKIPPED InstanceStart -> first guest instruction: {why}"),
         None => {
@@ -256,5 +261,78 @@ fn main() {
             );
             row("the same with --no-seccomp", &mut unfiltered_ms, "ms");
         }
+    }
+}
+
+/// This build and `baseline` side by side: spawn -> accepting, the kept-alive PUT, and
+/// InstanceStart -> first instruction, interleaved so that host noise hits both alike.
+fn compare_with_baseline(
+    tessera: &Path,
+    baseline: &Path,
+    spawn_runs: usize,
+    put_requests: usize,
+    start_runs: usize,
+) {
+    let (mut accept, mut base_accept): (Vec<f64>, Vec<f64>) = (0..spawn_runs)
+        .map(|run| {
+            (
+                spawn_to_accept(tessera, run),
+                spawn_to_accept(baseline, run),
+            )
+        })
+        .unzip();
+    let put = (
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+    );
+    let half = put_requests.div_ceil(2);
+    let (mut puts, mut base_puts) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        puts.extend(round_trips(tessera, &[], half, put));
+        base_puts.extend(round_trips(baseline, &[], half, put));
+    }
+    let mut rows = vec![
+        (
+            "spawn -> API socket accepting",
+            "ms",
+            accept.as_mut_slice(),
+            base_accept.as_mut_slice(),
+        ),
+        (
+            "PUT /machine-config, kept-alive",
+            "us",
+            puts.as_mut_slice(),
+            base_puts.as_mut_slice(),
+        ),
+    ];
+    let (mut start, mut base_start);
+    if kvm_unavailable().is_none() {
+        let guest = tiny_guest("reset64");
+        (start, base_start) = (0..start_runs)
+            .map(|run| {
+                (
+                    start_to_first_instruction(tessera, &[], &guest, run),
+                    start_to_first_instruction(baseline, &[], &guest, run),
+                )
+            })
+            .unzip::<f64, f64, Vec<f64>, Vec<f64>>();
+        rows.push((
+            "InstanceStart -> first guest instruction",
+            "ms",
+            start.as_mut_slice(),
+            base_start.as_mut_slice(),
+        ));
+    }
+    println!("\nbaseline: {}", baseline.display());
+    println!("| figure | this build (median) | baseline (median) | ratio | samples |");
+    println!("|---|---|---|---|---|");
+    for (name, unit, new, old) in rows {
+        let (new_m, old_m) = (median(new), median(old));
+        println!(
+            "| {name} | {new_m:.3} {unit} | {old_m:.3} {unit} | {:.3} | {} |",
+            new_m / old_m,
+            new.len()
+        );
     }
 }

@@ -6,9 +6,11 @@
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p benches --bench startup`
 //! (`STARTUP_RUNS=N` changes the number of runs; default 30). Prints medians and p90s.
+//! `BENCH_BASELINE_TESSERA=PATH` also measures another tessera binary (an earlier build),
+//! interleaved run by run with this one, and prints its rows and the ratios of medians.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -130,17 +132,27 @@ fn main() {
     let reset_guest = tiny_guest("reset64");
     let idle_guest = tiny_guest("idle64");
     let n = runs();
+    let baseline = std::env::var_os("BENCH_BASELINE_TESSERA").map(PathBuf::from);
 
-    // Interleave the two programs so host noise hits both alike.
+    // Interleave the programs so host noise hits them alike.
     let (mut floor_ms, mut first_ms, mut exit_ms, mut rss_mib) = (vec![], vec![], vec![], vec![]);
+    let (mut base_first_ms, mut base_exit_ms, mut base_rss_mib) = (vec![], vec![], vec![]);
     for _ in 0..n {
         floor_ms.push(floor_once(&floor));
         let (first, exit) = tessera_once(&tessera, &reset_guest);
         first_ms.push(first);
         exit_ms.push(exit);
+        if let Some(baseline) = &baseline {
+            let (first, exit) = tessera_once(baseline, &reset_guest);
+            base_first_ms.push(first);
+            base_exit_ms.push(exit);
+        }
     }
     for _ in 0..n.min(10) {
         rss_mib.push(rss_overhead_once(&tessera, &idle_guest));
+        if let Some(baseline) = &baseline {
+            base_rss_mib.push(rss_overhead_once(baseline, &idle_guest));
+        }
     }
 
     let row = |name: &str, v: &mut Vec<f64>, unit: &str| {
@@ -166,6 +178,46 @@ fn main() {
     );
     row("tessera: guest reset -> process exit", &mut exit_ms, "ms");
     row("tessera: VMM RSS beyond guest memory", &mut rss_mib, "MiB");
+    if let Some(baseline) = &baseline {
+        println!("\nbaseline: {}", baseline.display());
+        row(
+            "baseline: spawn -> first guest instruction",
+            &mut base_first_ms,
+            "ms",
+        );
+        row(
+            "baseline: guest reset -> process exit",
+            &mut base_exit_ms,
+            "ms",
+        );
+        row(
+            "baseline: VMM RSS beyond guest memory",
+            &mut base_rss_mib,
+            "MiB",
+        );
+        for (name, new, old) in [
+            (
+                "spawn -> first guest instruction",
+                &mut first_ms,
+                &mut base_first_ms,
+            ),
+            (
+                "guest reset -> process exit",
+                &mut exit_ms,
+                &mut base_exit_ms,
+            ),
+            (
+                "VMM RSS beyond guest memory",
+                &mut rss_mib,
+                &mut base_rss_mib,
+            ),
+        ] {
+            println!(
+                "ratio this build / baseline (medians), {name}: {:.3}",
+                median(new) / median(old)
+            );
+        }
+    }
     println!(
         "\nratio first instruction / floor (medians): {:.2}",
         median(&mut first_ms) / median(&mut floor_ms)

@@ -53,7 +53,7 @@ pub fn boot(
     let console = &resources.console;
     let settings = resources.devices.settings()?;
     let mut device_manager = DeviceManager::new();
-    device_manager.add_configured(vm.vm_fd.as_ref(), &vm.memory, &settings)?;
+    device_manager.add_configured(vm.vm_fd.as_ref(), &vm.ram.memory, &settings)?;
     let mut boot = kernel_cmdline::with_device_args(boot, &device_manager, &settings)?;
     if let Some(spec) = &resources.workload {
         boot.initrd_append = guest_init::protocol::spec_archive(spec)?;
@@ -131,6 +131,8 @@ fn load(vm: &Vm, boot: &BootSource) -> Result<EntryPoint, VmError> {
         return Err(KvmError::PvmCannotBootLinux.into());
     }
     let plan = boot::plan(&info, boot, &vm.machine)?;
-    Plain.apply(&plan, &vm.memory).map_err(LoaderError::from)?;
+    Plain
+        .apply(&plan, &vm.ram.memory)
+        .map_err(LoaderError::from)?;
     Ok(plan.entry)
 }

@@ -11,7 +11,7 @@ use crate::config::{ConfigError, MachineConfig};
 use crate::device_manager::DeviceManagerError;
 use crate::hypervisor::kvm::{self, KvmError};
 use crate::hypervisor::{self, Hypervisor, VmType};
-use crate::memory::{self, GuestMemory, MemoryBackend, MemoryError};
+use crate::memory::{self, GuestMemory, GuestRam, MemoryBackend, MemoryError};
 use crate::resources::DeviceConfigError;
 use crate::seccomp::Filters;
 use crate::vcpu::threads::{ParkedVcpus, VcpuThreadError};
@@ -81,9 +81,10 @@ pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
 /// A VM with its memory and vCPUs, not yet booted.
 pub struct Vm {
     pub(crate) machine: MachineConfig,
-    /// Dropped before `memory`, whose mappings back its memory slots.
+    /// Dropped before `ram`, whose mappings back its memory slots.
     pub(crate) vm_fd: Box<dyn hypervisor::Vm>,
-    pub(crate) memory: GuestMemory,
+    /// Guest RAM with whatever backs it (a guest_memfd lives as long as the VM).
+    pub(crate) ram: GuestRam,
     pub(crate) vcpus: Vec<Vcpu>,
     /// One thread per vCPU, filtered and waiting for the boot.
     pub(crate) vcpu_threads: ParkedVcpus,
@@ -99,14 +100,14 @@ impl Vm {
         let kvm = kvm::open()?;
         // KVM_GET_SUPPORTED_CPUID takes ~0.3 ms here: ask for it while the VM and its memory
         // are being built.
-        let (vm_fd, memory, supported) = thread::scope(|scope| {
+        let (vm_fd, ram, supported) = thread::scope(|scope| {
             let cpuid = scope.spawn(|| kvm.supported_cpuid());
-            let (vm_fd, memory) = create_vm_and_memory(&kvm, machine.mem_size_mib)?;
+            let (vm_fd, ram) = create_vm_and_memory(&kvm, machine.mem_size_mib)?;
             let supported = cpuid
                 .join()
                 .map_err(|_| io_err("query CPUID")(io::Error::other("helper thread panicked")))?
                 .map_err(setup("CPUID (KVM_GET_SUPPORTED_CPUID)"))?;
-            Ok::<_, VmError>((vm_fd, memory, supported))
+            Ok::<_, VmError>((vm_fd, ram, supported))
         })?;
         log::debug!(
             "KVM VM, memory and IRQ chip ready at {:?}",
@@ -122,7 +123,7 @@ impl Vm {
         Ok(Self {
             machine,
             vm_fd,
-            memory,
+            ram,
             vcpus,
             vcpu_threads,
             filters: filters.clone(),
@@ -130,7 +131,7 @@ impl Vm {
     }
 
     pub fn memory(&self) -> &GuestMemory {
-        &self.memory
+        &self.ram.memory
     }
 }
 
@@ -138,11 +139,11 @@ impl Vm {
 fn create_vm_and_memory(
     kvm: &dyn Hypervisor,
     mem_size_mib: u64,
-) -> Result<(Box<dyn hypervisor::Vm>, GuestMemory), VmError> {
+) -> Result<(Box<dyn hypervisor::Vm>, GuestRam), VmError> {
     let vm = kvm.create_vm(VmType::Plain).map_err(setup("the KVM VM"))?;
     let mut ram = memory::create(mem_size_mib, MemoryBackend::Anonymous)?;
     // SAFETY: the memory goes into the Vm next to `vm`, and the Vm drops `vm_fd` before
-    // `memory`, so the slots' mappings outlive the KVM VM.
+    // `ram`, so the slots' mappings outlive the KVM VM.
     unsafe { ram.register_slots(vm.as_ref()) }?;
     // Memslots go in before the IRQ chip: on this host (PVM) a memslot added after
     // KVM_CREATE_IRQCHIP costs 6-10 ms instead of ~0.1 ms.
@@ -151,5 +152,5 @@ fn create_vm_and_memory(
     vm.create_irq_chip()
         .map_err(setup("the in-kernel IRQ chip"))?;
     vm.create_pit().map_err(setup("the in-kernel PIT"))?;
-    Ok((vm, ram.memory))
+    Ok((vm, ram))
 }
