@@ -64,7 +64,8 @@ pub fn boot(
         started.elapsed()
     );
     regs::setup_boot_vcpu(vm.vcpus[0].fd.as_ref(), &entry)?;
-    let devices = LegacyDevices::new(vm.vm_fd.as_ref(), console, process_start, &vm.filters)?;
+    let console_writer = vm.console_writer.take().ok_or(VmError::AlreadyBooted)?;
+    let devices = LegacyDevices::new(vm.vm_fd.as_ref(), console, process_start, console_writer)?;
     let (mmio_bus, virtio_subscribers, virtio_devices) = device_manager.into_parts();
     let buses = Buses {
         pio: Arc::new(devices.pio_bus()?),

@@ -13,12 +13,13 @@ use crate::hypervisor::kvm::{self, KvmError};
 use crate::hypervisor::{self, Hypervisor, VmType};
 use crate::memory::{self, GuestMemory, GuestRam, MemoryBackend, MemoryError};
 use crate::resources::DeviceConfigError;
-use crate::seccomp::Filters;
+use crate::seccomp::{Filters, ThreadKind};
 use crate::vcpu::threads::{ParkedVcpus, VcpuThreadError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::x86_64::boot_params::BootParamsError;
 use crate::x86_64::mptable::MpTableError;
 use crate::x86_64::regs::RegsError;
+use devices::legacy::{ConsoleSink, ParkedConsoleWriter, CONSOLE_QUEUE_BYTES};
 use devices::BusError;
 
 /// Three pages KVM needs for the real-mode TSS on Intel, inside the MMIO gap.
@@ -58,6 +59,8 @@ pub enum VmError {
     VcpuThread(#[from] VcpuThreadError),
     /// no boot source: configure a kernel first
     NoBootSource,
+    /// this VM has been booted already
+    AlreadyBooted,
     /// cannot pass the workload to the guest: {0}
     Workload(#[from] guest_init::protocol::TransportError),
     /// VMM event loop failed: {0}
@@ -89,6 +92,8 @@ pub struct Vm {
     /// One thread per vCPU, filtered and waiting for the boot.
     pub(crate) vcpu_threads: ParkedVcpus,
     pub(crate) filters: Filters,
+    /// The console's writer thread, filtered and waiting for the boot to give it its output.
+    pub(crate) console_writer: Option<ParkedConsoleWriter>,
 }
 
 impl Vm {
@@ -97,6 +102,14 @@ impl Vm {
     /// their `filters` now so that the boot does not wait for it.
     pub fn create(machine: MachineConfig, filters: &Filters) -> Result<Self, VmError> {
         let started = Instant::now();
+        // First, so that its filter is compiled while KVM builds the VM below, not at the same
+        // time as the vCPU threads' (they would contend for the kernel's BPF JIT). The writer
+        // only writes: the vCPU filter fits it.
+        let writer_filters = filters.clone();
+        let console_writer = ConsoleSink::park(CONSOLE_QUEUE_BYTES, move || {
+            writer_filters.confine_worker(ThreadKind::Vcpu)
+        })
+        .map_err(io_err("start the console writer thread"))?;
         let kvm = kvm::open()?;
         // KVM_GET_SUPPORTED_CPUID takes ~0.3 ms here: ask for it while the VM and its memory
         // are being built.
@@ -127,6 +140,7 @@ impl Vm {
             vcpus,
             vcpu_threads,
             filters: filters.clone(),
+            console_writer: Some(console_writer),
         })
     }
 

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,15 +82,50 @@ pub struct ConsoleSinkHandle {
     shared: Arc<Shared>,
 }
 
+/// A console writer thread that has run its `confine` and waits for its output: spawned
+/// with the machine, before the boot, so that neither the thread nor its seccomp filter is on
+/// the path to the guest's first instruction. Dropped unstarted, the thread ends.
+pub struct ParkedConsoleWriter {
+    shared: Arc<Shared>,
+    out_tx: mpsc::Sender<Box<dyn Write + Send>>,
+}
+
+impl ParkedConsoleWriter {
+    /// Hands the thread its output: from now on it writes what the guest's side queues.
+    pub fn start(self, out: Box<dyn Write + Send>) -> (ConsoleSink, ConsoleSinkHandle) {
+        if self.out_tx.send(out).is_err() {
+            // The thread is gone (its confine failed and it gave up): everything is dropped.
+            self.shared.give_up(0);
+        }
+        (
+            ConsoleSink {
+                shared: self.shared.clone(),
+            },
+            ConsoleSinkHandle {
+                shared: self.shared,
+            },
+        )
+    }
+}
+
 impl ConsoleSink {
     /// Starts the writer thread, which runs `confine` (its seccomp filter, signal mask) before
     /// it writes anything; if that fails, it writes nothing and every byte is dropped.
     /// `capacity` bounds the queue.
     pub fn spawn(
-        mut out: Box<dyn Write + Send>,
+        out: Box<dyn Write + Send>,
         capacity: usize,
         confine: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) -> io::Result<(ConsoleSink, ConsoleSinkHandle)> {
+        Ok(Self::park(capacity, confine)?.start(out))
+    }
+
+    /// Starts the writer thread without its output: it runs `confine`, then waits for
+    /// [`ParkedConsoleWriter::start`].
+    pub fn park(
+        capacity: usize,
+        confine: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> io::Result<ParkedConsoleWriter> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 capacity,
@@ -100,6 +135,7 @@ impl ConsoleSink {
             written: Condvar::new(),
         });
         let writer = shared.clone();
+        let (out_tx, out_rx) = mpsc::channel::<Box<dyn Write + Send>>();
         thread::Builder::new()
             .name("console".into())
             .spawn(move || {
@@ -110,14 +146,12 @@ impl ConsoleSink {
                     writer.give_up(0);
                     return;
                 }
-                writer.write_until_broken(&mut *out);
+                // No output means the machine was dropped before its boot.
+                if let Ok(mut out) = out_rx.recv() {
+                    writer.write_until_broken(&mut *out);
+                }
             })?;
-        Ok((
-            ConsoleSink {
-                shared: shared.clone(),
-            },
-            ConsoleSinkHandle { shared },
-        ))
+        Ok(ParkedConsoleWriter { shared, out_tx })
     }
 }
 

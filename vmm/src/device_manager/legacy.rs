@@ -7,16 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use devices::legacy::{
-    ConsoleSink, ConsoleSinkHandle, GuestReport, PanicReason, PanicWatch, ReportedStatus,
-    SerialConsole, CONSOLE_QUEUE_BYTES, GUEST_REPORT_LEN, GUEST_REPORT_PORT, I8042,
-    I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    ConsoleSinkHandle, GuestReport, PanicReason, PanicWatch, ParkedConsoleWriter, ReportedStatus,
+    SerialConsole, GUEST_REPORT_LEN, GUEST_REPORT_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
+    SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use devices::{Bus, BusError};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::ConsoleOutput;
 use crate::hypervisor;
-use crate::seccomp::{Filters, ThreadKind};
 use crate::vm::{io_err, setup, VmError};
 use crate::x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
@@ -39,7 +38,7 @@ impl LegacyDevices {
         vm_fd: &dyn hypervisor::Vm,
         console: &ConsoleOutput,
         process_start: Instant,
-        filters: &Filters,
+        console_writer: ParkedConsoleWriter,
     ) -> Result<Self, VmError> {
         let irq = |gsi| -> Result<EventFd, VmError> {
             let evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
@@ -61,13 +60,9 @@ impl LegacyDevices {
                     })?,
             ),
         };
-        // A writer thread under the vCPU filter (it only writes) drains the console: guest
+        // The writer thread (parked since the machine was made) drains the console: guest
         // output never blocks a vCPU or the VM's stop.
-        let filters = filters.clone();
-        let (out, console_sink) = ConsoleSink::spawn(out, CONSOLE_QUEUE_BYTES, move || {
-            filters.confine_worker(ThreadKind::Vcpu)
-        })
-        .map_err(io_err("start the console writer thread"))?;
+        let (out, console_sink) = console_writer.start(out);
         let panic_reason = PanicReason::default();
         let out = Box::new(PanicWatch::new(out, panic_reason.clone()));
         let input_room_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
