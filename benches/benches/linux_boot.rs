@@ -18,8 +18,8 @@ use std::time::Duration;
 use benches::{initrd_with_archive, median, spec_archive_file};
 use tests::test_host::{paths, HostFiles, HostOptions, TestHost};
 
-const CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
-                       i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// The command line `tessera run -- CMD` gives its guest, for QEMU too.
+const CMDLINE: &str = vmm::kernel_cmdline::COMMAND_CMDLINE;
 const BOOT_TIME: &str = "/opt/tessera/bin/boot-time";
 /// In the host: the spec archive for `true`, and the initrd QEMU boots (initramfs + archive).
 const QEMU_SPEC: &str = "/opt/tessera/linux-boot-spec.cpio";
