@@ -114,13 +114,20 @@ pub fn boot(
         "devices and vCPU threads started at {:?}",
         started.elapsed()
     );
+    let handle = VmHandle::new(
+        virtio_devices,
+        i8042,
+        console_sink.clone(),
+        gate,
+        vcpu_threads,
+    );
     Ok(RunningVm::new(
         vm,
         event_manager,
         control,
         guest_report,
         console_sink,
-        VmHandle::new(virtio_devices, i8042, gate, vcpu_threads),
+        handle,
     ))
 }
 

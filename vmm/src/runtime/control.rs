@@ -13,6 +13,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::exit::VmExit;
 use super::signals::signal_stream;
+use crate::vcpu::threads::VcpuEnded;
+use crate::vcpu::Buses;
 use crate::vm::VmError;
 
 /// Decides when the VM ends: a vCPU exit, an i8042 reset, or a signal to the VMM.
@@ -20,7 +22,7 @@ use crate::vm::VmError;
 /// SIGTERM presses Ctrl-Alt-Del so the guest can shut down cleanly (as `docker stop` asks PID 1);
 /// a second SIGTERM, or SIGINT, stops the VM at once.
 pub struct VmControl {
-    exit_rx: Receiver<VmExit>,
+    exit_rx: Receiver<VcpuEnded>,
     exit_evt: EventFd,
     reset_evt: EventFd,
     sigint: UnixStream,
@@ -29,11 +31,13 @@ pub struct VmControl {
     i8042: Arc<Mutex<I8042>>,
     asked_guest_to_stop: bool,
     pub exit: Option<VmExit>,
+    /// The buses of vCPUs that ended, dropped with this (on the VMM thread).
+    retired: Vec<Buses>,
 }
 
 impl VmControl {
     pub fn new(
-        exit_rx: Receiver<VmExit>,
+        exit_rx: Receiver<VcpuEnded>,
         exit_evt: EventFd,
         reset_evt: EventFd,
         i8042: Arc<Mutex<I8042>>,
@@ -50,6 +54,7 @@ impl VmControl {
             i8042,
             asked_guest_to_stop: false,
             exit: None,
+            retired: Vec::new(),
         })
     }
 
@@ -108,8 +113,9 @@ impl MutEventSubscriber for VmControl {
         let fd = events.fd();
         if fd == self.exit_evt.as_raw_fd() {
             let _ = self.exit_evt.read();
-            if let Ok(exit) = self.exit_rx.try_recv() {
-                self.exit.get_or_insert(exit);
+            while let Ok(ended) = self.exit_rx.try_recv() {
+                self.exit.get_or_insert(ended.exit);
+                self.retired.push(ended.buses);
             }
         } else if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();

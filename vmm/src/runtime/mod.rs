@@ -38,12 +38,14 @@ pub struct RunningVm {
     handle: VmHandle,
 }
 
-/// What the API's runtime actions reach in a running VM: its devices, its keyboard, and the
-/// gate its vCPUs pause at.
+/// What the API's runtime actions reach in a running VM: its devices, its keyboard, its
+/// console's counters, and the gate its vCPUs pause at.
 #[derive(Clone)]
 pub struct VmHandle {
     pub devices: VirtioDevices,
     i8042: Arc<Mutex<I8042>>,
+    /// The console's queue, for its dropped-bytes counter.
+    console: ConsoleSinkHandle,
     gate: Arc<PauseGate>,
     vcpu_threads: Arc<Vec<JoinHandle<()>>>,
 }
@@ -52,12 +54,14 @@ impl VmHandle {
     pub(crate) fn new(
         devices: VirtioDevices,
         i8042: Arc<Mutex<I8042>>,
+        console: ConsoleSinkHandle,
         gate: Arc<PauseGate>,
         vcpu_threads: Vec<JoinHandle<()>>,
     ) -> Self {
         Self {
             devices,
             i8042,
+            console,
             gate,
             vcpu_threads: Arc::new(vcpu_threads),
         }
@@ -86,6 +90,14 @@ impl VmHandle {
 
     /// Adds each device's counters to `snapshot`, one group per device.
     pub fn add_device_metrics(&self, snapshot: &mut Snapshot) {
+        snapshot.insert(
+            "serial".into(),
+            [(
+                "output_bytes_dropped".to_string(),
+                self.console.dropped_bytes(),
+            )]
+            .into(),
+        );
         for (name, device) in &self.devices.all {
             let device = device.lock().unwrap_or_else(|p| p.into_inner());
             let counters = device

@@ -25,12 +25,21 @@ pub enum VcpuThreadError {
     Failed(String),
 }
 
+/// A vCPU thread's last word: why its vCPU stopped, and the buses it ran with. The buses
+/// travel back so that the devices on them are dropped on the VMM thread, whose filter allows
+/// what their `Drop` does (the vsock device checks and removes its socket file), never on a
+/// vCPU thread whose vCPU ended before the VMM did.
+pub struct VcpuEnded {
+    pub exit: VmExit,
+    pub buses: Buses,
+}
+
 /// What a parked thread needs to run its vCPU.
 struct VcpuStart {
     vcpu: Vcpu,
     buses: Buses,
     gate: Arc<PauseGate>,
-    exit_tx: Sender<VmExit>,
+    exit_tx: Sender<VcpuEnded>,
     exit_evt: EventFd,
 }
 
@@ -73,7 +82,7 @@ impl ParkedVcpus {
         vcpus: impl Iterator<Item = Vcpu>,
         buses: &Buses,
         gate: &Arc<PauseGate>,
-        exit_tx: &Sender<VmExit>,
+        exit_tx: &Sender<VcpuEnded>,
         exit_evt: &EventFd,
     ) -> Result<Vec<JoinHandle<()>>, VcpuThreadError> {
         for _ in 0..self.threads.len() {
@@ -145,7 +154,10 @@ fn park_then_run(
     };
     let exit = vcpu.run(&buses, &gate);
     gate.vcpu_exited();
-    // The receiver is gone only when the VMM is already exiting.
-    let _ = exit_tx.send(exit);
+    // The receiver is gone only when the VMM is already exiting: then the buses are never
+    // dropped here (the process ends without their cleanup, as it would have a moment later).
+    if let Err(unsent) = exit_tx.send(VcpuEnded { exit, buses }) {
+        std::mem::forget(unsent.0.buses);
+    }
     let _ = exit_evt.write(1);
 }
