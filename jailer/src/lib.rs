@@ -26,6 +26,7 @@ mod exec_file;
 mod jail;
 mod nofollow;
 mod privileges;
+pub mod usage;
 mod vmm_process;
 
 pub use config::{CgroupSetting, ConfigError, JailConfig, Limit};

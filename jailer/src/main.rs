@@ -22,13 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .take_while(|line| !line.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("tessera-jailer: {}", message.join(" "));
+            eprintln!("tessera-jailer: {}", jailer::usage::one_line_clap_error(&e));
             return ExitCode::from(2);
         }
     };

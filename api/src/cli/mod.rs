@@ -25,7 +25,7 @@ use self::run::RunArgs;
 use crate::http::ApiServer;
 use crate::rest::Router;
 
-/// Exit code for an error before or while running the VM (see `vmm::exit`).
+/// Exit code for an error before or while running the VM (see `vmm::runtime::exit`).
 pub(crate) const EXIT_VMM_ERROR: u8 = 1;
 /// Exit code for a command-line usage error.
 const EXIT_USAGE: u8 = 2;
@@ -120,18 +120,6 @@ enum Command {
     Run(RunArgs),
 }
 
-/// clap's error as one line: its message runs to the first blank line (a missing argument's
-/// name is on the line after "not provided:"); usage and tips follow.
-pub fn one_line_clap_error(e: &clap::Error) -> String {
-    let rendered = e.render().to_string();
-    let message: Vec<&str> = rendered
-        .lines()
-        .take_while(|line| !line.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    message.join(" ")
-}
-
 /// `tessera`'s main.
 pub fn main() -> ExitCode {
     let process_start = Instant::now();
@@ -143,7 +131,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("tessera: {}", one_line_clap_error(&e));
+            eprintln!("tessera: {}", jailer::usage::one_line_clap_error(&e));
             return ExitCode::from(EXIT_USAGE);
         }
     };
