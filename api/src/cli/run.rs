@@ -84,7 +84,6 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The boot source these arguments describe, with defaults filled in.
     /// The checked resources these arguments describe: the same checks, in the same setters,
     /// as the REST API's and the config file's.
     pub fn to_resources(&self) -> Result<VmResources, String> {
@@ -148,6 +147,7 @@ impl RunArgs {
         }))
     }
 
+    /// The boot source these arguments describe, with defaults filled in.
     fn boot_source(&self) -> Result<BootSourceBody, String> {
         if self.command.is_empty() {
             let kernel = self.kernel.clone().ok_or(

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use linux_loader::loader::{bzimage, elf, Error as KernelError};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{BootPlan, KernelFormat, Piece, PieceData, PieceKind};
 use crate::memory::GuestMemory;
@@ -109,8 +109,14 @@ pub struct Recording {
 }
 
 impl LaunchBackend for Recording {
-    fn apply(&mut self, plan: &BootPlan, _mem: &GuestMemory) -> Result<(), LaunchError> {
+    fn apply(&mut self, plan: &BootPlan, mem: &GuestMemory) -> Result<(), LaunchError> {
         for piece in &plan.pieces {
+            // What Plain could not write is refused here too, before anything is allocated.
+            let fits = usize::try_from(piece.len())
+                .is_ok_and(|len| mem.check_range(GuestAddress(piece.addr), len));
+            if !fits {
+                return Err(write_error(piece));
+            }
             let bytes = match &piece.data {
                 PieceData::Bytes(bytes) => bytes.clone(),
                 PieceData::File(range) => {
@@ -118,6 +124,15 @@ impl LaunchBackend for Recording {
                         path: range.file.path().to_path_buf(),
                         source,
                     };
+                    // The file's own length bounds the allocation, not a size it claims.
+                    let file_len = range.file.file().metadata().map_err(read_err)?.len();
+                    if range
+                        .offset
+                        .checked_add(range.len)
+                        .is_none_or(|end| end > file_len)
+                    {
+                        return Err(read_err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+                    }
                     let len = usize::try_from(range.len)
                         .map_err(|_| read_err(io::Error::other("range larger than memory")))?;
                     let mut bytes = vec![0; len];

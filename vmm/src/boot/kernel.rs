@@ -9,8 +9,10 @@
 //! its address before anything is written, so this module reads the ELF program headers and the
 //! bzImage setup header with linux-loader's own binding types and produces file ranges instead.
 //! It mirrors linux-loader 0.14's checks one by one, and reports a failed check with the same
-//! `linux_loader::loader::Error` value, so the messages are the ones users saw before. Two
-//! checks are Tessera's own: the ELF must be for x86_64 and must have a loadable segment.
+//! `linux_loader::loader::Error` value, so a single fault gives the message users saw before
+//! (an image with several faults may now report a later one: the whole plan is checked before
+//! anything is written). Tessera's own checks: the ELF must be for x86_64 and must have a
+//! loadable segment, and a PT_NOTE segment is read for at most `MAX_NOTES` notes.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -117,7 +119,9 @@ fn has_linux_note(file: &File) -> io::Result<bool> {
         }
         let mut offset = phdr.p_offset;
         let end = phdr.p_offset.saturating_add(phdr.p_filesz);
-        while offset.saturating_add(size_of::<Elf64_Nhdr>() as u64) <= end {
+        let mut notes = 0;
+        while offset.saturating_add(size_of::<Elf64_Nhdr>() as u64) <= end && notes < MAX_NOTES {
+            notes += 1;
             let note: Elf64_Nhdr = read_at(file, offset)?;
             let name_at = offset + size_of::<Elf64_Nhdr>() as u64;
             if note.n_namesz as usize == LINUX_NOTE_OWNER.len() {
@@ -306,6 +310,9 @@ fn plan_elf(file: Arc<BootFile>) -> Result<KernelPlan, ElfRefusal> {
     })
 }
 
+/// The most notes read in one PT_NOTE segment (Linux's vmlinux has a few dozen).
+const MAX_NOTES: u32 = 4096;
+
 fn align_up(value: u64) -> u64 {
     value.div_ceil(ELFNOTE_ALIGN) * ELFNOTE_ALIGN
 }
@@ -318,7 +325,13 @@ fn pvh_note(phdr: &Elf64_Phdr, mut reader: &File) -> Result<Option<u64>, elf::Er
     let mut nhdr = Elf64_Nhdr::default();
     let mut read_size: u64 = 0;
     let nhdr_size = size_of::<Elf64_Nhdr>() as u64;
+    let mut notes = 0;
     while read_size < phdr.p_filesz {
+        // A real kernel has a few dozen notes; a crafted file must not keep the launch busy.
+        notes += 1;
+        if notes > MAX_NOTES {
+            return Ok(None);
+        }
         reader
             .read_exact(nhdr.as_mut_slice())
             .map_err(|_| elf::Error::ReadNoteHeader)?;

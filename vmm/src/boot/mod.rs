@@ -236,11 +236,6 @@ pub fn initrd_top(mem_size: u64, header: Option<&setup_header>) -> u64 {
     }
 }
 
-/// An archive appended to an initrd starts at a multiple of this from the initrd's start, with
-/// zero bytes between: Linux's initramfs unpacker looks for the next archive only there
-/// (`guest_init::protocol::spec_transport` explains why).
-pub const APPENDED_ARCHIVE_ALIGN: u64 = 4;
-
 /// An initrd's pieces, and its address and size in guest memory (None: no initrd).
 pub struct InitrdPlan {
     pub pieces: Vec<Piece>,
@@ -283,7 +278,8 @@ pub fn plan_initrd(
     let file_size = file.as_ref().map_or(0, |(_, size)| *size);
     let appended_at = match appended.is_empty() {
         true => file_size,
-        false => file_size.next_multiple_of(APPENDED_ARCHIVE_ALIGN),
+        // Linux looks for the next archive only at 4-byte offsets from the initrd's start.
+        false => guest_init::protocol::appended_archive_offset(file_size),
     };
     let size = appended_at + appended.len() as u64;
     let addr =

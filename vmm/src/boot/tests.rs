@@ -388,3 +388,58 @@ fn appended_bytes_follow_the_initrd_at_its_next_4_byte_boundary() {
     let none = plan_initrd(None, b"", 0x20_0000, top).unwrap();
     assert!(none.pieces.is_empty() && none.placed.is_none());
 }
+
+/// A segment whose size claims far more than the file holds: the Recording backend refuses it
+/// from the file's own length instead of allocating what the header says (a crafted size of
+/// 1 TiB would abort the process).
+#[test]
+fn recording_refuses_a_segment_past_the_end_of_its_file() {
+    let mem = test_memory(16);
+    for (claimed, what) in [(1u64 << 40, "1 TiB"), (8 << 20, "8 MiB")] {
+        let mut image = crafted_elf(
+            EM_X86_64,
+            HIMEM_START,
+            &[load(HIMEM_START, &[0x90; 64], 64)],
+        );
+        // p_filesz of the one program header.
+        let filesz_at = size_of::<Elf64_Ehdr>() + 32;
+        image[filesz_at..filesz_at + 8].copy_from_slice(&claimed.to_le_bytes());
+        let kernel = TempFile::new("huge-segment", &image);
+        let kernel_plan = plan_kernel(&kernel.0, KernelFormat::Elf).unwrap();
+        let plan = BootPlan {
+            pieces: kernel_plan.pieces,
+            entry: kernel_plan.entry,
+        };
+        let err = Recording::default().apply(&plan, &mem).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&kernel.0.display().to_string()),
+            "{what}: {message}"
+        );
+        // 1 TiB does not fit guest memory: Plain's message. 8 MiB fits, but not the file.
+        match claimed {
+            c if c > 16 << 20 => assert!(matches!(err, LaunchError::Kernel { .. }), "{message}"),
+            _ => assert!(matches!(err, LaunchError::Read { .. }), "{message}"),
+        }
+    }
+}
+
+/// A PT_NOTE segment of empty notes is read no further than MAX_NOTES notes.
+#[test]
+fn a_segment_of_endless_empty_notes_is_cut_short() {
+    let notes = Segment {
+        p_type: PT_NOTE,
+        paddr: 0,
+        data: vec![0; 12 * 100_000],
+        memsz: 0,
+    };
+    let image = crafted_elf(
+        EM_X86_64,
+        HIMEM_START,
+        &[load(HIMEM_START, &[0x90; 64], 64), notes],
+    );
+    let kernel = TempFile::new("endless-notes", &image);
+    let plan = plan_kernel(&kernel.0, KernelFormat::Elf).unwrap();
+    assert_eq!(plan.entry, EntryPoint::Linux64(HIMEM_START));
+    assert!(!inspect_kernel(&kernel.0).unwrap().is_linux);
+}

@@ -54,11 +54,12 @@ pub enum MemoryError {
 /// Guest memory and what backs it.
 #[derive(Debug)]
 pub struct GuestRam {
+    /// One `guest_memfd` per region, in region order ([`MemoryBackend::GuestMemfd`], once the
+    /// slots are registered). Declared first so that they (which hold the KVM VM) close
+    /// before `memory` is unmapped.
+    guest_memfds: Vec<File>,
     pub memory: GuestMemory,
     backend: MemoryBackend,
-    /// One `guest_memfd` per region, in region order ([`MemoryBackend::GuestMemfd`], once the
-    /// slots are registered).
-    guest_memfds: Vec<File>,
 }
 
 /// The RAM ranges for `size` bytes of guest memory: below the MMIO gap, then from 4 GiB up.
