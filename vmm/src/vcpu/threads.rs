@@ -153,6 +153,10 @@ fn park_then_run(
         return;
     };
     let exit = vcpu.run(&buses, &gate);
+    // The vCPU stays open until the process ends: closing it here would leave the VMM thread's
+    // drop of the VM to destroy it, synchronously on the way to `exit` (KVM's teardown costs
+    // milliseconds to tens of milliseconds on some hosts); the exit tears it down either way.
+    std::mem::forget(vcpu);
     gate.vcpu_exited();
     // The receiver is gone only when the VMM is already exiting: then the buses are never
     // dropped here (the process ends without their cleanup, as it would have a moment later).
