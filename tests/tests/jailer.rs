@@ -710,6 +710,15 @@ impl Jail {
             .collect()
     }
 
+    /// The parent cgroup directories that exist for this jail, in any hierarchy.
+    fn parent_cgroup_dirs(&self) -> Vec<PathBuf> {
+        cgroup_mounts()
+            .iter()
+            .map(|m| m.path.join(self.parent_cgroup()))
+            .filter(|d| d.exists())
+            .collect()
+    }
+
     /// What a failed jailer left of this jail (the jail dir, its cgroups), removed so that the
     /// next attempt with the same id starts afresh.
     fn take_leftovers(&self) -> Vec<String> {
@@ -755,11 +764,7 @@ impl Jail {
                 "{what}: the jailer made something in its base dir {}",
                 self.base.display()
             );
-            let parents: Vec<PathBuf> = cgroup_mounts()
-                .iter()
-                .map(|m| m.path.join(self.parent_cgroup()))
-                .filter(|d| d.exists())
-                .collect();
+            let parents = self.parent_cgroup_dirs();
             assert_eq!(
                 parents,
                 Vec::<PathBuf>::new(),
@@ -1558,11 +1563,7 @@ fn a_cgroup_that_cannot_be_made_leaves_nothing_half_made() {
         let what = flags.join(" ");
         assert_one_line_error(&out, &[&needle], &what);
         jail.assert_nothing_made(false, &what);
-        let parents: Vec<PathBuf> = cgroup_mounts()
-            .iter()
-            .map(|m| m.path.join(jail.parent_cgroup()))
-            .filter(|d| d.exists())
-            .collect();
+        let parents = jail.parent_cgroup_dirs();
         assert_eq!(
             parents,
             Vec::<PathBuf>::new(),
@@ -1823,11 +1824,7 @@ fn assert_no_cgroup(jail: &Jail, what: &str) {
         Vec::<PathBuf>::new(),
         "{what}: the jailer left the jail's cgroup"
     );
-    let parents: Vec<PathBuf> = cgroup_mounts()
-        .iter()
-        .map(|m| m.path.join(jail.parent_cgroup()))
-        .filter(|d| d.exists())
-        .collect();
+    let parents = jail.parent_cgroup_dirs();
     assert_eq!(
         parents,
         Vec::<PathBuf>::new(),
