@@ -14,12 +14,12 @@
 //! another tessera binary (an earlier build), interleaved run by run (the round trips in
 //! alternating halves), and prints its rows and the ratios of medians.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use benches::http::{connect, request};
 use benches::{field_u64, median, monotonic_us};
 use tests::{kvm_unavailable, tessera_bin, tiny_guest};
 
@@ -66,51 +66,6 @@ fn stop(mut child: Child, socket: &Path) {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(socket);
-}
-
-/// Connects, retrying until the socket accepts (at most 5 s).
-fn connect(socket: &Path) -> UnixStream {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(stream) => return stream,
-            Err(e) if Instant::now() > deadline => panic!("{}: {e}", socket.display()),
-            Err(_) => std::hint::spin_loop(),
-        }
-    }
-}
-
-/// Sends one request and reads its response; returns the status.
-fn request(stream: &mut UnixStream, method: &str, path: &str, body: &str) -> u16 {
-    let message = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(message.as_bytes()).expect("send request");
-    read_response(stream)
-}
-
-fn read_response(stream: &mut UnixStream) -> u16 {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = stream.read(&mut chunk).expect("read response");
-        assert!(n > 0, "connection closed mid-response");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + length {
-            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
-            return status.expect("a status line");
-        }
-    }
 }
 
 /// Spawn `program` (`tessera` or `socket_floor`) -> connect accepted, in ms.

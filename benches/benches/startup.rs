@@ -1,7 +1,8 @@
 //! Start-up figures for docs/SPECIFICATION.md (1 vCPU, 128 MiB, tiny guest):
 //!
 //! - spawn -> first guest instruction, for `tessera run` and for the bare-KVM floor program;
-//! - guest reset -> process exit;
+//! - guest reset -> process exit (what a caller's `wait` sees; the next run starts once the
+//!   VM's teardown has finished, tessera's teardown keeper included);
 //! - VMM RSS beyond guest memory.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p benches --bench startup`
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use benches::{field_u64, median, monotonic_us};
+use benches::{adopt_orphans, field_u64, median, monotonic_us, reap_children};
 use tests::{kvm_unavailable, tessera_bin, tiny_guest};
 
 fn runs() -> usize {
@@ -134,16 +135,20 @@ fn main() {
     let n = runs();
     let baseline = std::env::var_os("BENCH_BASELINE_TESSERA").map(PathBuf::from);
 
+    // Each run starts once the previous one has freed everything, its teardown keeper too.
+    adopt_orphans();
     // Interleave the programs so host noise hits them alike.
     let (mut floor_ms, mut first_ms, mut exit_ms, mut rss_mib) = (vec![], vec![], vec![], vec![]);
     let (mut base_first_ms, mut base_exit_ms, mut base_rss_mib) = (vec![], vec![], vec![]);
     for _ in 0..n {
         floor_ms.push(floor_once(&floor));
         let (first, exit) = tessera_once(&tessera, &reset_guest);
+        reap_children();
         first_ms.push(first);
         exit_ms.push(exit);
         if let Some(baseline) = &baseline {
             let (first, exit) = tessera_once(baseline, &reset_guest);
+            reap_children();
             base_first_ms.push(first);
             base_exit_ms.push(exit);
         }

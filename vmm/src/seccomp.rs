@@ -79,6 +79,8 @@ impl fmt::Display for ThreadKind {
 pub struct Filters {
     /// vmm, api, vcpu, in [`ThreadKind::ALL`] order; `None` with `--no-seccomp`.
     programs: Option<Arc<[BpfProgram; 3]>>,
+    /// From `--seccomp-filter`: it may not allow what the built-in VMM filter does.
+    custom: bool,
 }
 
 impl Filters {
@@ -93,7 +95,10 @@ impl Filters {
 
     /// No filters at all (`--no-seccomp`).
     pub fn none() -> Self {
-        Self { programs: None }
+        Self {
+            programs: None,
+            custom: false,
+        }
     }
 
     /// Compiles a JSON file in seccompiler's format with exactly the filters `vmm`, `api` and
@@ -123,13 +128,23 @@ impl Filters {
                 "unknown thread kind \"{extra}\" (the kinds are vmm, api and vcpu)"
             )));
         }
-        Ok(Self::from_programs(programs))
+        Ok(Self {
+            custom: true,
+            ..Self::from_programs(programs)
+        })
     }
 
     fn from_programs(programs: [BpfProgram; 3]) -> Self {
         Self {
             programs: Some(Arc::new(programs)),
+            custom: false,
         }
+    }
+
+    /// Whether the VMM thread may start the teardown keeper (`runtime::teardown`): the
+    /// built-in filter allows its system calls; a `--seccomp-filter` file may not.
+    pub fn allow_teardown_keeper(&self) -> bool {
+        !self.custom
     }
 
     /// Whether any filter is installed (false with `--no-seccomp`).

@@ -3,6 +3,7 @@
 //! vCPUs with their CPUID, MSRs, FPU and LAPIC state, each on a parked, filtered thread.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::thread;
 use std::time::Instant;
 
@@ -149,6 +150,14 @@ impl Vm {
 
     pub fn memory(&self) -> &GuestMemory {
         &self.ram.memory
+    }
+
+    /// The descriptors whose last close frees the VM and its memory: the hypervisor VM and
+    /// any `guest_memfd` (mapped memory stays with the address space).
+    pub(crate) fn teardown_fds(&self) -> Vec<RawFd> {
+        std::iter::once(self.vm_fd.descriptor())
+            .chain(self.ram.guest_memfds().iter().map(|f| f.as_raw_fd()))
+            .collect()
     }
 }
 

@@ -13,7 +13,7 @@
 pub mod kvm;
 
 use std::fs::File;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 pub use kvm_bindings::{
     kvm_fpu as Fpu, kvm_lapic_state as LapicState, kvm_msr_entry as MsrEntry, kvm_regs as Regs,
@@ -98,6 +98,8 @@ pub trait Vm: Send + Sync {
         datamatch: u32,
     ) -> Result<()>;
     fn create_vcpu(&self, index: u8) -> Result<Box<dyn Vcpu>>;
+    /// The descriptor whose last close ends this VM (`runtime::teardown` keeps a copy).
+    fn descriptor(&self) -> RawFd;
 
     /// A `guest_memfd` of `size` bytes: memory the host cannot map, for private guest pages.
     fn create_guest_memfd(&self, _size: u64) -> Result<File> {

@@ -6,7 +6,9 @@ pub mod control;
 pub mod exit;
 pub mod pause;
 pub mod signals;
+pub mod teardown;
 
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -28,8 +30,10 @@ const CONSOLE_FLUSH_STALL: std::time::Duration = std::time::Duration::from_milli
 
 /// A booted VM whose vCPU threads are running.
 pub struct RunningVm {
-    /// Keeps the KVM VM and guest memory alive while vCPU threads use them.
-    _vm: Vm,
+    /// Keeps the KVM VM and guest memory alive while vCPU threads use them; not dropped once
+    /// the teardown keeper holds them (`detached`).
+    vm: ManuallyDrop<Vm>,
+    detached: bool,
     event_manager: EventLoop,
     control: Arc<Mutex<VmControl>>,
     reported_status: ReportedStatus,
@@ -120,7 +124,8 @@ impl RunningVm {
         handle: VmHandle,
     ) -> Self {
         Self {
-            _vm: vm,
+            vm: ManuallyDrop::new(vm),
+            detached: false,
             event_manager,
             control,
             reported_status,
@@ -176,6 +181,31 @@ impl RunningVm {
         }
         // What the guest printed, unless the console's reader has stopped reading.
         self.console_sink.flush(CONSOLE_FLUSH_STALL);
-        result.map(|exit| self.explain(exit))
+        let result = result.map(|exit| self.explain(exit));
+        self.hand_off_teardown();
+        result
+    }
+
+    /// Leaves the VM's teardown to a keeper process (see [`teardown`]), so that the process
+    /// can exit without waiting for the host to free the VM.
+    fn hand_off_teardown(&mut self) {
+        if !self.vm.filters.allow_teardown_keeper() {
+            return;
+        }
+        match teardown::detach(&self.vm.teardown_fds()) {
+            Ok(()) => self.detached = true,
+            Err(e) => {
+                log::debug!("VM teardown stays in this process: cannot clone its keeper: {e}")
+            }
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if !self.detached {
+            // SAFETY: dropped once, here; nothing uses `vm` after this.
+            unsafe { ManuallyDrop::drop(&mut self.vm) };
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! A KVM VM behind the [`Vm`] seam.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_pit_config, kvm_userspace_memory_region,
@@ -87,6 +87,10 @@ impl Vm for KvmVm {
             NotifyAddress::Mmio(addr) => IoEventAddress::Mmio(addr),
         };
         self.fd.register_ioevent(evt, &address, datamatch)
+    }
+
+    fn descriptor(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     fn create_vcpu(&self, index: u8) -> Result<Box<dyn Vcpu>> {
