@@ -81,6 +81,48 @@ fn guest_sees_two_cpus_with_two_vcpus() {
     assert_eq!(numbers, ["2", "2"], "{out}");
 }
 
+/// The value of the first `key` line of a /proc/cpuinfo dump that follows `marker`.
+fn cpuinfo_field<'a>(output: &'a str, marker: &str, key: &str) -> Option<&'a str> {
+    output
+        .split(marker)
+        .nth(1)?
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_once(':')
+        .map(|(_, value)| value.trim())
+}
+
+#[test]
+fn guest_sees_the_host_cpus_brand_string_and_frequency() {
+    let test = "guest_sees_the_host_cpus_brand_string_and_frequency";
+    let Some(out) = in_host(
+        test,
+        "echo HOST; grep -E 'model name|cpu MHz' /proc/cpuinfo; \
+         tessera run -- sh -c \"echo GUEST; grep -E 'model name|cpu MHz' /proc/cpuinfo\"",
+    ) else {
+        return;
+    };
+    assert_eq!(out.status, 0, "{out}");
+    let field = |marker, key| {
+        cpuinfo_field(&out.output, marker, key)
+            .unwrap_or_else(|| panic!("no {key} after {marker}:\n{out}"))
+    };
+    // The brand string (leaves 0x80000002-4): the host's, not "17/01" (family/model only).
+    assert_eq!(
+        field("GUEST", "model name"),
+        field("HOST", "model name"),
+        "{out}"
+    );
+    // The TSC frequency the guest uses (from kvm-clock, with the timing leaf beside it) is the
+    // host's within 0.5%.
+    let mhz = |marker| field(marker, "cpu MHz").parse::<f64>().expect("a number");
+    let (host, guest) = (mhz("HOST"), mhz("GUEST"));
+    assert!(
+        (guest - host).abs() / host < 0.005,
+        "host {host} MHz, guest {guest} MHz\n{out}"
+    );
+}
+
 #[test]
 fn guest_sees_the_memory_it_was_given() {
     let test = "guest_sees_the_memory_it_was_given";

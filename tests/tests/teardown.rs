@@ -51,7 +51,10 @@ fn orphans_of_a_run(extra: &[&str]) -> Vec<i32> {
         // SAFETY: reaps any child without blocking; `status` outlives the call.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid > 0 {
-            assert!(libc::WIFEXITED(status), "the orphan {pid} was killed: {status:#x}");
+            assert!(
+                libc::WIFEXITED(status),
+                "the orphan {pid} was killed: {status:#x}"
+            );
             statuses.push(libc::WEXITSTATUS(status));
             continue;
         }

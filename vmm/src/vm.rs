@@ -18,6 +18,7 @@ use crate::seccomp::{Filters, ThreadKind};
 use crate::vcpu::threads::{ParkedVcpus, VcpuThreadError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::x86_64::boot_params::BootParamsError;
+use crate::x86_64::cpuid;
 use crate::x86_64::mptable::MpTableError;
 use crate::x86_64::regs::RegsError;
 use devices::legacy::{ConsoleSink, ParkedConsoleWriter, CONSOLE_QUEUE_BYTES};
@@ -118,7 +119,7 @@ impl Vm {
         // KVM_GET_SUPPORTED_CPUID takes ~0.3 ms here: ask for it while the VM and its memory
         // are being built.
         let (vm_fd, ram, supported) = thread::scope(|scope| {
-            let cpuid = scope.spawn(|| kvm.supported_cpuid());
+            let cpuid = scope.spawn(|| kvm.supported_cpuid().map(cpuid::with_host_brand));
             let (vm_fd, ram) = create_vm_and_memory(&kvm, machine.mem_size_mib)?;
             let supported = cpuid
                 .join()

@@ -148,6 +148,8 @@ pub trait Vcpu: Send {
     /// [`VcpuExit::Interrupted`].
     fn run(&mut self) -> Result<VcpuExit<'_>>;
     fn set_cpuid(&self, cpuid: &CpuId) -> Result<()>;
+    /// The frequency of this vCPU's TSC, in kHz.
+    fn tsc_khz(&self) -> Result<u32>;
     fn regs(&self) -> Result<Regs>;
     fn set_regs(&self, regs: &Regs) -> Result<()>;
     fn sregs(&self) -> Result<SpecialRegs>;

@@ -46,7 +46,9 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(index)
             .map_err(|source| VcpuError::Create { index, source })?;
-        fd.set_cpuid(&cpuid::vcpu_cpuid(supported, index, count))
+        // Without it the guest measures the TSC itself; the timing leaf is left out.
+        let tsc_khz = fd.tsc_khz().ok();
+        fd.set_cpuid(&cpuid::vcpu_cpuid(supported, index, count, tsc_khz))
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         let regs_err = |source| VcpuError::Regs { index, source };
         regs::setup_msrs(fd.as_ref()).map_err(regs_err)?;

@@ -1,7 +1,11 @@
 //! Per-vCPU CPUID, derived from what KVM supports on this host.
 //!
 //! KVM's supported list describes the host; each vCPU gets that list with its own APIC ID and a
-//! topology of `count` single-threaded cores in one package, and the hypervisor bit set.
+//! topology of `count` single-threaded cores in one package, and the hypervisor bit set. Two
+//! things KVM's list can lack are added: the host's brand string (leaves 0x80000002-4, which
+//! some hosts' KVM leaves empty: the guest then shows "model name: 17/01"), and the hypervisor
+//! timing leaf 0x40000010 (TSC and LAPIC timer frequencies in kHz, as QEMU and Cloud Hypervisor
+//! give it), so that a guest need not measure them.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -10,8 +14,17 @@ const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const LEAF_EXT_MAX: u32 = 0x8000_0000;
+const LEAF_BRAND: [u32; 3] = [0x8000_0002, 0x8000_0003, 0x8000_0004];
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+const LEAF_TIMING: u32 = 0x4000_0010;
+/// KVM's in-kernel LAPIC timer counts at 1 GHz (one bus cycle per nanosecond).
+const LAPIC_TIMER_KHZ: u32 = 1_000_000;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
+
+/// "KVMKVMKVM\0\0\0" in EBX, ECX, EDX of leaf 0x40000000.
+const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
 // Leaf 1 bits.
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -33,9 +46,76 @@ fn apic_id_bits(count: u8) -> u32 {
         .map_or(0, |b| b + 1)
 }
 
-/// The CPUID table for vCPU `index` of `count`, from KVM's supported list.
-pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8) -> CpuId {
+/// KVM's supported list with the host's brand string where KVM gave none. Runs the CPUID
+/// instruction three times: once per machine, not per vCPU (on a nested host each one traps).
+pub fn with_host_brand(mut supported: CpuId) -> CpuId {
+    let max_ext = std::arch::x86_64::__cpuid(LEAF_EXT_MAX).eax;
+    if max_ext < LEAF_BRAND[2] {
+        return supported;
+    }
+    let has_brand = supported
+        .as_slice()
+        .iter()
+        .any(|e| LEAF_BRAND.contains(&e.function) && (e.eax | e.ebx | e.ecx | e.edx) != 0);
+    if has_brand {
+        return supported;
+    }
+    for function in LEAF_BRAND {
+        let host = std::arch::x86_64::__cpuid(function);
+        set_leaf(
+            &mut supported,
+            function,
+            [host.eax, host.ebx, host.ecx, host.edx],
+        );
+    }
+    for entry in supported.as_mut_slice() {
+        if entry.function == LEAF_EXT_MAX {
+            entry.eax = entry.eax.max(LEAF_BRAND[2]);
+        }
+    }
+    supported
+}
+
+/// Sets leaf `function` (subleaf 0) to `regs`, adding it when missing; a full table stays as
+/// it is (KVM's own limit on entries).
+fn set_leaf(cpuid: &mut CpuId, function: u32, [eax, ebx, ecx, edx]: [u32; 4]) {
+    if let Some(entry) = cpuid
+        .as_mut_slice()
+        .iter_mut()
+        .find(|e| e.function == function && e.index == 0)
+    {
+        (entry.eax, entry.ebx, entry.ecx, entry.edx) = (eax, ebx, ecx, edx);
+        return;
+    }
+    let entry = kvm_cpuid_entry2 {
+        function,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    };
+    if cpuid.push(entry).is_err() {
+        log::debug!("CPUID: no room for leaf {function:#x}");
+    }
+}
+
+/// The CPUID table for vCPU `index` of `count`, from KVM's supported list (after
+/// [`with_host_brand`]); with the vCPU's TSC frequency, the timing leaf too.
+pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, tsc_khz: Option<u32>) -> CpuId {
     let mut cpuid = supported.clone();
+    let is_kvm = cpuid
+        .as_slice()
+        .iter()
+        .any(|e| e.function == LEAF_HYPERVISOR && [e.ebx, e.ecx, e.edx] == KVM_SIGNATURE);
+    if let (Some(khz), true) = (tsc_khz, is_kvm) {
+        set_leaf(&mut cpuid, LEAF_TIMING, [khz, LAPIC_TIMER_KHZ, 0, 0]);
+        for entry in cpuid.as_mut_slice() {
+            if entry.function == LEAF_HYPERVISOR {
+                entry.eax = entry.eax.max(LEAF_TIMING);
+            }
+        }
+    }
     let apic_id = u32::from(index);
     let count32 = u32::from(count);
     let core_bits = apic_id_bits(count);
@@ -161,7 +241,7 @@ mod tests {
     fn each_vcpu_gets_its_apic_id_and_the_package_size() {
         let host = host();
         for index in 0..4u8 {
-            let c = vcpu_cpuid(&host, index, 4);
+            let c = vcpu_cpuid(&host, index, 4, None);
             let l1 = get(&c, LEAF_FEATURES, 0);
             assert_eq!(l1.ebx >> 24, u32::from(index));
             assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -174,7 +254,7 @@ mod tests {
 
     #[test]
     fn extended_topology_describes_single_threaded_cores() {
-        let c = vcpu_cpuid(&host(), 2, 6);
+        let c = vcpu_cpuid(&host(), 2, 6, None);
         let smt = get(&c, LEAF_EXT_TOPOLOGY, 0);
         assert_eq!((smt.eax, smt.ebx, smt.ecx), (0, 1, LEVEL_SMT << 8));
         let core = get(&c, LEAF_EXT_TOPOLOGY, 1);
@@ -186,7 +266,7 @@ mod tests {
 
     #[test]
     fn cache_leaf_reports_cores_and_sharing() {
-        let c = vcpu_cpuid(&host(), 0, 4);
+        let c = vcpu_cpuid(&host(), 0, 4, None);
         let l1 = get(&c, LEAF_CACHE_PARAMS, 0);
         assert_eq!(l1.eax >> 26, 3);
         assert_eq!((l1.eax >> 14) & 0xfff, 0);
@@ -197,8 +277,71 @@ mod tests {
     #[test]
     fn single_vcpu_has_no_htt_and_other_leaves_pass_through() {
         let host = host();
-        let c = vcpu_cpuid(&host, 0, 1);
+        let c = vcpu_cpuid(&host, 0, 1, None);
         assert_eq!(get(&c, LEAF_FEATURES, 0).edx & EDX_HTT, 0);
         assert_eq!(get(&c, 0x4000_0000, 0), get(&host, 0x4000_0000, 0));
+    }
+
+    fn kvm_host() -> CpuId {
+        let mut cpuid = host();
+        for entry in cpuid.as_mut_slice() {
+            if entry.function == LEAF_HYPERVISOR {
+                (entry.eax, entry.ebx, entry.ecx, entry.edx) = (
+                    0x4000_0001,
+                    KVM_SIGNATURE[0],
+                    KVM_SIGNATURE[1],
+                    KVM_SIGNATURE[2],
+                );
+            }
+        }
+        cpuid
+    }
+
+    #[test]
+    fn the_timing_leaf_gives_the_tsc_and_lapic_timer_frequencies_under_kvm() {
+        let c = vcpu_cpuid(&kvm_host(), 0, 1, Some(2_596_134));
+        let timing = get(&c, LEAF_TIMING, 0);
+        assert_eq!((timing.eax, timing.ebx), (2_596_134, 1_000_000));
+        assert_eq!(get(&c, LEAF_HYPERVISOR, 0).eax, LEAF_TIMING);
+        // Without a known frequency, or under a hypervisor that is not KVM: no timing leaf.
+        let none = vcpu_cpuid(&kvm_host(), 0, 1, None);
+        assert!(!none.as_slice().iter().any(|e| e.function == LEAF_TIMING));
+        let other = vcpu_cpuid(&host(), 0, 1, Some(2_596_134));
+        assert!(!other.as_slice().iter().any(|e| e.function == LEAF_TIMING));
+    }
+
+    #[test]
+    fn a_missing_brand_string_is_the_host_cpus() {
+        let max_ext = std::arch::x86_64::__cpuid(LEAF_EXT_MAX).eax;
+        let mut table = host();
+        set_leaf(&mut table, LEAF_EXT_MAX, [0x8000_0001, 0, 0, 0]);
+        let c = with_host_brand(table);
+        if max_ext < LEAF_BRAND[2] {
+            assert!(!c.as_slice().iter().any(|e| e.function == LEAF_BRAND[0]));
+            return;
+        }
+        let brand: Vec<u8> = LEAF_BRAND
+            .iter()
+            .flat_map(|&f| {
+                let e = get(&c, f, 0);
+                [e.eax, e.ebx, e.ecx, e.edx]
+            })
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        let host_brand: Vec<u8> = LEAF_BRAND
+            .iter()
+            .map(|&f| std::arch::x86_64::__cpuid(f))
+            .flat_map(|r| [r.eax, r.ebx, r.ecx, r.edx])
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        assert_eq!(brand, host_brand);
+        assert!(get(&c, LEAF_EXT_MAX, 0).eax >= LEAF_BRAND[2]);
+        // A brand KVM gave is kept.
+        let mut given = host();
+        set_leaf(&mut given, LEAF_BRAND[0], [0x6f6f_6f6f, 0, 0, 0]);
+        assert_eq!(
+            get(&with_host_brand(given), LEAF_BRAND[0], 0).eax,
+            0x6f6f_6f6f
+        );
     }
 }

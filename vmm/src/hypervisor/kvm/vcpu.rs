@@ -48,6 +48,10 @@ impl Vcpu for KvmVcpu {
         self.fd.set_cpuid2(cpuid)
     }
 
+    fn tsc_khz(&self) -> Result<u32> {
+        self.fd.get_tsc_khz()
+    }
+
     fn regs(&self) -> Result<Regs> {
         self.fd.get_regs()
     }
