@@ -31,13 +31,10 @@ const QEMU_SPEC: &str = "/opt/tessera/linux-boot-spec.cpio";
 const QEMU_INITRD: &str = "/tmp/qemu-initrd.cpio";
 const FIRECRACKER: &str = "/opt/tessera/bin/firecracker";
 
-/// The config file Firecracker boots from, written in the host.
+/// A host command writing the config file Firecracker boots from (host commands are one line).
 fn firecracker_config(path: &str, cmdline: &str) -> String {
     format!(
-        r#"cat > {path} <<'EOF'
-{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{QEMU_INITRD}", "boot_args": "{cmdline}"}},
- "drives": [], "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
-EOF"#,
+        r#"printf '%s' '{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{QEMU_INITRD}", "boot_args": "{cmdline}"}}, "drives": [], "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}' > {path}"#,
         paths::VMLINUX
     )
 }

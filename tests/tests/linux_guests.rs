@@ -93,12 +93,12 @@ fn cpuinfo_field<'a>(output: &'a str, marker: &str, key: &str) -> Option<&'a str
 }
 
 #[test]
-fn guest_sees_the_host_cpus_brand_string_and_frequency() {
-    let test = "guest_sees_the_host_cpus_brand_string_and_frequency";
+fn guest_sees_the_host_cpus_brand_string_frequency_and_deadline_timer() {
+    let test = "guest_sees_the_host_cpus_brand_string_frequency_and_deadline_timer";
     let Some(out) = in_host(
         test,
         "echo HOST; grep -E 'model name|cpu MHz' /proc/cpuinfo; \
-         tessera run -- sh -c \"echo GUEST; grep -E 'model name|cpu MHz' /proc/cpuinfo\"",
+         tessera run -- sh -c \"echo GUEST; grep -E 'model name|cpu MHz|flags' /proc/cpuinfo\"",
     ) else {
         return;
     };

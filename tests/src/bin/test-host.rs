@@ -3,6 +3,8 @@
 //!
 //!   cargo run -p tests --bin test-host -- 'tessera run -- uname -a' 'cat /proc/cpuinfo'
 //!   TEST_HOST_QEMU=1: also pack QEMU into the host.
+//!   TEST_HOST_FILES=SRC:DST[,SRC:DST...]: also pack these files (DST an absolute path in the
+//!   host), e.g. a statically linked firecracker to compare against.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +20,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut extra_files = Vec::new();
+    for pair in std::env::var("TEST_HOST_FILES")
+        .unwrap_or_default()
+        .split(',')
+    {
+        match pair.split_once(':') {
+            Some((src, dst)) if dst.starts_with('/') => extra_files.push((src.into(), dst.into())),
+            None if pair.is_empty() => {}
+            _ => {
+                eprintln!("test-host: error: TEST_HOST_FILES: expected SRC:/DST, got {pair:?}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let options = HostOptions {
         with_qemu: std::env::var_os("TEST_HOST_QEMU").is_some(),
+        extra_files,
         ..HostOptions::default()
     };
     let mut host = match TestHost::boot(&files, &options) {

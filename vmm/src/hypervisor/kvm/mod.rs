@@ -62,6 +62,9 @@ pub enum KvmError {
     PvmCannotBootLinux,
 }
 
+/// CPUID leaf 1 ECX: the LAPIC timer's TSC-deadline mode.
+const ECX_TSC_DEADLINE_TIMER: u32 = 1 << 24;
+
 /// `/dev/kvm`, checked.
 pub struct KvmHypervisor {
     kvm: Kvm,
@@ -82,7 +85,18 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn supported_cpuid(&self) -> Result<CpuId> {
-        self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        let mut cpuid = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+        // KVM never reports the TSC deadline timer (leaf 1 ECX bit 24) in this list: it needs the
+        // in-kernel LAPIC, which every Tessera VM has, and is announced by a capability instead.
+        // Without it Linux calibrates its LAPIC timer against the PIT (~100 ms of PIT ticks).
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            for entry in cpuid.as_mut_slice() {
+                if entry.function == 1 {
+                    entry.ecx |= ECX_TSC_DEADLINE_TIMER;
+                }
+            }
+        }
+        Ok(cpuid)
     }
 }
 
