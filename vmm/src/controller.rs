@@ -51,6 +51,11 @@ pub enum RunError {
 /// How often the pre-boot loop looks at the signal flags while it waits for requests.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
+/// How long the API must have been quiet before the VM prebuild starts: the build takes the
+/// CPU (and, on a 2-CPU host, the other CPU's kernel time) that the next request's answer
+/// needs, so it waits for a gap in the client's requests (or for `InstanceStart`).
+const PREBUILD_QUIET: Duration = Duration::from_millis(1);
+
 /// A KVM VM being created on a helper thread for the machine config as it stood.
 struct Prebuild {
     machine: MachineConfig,
@@ -65,6 +70,8 @@ pub struct Vmm {
     api_counters: ApiCounters,
     process_start: Instant,
     prebuild: Option<Prebuild>,
+    /// The config changed since the last prebuild: start one at the next quiet moment.
+    prebuild_wanted: bool,
     vm: Option<VmHandle>,
     filters: Filters,
 }
@@ -87,6 +94,7 @@ impl Vmm {
             api_counters,
             process_start,
             prebuild: None,
+            prebuild_wanted: false,
             vm: None,
             filters,
         }
@@ -143,15 +151,15 @@ impl Vmm {
         match action {
             VmmAction::PutMachineConfig(body) => {
                 r.set_machine_config(&body, true)?;
-                self.prebuild();
+                self.prebuild_wanted = true;
             }
             VmmAction::PatchMachineConfig(body) => {
                 r.set_machine_config(&body, false)?;
-                self.prebuild();
+                self.prebuild_wanted = true;
             }
             VmmAction::PutBootSource(body) => {
                 r.set_boot_source(&body)?;
-                self.prebuild();
+                self.prebuild_wanted = true;
             }
             VmmAction::PutDrive(drive) => r.put_drive(&drive)?,
             VmmAction::PutNetworkInterface(iface) => r.put_network_interface(&iface)?,
@@ -279,7 +287,9 @@ impl Vmm {
     /// Starts creating the KVM VM, its memory and vCPUs for the current machine config on a
     /// helper thread, so that `InstanceStart` finds them ready (the first memslot alone costs
     /// milliseconds on some hosts). A VM built for a config that changed since is dropped.
+    /// Called by the pre-boot loop once the API has been quiet for [`PREBUILD_QUIET`].
     fn prebuild(&mut self) {
+        self.prebuild_wanted = false;
         let machine = self.resources.machine;
         // One build at a time: a client changing the config faster than a VM builds must not
         // pile up threads. If the config changed meanwhile, `take_vm` builds afresh.
@@ -446,11 +456,18 @@ fn serve_until_started(
         } else {
             Duration::ZERO
         };
+        let quiet = match vmm.prebuild_wanted {
+            true => PREBUILD_QUIET,
+            false => SIGNAL_CHECK,
+        };
         let next = match poll_recv(&end.actions, poll) {
-            Err(TryRecvError::Empty) => end.actions.recv_timeout(SIGNAL_CHECK),
+            Err(TryRecvError::Empty) => end.actions.recv_timeout(quiet),
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Ok(action) => Ok(action),
         };
+        if vmm.prebuild_wanted && matches!(next, Err(RecvTimeoutError::Timeout)) {
+            vmm.prebuild();
+        }
         answered = next.is_ok();
         match next {
             Ok(VmmAction::InstanceStart) => match vmm.start() {
