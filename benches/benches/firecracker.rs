@@ -18,8 +18,8 @@
 //!
 //! Run: `cargo build --release --workspace --bins && FIRECRACKER=PATH cargo bench -p benches
 //! --bench firecracker` (`FC_RUNS=N`, default 20; `FC_PUTS=N` round trips, default 1000;
-//! `FC_LAUNCHES=N` per creation-rate figure, default 48). Without `FIRECRACKER` it prints
-//! `SKIPPED` and why.
+//! `FC_LAUNCHES=N` per creation-rate figure, default 48; `FC_TESSERA_ARGS="--no-seccomp"` gives
+//! tessera options). Without `FIRECRACKER` it prints `SKIPPED` and why.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -74,6 +74,9 @@ impl Vmm {
     /// the rest on /dev/null.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
+        if self.kind == Kind::Tessera {
+            command.args(tessera_args());
+        }
         command.args(args).env("TZ", "UTC").stdin(Stdio::null());
         match self.kind {
             Kind::Tessera => command.stdout(Stdio::null()).stderr(Stdio::piped()),
@@ -96,6 +99,16 @@ impl Vmm {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()))
     }
+}
+
+/// `FC_TESSERA_ARGS`: options given to every tessera run (e.g. `--no-seccomp`, as this
+/// machine's Firecracker build runs).
+fn tessera_args() -> Vec<String> {
+    std::env::var("FC_TESSERA_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 /// The log pipe of a child from [`Vmm::command`].
@@ -273,6 +286,22 @@ fn reset_to_wait(vmm: &Vmm, config: &Path) -> f64 {
     seen.saturating_sub(reset) as f64 / 1e3
 }
 
+/// The host's floor for building a VM after a request: `kvm_floor --irqchip` from its `main`
+/// to the first guest exit, in ms.
+fn floor_vm_to_first_exit(floor: &Path) -> f64 {
+    let out = Command::new(floor)
+        .arg("--irqchip")
+        .output()
+        .expect("run kvm_floor");
+    assert!(out.status.success(), "kvm_floor failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = field_u64(&stdout, "first_exit_monotonic_us=").expect("first exit time");
+    let main = field_u64(&stdout, "main_monotonic_us=").expect("main time");
+    reap_children();
+    std::thread::sleep(SETTLE);
+    first.saturating_sub(main) as f64 / 1e3
+}
+
 /// `launches` config-file launches of `reset64`, `in_flight` at a time: microVMs per second,
 /// until every one has exited and everything they left (a teardown keeper) has ended.
 fn creation_rate(vmm: &Vmm, config: &Path, in_flight: usize, launches: usize) -> f64 {
@@ -431,6 +460,13 @@ fn main() {
             config_to_first[i].push(first_ms);
         }
     }
+    let floor = vmms[0].bin.with_file_name("kvm_floor");
+    assert!(
+        floor.exists(),
+        "{} is missing: run `cargo build --release --workspace --bins`",
+        floor.display()
+    );
+    let mut floor_first: Vec<f64> = (0..runs).map(|_| floor_vm_to_first_exit(&floor)).collect();
     let mut start_to_first =
         each(&|vmm| api_launch(vmm, &reset_guest, Some(Duration::from_millis(50))).1);
     let mut reset = each(&|vmm| reset_to_wait(vmm, &reset_config));
@@ -440,12 +476,6 @@ fn main() {
             kept_alive[i].extend(kept_alive_puts(vmm, puts / 2));
         }
     }
-    let floor = vmms[0].bin.with_file_name("kvm_floor");
-    assert!(
-        floor.exists(),
-        "{} is missing: run `cargo build --release --workspace --bins`",
-        floor.display()
-    );
     let mut rates = Vec::new();
     for in_flight in [4, 8] {
         let (mut rate, mut floor_rates) = ([vec![], vec![]], vec![]);
@@ -467,8 +497,9 @@ fn main() {
     }
 
     println!(
-        "tessera: {}\nfirecracker: {}\n",
+        "tessera: {} {}\nfirecracker: {}\n",
         vmms[0].bin.display(),
+        tessera_args().join(" "),
         vmms[1].bin.display()
     );
     println!(
@@ -485,6 +516,11 @@ fn main() {
         "ms",
         t,
         f,
+    );
+    println!(
+        "| floor: `kvm_floor --irqchip`, its main -> first guest exit (VM, memslot, IRQ chip, PIT, vCPU) | {:.3} ms | | | {} |",
+        median(&mut floor_first),
+        floor_first.len()
     );
     let [t, f] = &mut start_to_first;
     row(
