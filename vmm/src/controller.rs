@@ -440,9 +440,10 @@ fn serve_until_started(
     signals: &PrebootSignals,
 ) -> Result<RunningVm, RunError> {
     let mut next_flush = Instant::now() + FLUSH_PERIOD;
-    // Poll only right after answering, when the client's next request is likely near; an
-    // idle VMM just sleeps between signal checks.
-    let mut answered = false;
+    // Poll only right after answering, when the client's next request is likely near, and at
+    // the start, when a client that saw the socket appear sends its first one; an idle VMM
+    // just sleeps between signal checks.
+    let mut answered = true;
     loop {
         if let Some(signal) = signals.received() {
             return Err(RunError::Signal(signal));
