@@ -74,10 +74,12 @@ impl Vmm {
     /// the rest on /dev/null.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
-        if self.kind == Kind::Tessera {
-            command.args(tessera_args());
-        }
-        command.args(args).env("TZ", "UTC").stdin(Stdio::null());
+        match self.kind {
+            Kind::Tessera => command.args(tessera_args()),
+            // Its log's timestamps are local time: UTC, for `parse_utc_us`.
+            Kind::Firecracker => command.env("TZ", "UTC"),
+        };
+        command.args(args).stdin(Stdio::null());
         match self.kind {
             Kind::Tessera => command.stdout(Stdio::null()).stderr(Stdio::piped()),
             Kind::Firecracker => command.stdout(Stdio::piped()).stderr(Stdio::null()),
