@@ -1093,6 +1093,59 @@ fn preboot_bad_requests_are_refused_and_change_nothing() {
     expect(api.get("/version"), 200, "GET /version at the end");
 }
 
+/// The VM boots with the machine config as it stands at `InstanceStart`: built at the start when
+/// the client sends it at once, taken from the prebuild (started once the API is quiet) when it
+/// matches, and built afresh when the config changed after the prebuild.
+#[test]
+fn instance_start_uses_the_machine_config_as_it_stands() {
+    if skip_without_kvm("instance_start_uses_the_machine_config_as_it_stands") {
+        return;
+    }
+    let smp = tiny_guest("smp64");
+    // (vCPUs first put, a pause for the prebuild, vCPUs at the start)
+    for (first, pause, at_start) in [(2, 0, 2), (2, 100, 2), (2, 100, 3)] {
+        let (_dir, vmm, mut api) = preboot_vmm("machine");
+        let machine = format!(r#"{{"vcpu_count": {first}, "mem_size_mib": 32}}"#);
+        expect(
+            api.put("/machine-config", &machine),
+            204,
+            "PUT /machine-config",
+        );
+        expect(
+            api.put("/boot-source", &boot_source(&smp)),
+            204,
+            "PUT /boot-source",
+        );
+        thread::sleep(Duration::from_millis(pause));
+        if at_start != first {
+            let patch = format!(r#"{{"vcpu_count": {at_start}}}"#);
+            expect(
+                api.patch("/machine-config", &patch),
+                204,
+                "PATCH /machine-config",
+            );
+        }
+        expect(
+            api.put("/actions", &action("InstanceStart")),
+            204,
+            "InstanceStart",
+        );
+        let out = vmm.wait(Duration::from_secs(30));
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{first} -> {at_start} vCPUs after {pause} ms\n{}",
+            out.stdout
+        );
+        let want = format!("mptable cpus={at_start:02}\n");
+        assert!(
+            out.stdout.contains(&want),
+            "{first} -> {at_start} vCPUs after {pause} ms\n{}",
+            out.stdout
+        );
+    }
+}
+
 #[test]
 fn instance_start_without_boot_source_is_refused() {
     let (_dir, _vmm, mut api) = preboot_vmm("nokern");

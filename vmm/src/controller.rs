@@ -289,16 +289,17 @@ impl Vmm {
     /// milliseconds on some hosts). A VM built for a config that changed since is dropped.
     /// Called by the pre-boot loop once the API has been quiet for [`PREBUILD_QUIET`].
     fn prebuild(&mut self) {
-        self.prebuild_wanted = false;
         let machine = self.resources.machine;
-        // One build at a time: a client changing the config faster than a VM builds must not
-        // pile up threads. If the config changed meanwhile, `take_vm` builds afresh.
-        if self
-            .prebuild
-            .as_ref()
-            .is_some_and(|p| p.machine == machine || !p.vm.is_finished())
-        {
-            return;
+        match &self.prebuild {
+            Some(p) if p.machine == machine => {
+                self.prebuild_wanted = false;
+                return;
+            }
+            // One build at a time: a client changing the config faster than a VM builds must
+            // not pile up threads. Still wanted: the next quiet moment tries again (and
+            // `take_vm` builds afresh if the config changed meanwhile).
+            Some(p) if !p.vm.is_finished() => return,
+            _ => self.prebuild_wanted = false,
         }
         // A replaced build has finished; its VM (and its parked vCPU threads) is dropped with
         // the handle.
