@@ -152,10 +152,8 @@ impl Applier {
         let header = entry.header();
         let kind = header.entry_type();
         let mode = Mode::from_bits_truncate(header.mode().map_err(|e| e.to_string())? & 0o7777);
-        let owner = (
-            header.uid().map_err(|e| e.to_string())?,
-            header.gid().map_err(|e| e.to_string())?,
-        );
+        // An empty owner field reads as 0, as Go's archive/tar (and so Docker) reads it.
+        let owner = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let parent = self.make_dirs(parent_path)?;
         let name = name.as_os_str();
         match kind {

@@ -2,6 +2,7 @@
 //! ([`run`]). Every path ends in one checked `VmResources` and the one builder.
 
 mod device_args;
+mod image;
 mod run;
 
 use std::io::Write;
@@ -117,7 +118,11 @@ enum Command {
     /// KVM could not run the guest, 203 unhandled vCPU exit, 204 guest kernel panic, 205 the
     /// guest ended without reporting the command's status. SIGTERM first sends Ctrl-Alt-Del to
     /// the guest (tessera-init passes it on as SIGTERM); a second SIGTERM stops it at once.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Manage the local image store ($TESSERA_CACHE/images): import, ls, inspect, rm
+    /// (`tessera image --help` for each).
+    #[command(disable_help_flag = true)]
+    Image(image::ImageArgs),
 }
 
 /// `tessera`'s main.
@@ -157,7 +162,15 @@ pub fn main() -> ExitCode {
             );
             return ExitCode::from(EXIT_USAGE);
         }
-        Some(Command::Run(args)) => run::run(args, process_start, &filters),
+        Some(Command::Run(args)) => run::run(*args, process_start, &filters),
+        Some(Command::Image(_)) if !cli.vmm.given().is_empty() => {
+            eprintln!(
+                "tessera: error: {} cannot be used with the `image` subcommand",
+                cli.vmm.given().join(", ")
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Some(Command::Image(args)) => image::run(args),
         None => serve(cli.vmm, process_start, filters),
     };
     finish(result)

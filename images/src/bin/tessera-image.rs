@@ -1,0 +1,147 @@
+//! `tessera-image`: the local image store, run by `tessera image ...` with `--store` set to
+//! `$TESSERA_CACHE/images` (its own binary, so that the VMM's binary carries none of this code:
+//! its resident pages are the VMM's memory figures). Import, ls, inspect, rm; pulling from a
+//! registry and `tessera run --image` come next (issue 15).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use images::store::{Image, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera image",
+    bin_name = "tessera image",
+    about = "Manage Tessera's local image store",
+    long_about = "Manage Tessera's local image store ($TESSERA_CACHE/images, else \
+        ~/.cache/tessera/images). Run it as `tessera image COMMAND`."
+)]
+struct Cli {
+    /// The store's directory (`tessera image` sets it).
+    #[arg(long, value_name = "DIR", hide = true)]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum ImageCommand {
+    /// Import an image from an OCI image layout (a directory), an OCI archive or a
+    /// `docker save` tar; prints its digest.
+    Import {
+        /// The layout directory or the tar file.
+        #[arg(value_name = "FILE|DIR")]
+        source: PathBuf,
+        /// Name the image NAME[:TAG] instead of the names the source gives it.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// List the images in the store.
+    #[command(alias = "list")]
+    Ls,
+    /// Show an image's digest, names, size, filesystem and config as JSON.
+    Inspect {
+        /// A name (busybox, busybox:1.36), a digest or a digest prefix.
+        #[arg(value_name = "IMAGE")]
+        reference: String,
+    },
+    /// Remove an image and all its names.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(value_name = "IMAGE", required = true)]
+        references: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tessera image: {}", jailer::usage::one_line_clap_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let Some(store) = cli.store else {
+        eprintln!("tessera image: error: run it as `tessera image COMMAND` (no --store given)");
+        return ExitCode::from(2);
+    };
+    match run(&store, cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tessera: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}
+
+fn inspect(image: &Image) -> serde_json::Value {
+    serde_json::json!({
+        "Digest": image.digest,
+        "Names": image.names,
+        "Rootfs": image.rootfs,
+        "Size": image.size,
+        "Config": image.config,
+    })
+}
+
+/// Runs one command on the store in `dir`; its output goes to stdout.
+fn run(dir: &std::path::Path, command: ImageCommand) -> Result<(), String> {
+    let store = Store::open(dir).map_err(|e| e.to_string())?;
+    match command {
+        ImageCommand::Import { source, name } => {
+            let image = store
+                .import(&source, name.as_deref())
+                .map_err(|e| format!("cannot import {}: {e}", source.display()))?;
+            println!("{}", image.digest);
+        }
+        ImageCommand::Ls => {
+            println!("{:<40} {:<14} {:>10}", "NAME", "IMAGE ID", "SIZE");
+            for image in store.list().map_err(|e| e.to_string())? {
+                let names = match image.names.is_empty() {
+                    true => vec!["<none>".to_string()],
+                    false => image.names.clone(),
+                };
+                for name in names {
+                    println!(
+                        "{name:<40} {:<14} {:>10}",
+                        short(&image.digest),
+                        size(image.size)
+                    );
+                }
+            }
+        }
+        ImageCommand::Inspect { reference } => {
+            let image = store.find(&reference).map_err(|e| e.to_string())?;
+            let json =
+                serde_json::to_string_pretty(&inspect(&image)).expect("JSON values serialize");
+            println!("{json}");
+        }
+        ImageCommand::Rm { references } => {
+            for reference in references {
+                let image = store.remove(&reference).map_err(|e| e.to_string())?;
+                println!("Deleted: {}", image.digest);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The image store: one directory per image, named by its digest, holding the image config and
+//! a read-only ext4 filesystem of its root (built without root: `mkfs.ext4 -d`), and `refs.json`
+//! mapping names (`busybox:latest`) to digests.
+//!
+//! Imports build in a temporary directory and move it into place with one `rename`; the store's
+//! lock file (`flock`) is held only for that step and for changes to `refs.json`, so two tessera
+//! processes importing at once both succeed and a failed import leaves the store as it was.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::fcntl::{Flock, FlockArg};
+use oci_spec::image::ImageConfiguration;
+
+use crate::import::{self, ImportError};
+
+const REFS: &str = "refs.json";
+const LOCK: &str = ".lock";
+const CONFIG: &str = "config.json";
+pub const ROOTFS: &str = "rootfs.ext4";
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum StoreError {
+    /// image store {path}: {source}
+    Io { path: PathBuf, source: io::Error },
+    /// {0}
+    Import(#[from] ImportError),
+    /// no image {0:?} in the store (`tessera image ls` lists them)
+    NotFound(String),
+    /// {reference:?} matches more than one image: {matches}
+    Ambiguous { reference: String, matches: String },
+    /// cannot build the image's filesystem with mkfs.ext4: {0}
+    Mkfs(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An image in the store.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `sha256:HEX`.
+    pub digest: String,
+    pub names: Vec<String>,
+    pub config: ImageConfiguration,
+    /// The read-only root filesystem.
+    pub rootfs: PathBuf,
+    /// Bytes on disk (the filesystem image).
+    pub size: u64,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// `NAME` without a tag gets `:latest`, as in Docker.
+pub fn normalize_name(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match last.contains(':') || last.contains('@') {
+        true => name.to_string(),
+        false => format!("{name}:latest"),
+    }
+}
+
+impl Store {
+    /// The store in `dir`, made if missing.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> Result<Flock<File>, StoreError> {
+        let path = self.dir.join(LOCK);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
+            path,
+            source: e.into(),
+        })
+    }
+
+    fn refs(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let path = self.dir.join(REFS);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
+                path,
+                source: io::Error::other(e),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Written beside and renamed over, so a reader never sees half a file.
+    fn write_refs(&self, refs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let path = self.dir.join(REFS);
+        let tmp = self.dir.join(format!(".{REFS}.{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(refs).expect("a map of strings serializes");
+        fs::write(&tmp, json).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    fn image_dir(&self, digest: &str) -> PathBuf {
+        self.dir.join(digest.replace(':', "-"))
+    }
+
+    /// Imports the image at `source` (OCI layout directory, OCI archive or `docker save` tar),
+    /// naming it `name` (else the names the source gives it).
+    pub fn import(&self, source: &Path, name: Option<&str>) -> Result<Image, StoreError> {
+        let work = self
+            .dir
+            .join(format!(".import-{}-{}", std::process::id(), unique()));
+        let result = self.import_in(source, name, &work);
+        let _ = fs::remove_dir_all(&work);
+        result
+    }
+
+    fn import_in(
+        &self,
+        source: &Path,
+        name: Option<&str>,
+        work: &Path,
+    ) -> Result<Image, StoreError> {
+        let (root, scratch, built) = (work.join("root"), work.join("source"), work.join("image"));
+        for dir in [&root, &scratch, &built] {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let imported = import::import(source, &root, &scratch)?;
+        fs::write(built.join(CONFIG), &imported.config_json).map_err(io_err(&built))?;
+        make_ext4(&root, &built.join(ROOTFS))?;
+        let names: Vec<String> = match name {
+            Some(name) => vec![normalize_name(name)],
+            None => imported.names.iter().map(|n| normalize_name(n)).collect(),
+        };
+        let _lock = self.lock()?;
+        let dir = self.image_dir(&imported.digest);
+        if !dir.exists() {
+            fs::rename(&built, &dir).map_err(io_err(&dir))?;
+        }
+        let mut refs = self.refs()?;
+        for name in &names {
+            refs.insert(name.clone(), imported.digest.clone());
+        }
+        self.write_refs(&refs)?;
+        self.load(&imported.digest, &refs)
+    }
+
+    fn load(&self, digest: &str, refs: &BTreeMap<String, String>) -> Result<Image, StoreError> {
+        let dir = self.image_dir(digest);
+        let config_path = dir.join(CONFIG);
+        let file = File::open(&config_path).map_err(io_err(&config_path))?;
+        let config = ImageConfiguration::from_reader(file).map_err(|e| StoreError::Io {
+            path: config_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let rootfs = dir.join(ROOTFS);
+        let size = fs::metadata(&rootfs).map_err(io_err(&rootfs))?.len();
+        Ok(Image {
+            digest: digest.to_string(),
+            names: refs
+                .iter()
+                .filter(|(_, d)| *d == digest)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            config,
+            rootfs,
+            size,
+        })
+    }
+
+    /// Every image, newest names first by name order.
+    pub fn list(&self) -> Result<Vec<Image>, StoreError> {
+        let refs = self.refs()?;
+        let mut images = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(hex) = name.strip_prefix("sha256-") {
+                images.push(self.load(&format!("sha256:{hex}"), &refs)?);
+            }
+        }
+        images.sort_by(|a, b| a.names.cmp(&b.names).then(a.digest.cmp(&b.digest)));
+        Ok(images)
+    }
+
+    /// The image a name, a digest or a digest prefix (at least 4 hex digits) names.
+    pub fn find(&self, reference: &str) -> Result<Image, StoreError> {
+        let refs = self.refs()?;
+        if let Some(digest) = refs.get(&normalize_name(reference)) {
+            return self.load(digest, &refs);
+        }
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        let matches: Vec<Image> = match hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            true => self
+                .list()?
+                .into_iter()
+                .filter(|i| i.digest["sha256:".len()..].starts_with(hex))
+                .collect(),
+            false => Vec::new(),
+        };
+        match matches.len() {
+            0 => Err(StoreError::NotFound(reference.to_string())),
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            _ => Err(StoreError::Ambiguous {
+                reference: reference.to_string(),
+                matches: matches
+                    .iter()
+                    .map(|i| i.digest.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Removes the image `reference` names, with all its names.
+    pub fn remove(&self, reference: &str) -> Result<Image, StoreError> {
+        let image = self.find(reference)?;
+        let _lock = self.lock()?;
+        let mut refs = self.refs()?;
+        refs.retain(|_, digest| *digest != image.digest);
+        self.write_refs(&refs)?;
+        let dir = self.image_dir(&image.digest);
+        fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(image)
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A read-only ext4 filesystem of `root` at `out`, sized to fit (no journal: it is never
+/// written).
+fn make_ext4(root: &Path, out: &Path) -> Result<(), StoreError> {
+    let (bytes, inodes) = tree_size(root).map_err(io_err(root))?;
+    // Room for metadata: 25% and 16 MiB over the content, in 4 KiB blocks.
+    let blocks = (bytes + bytes / 4) / 4096 + 4096;
+    let out_str = out.to_string_lossy().into_owned();
+    let output = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-O",
+            "^has_journal",
+            "-L",
+            "tessera-image",
+        ])
+        .args(["-N", &(inodes + inodes / 4 + 64).to_string()])
+        .arg("-d")
+        .arg(root)
+        .arg(&out_str)
+        .arg(blocks.to_string())
+        .output()
+        .map_err(|e| StoreError::Mkfs(format!("cannot run it ({e}); install e2fsprogs")))?;
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(StoreError::Mkfs(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        )),
+    }
+}
+
+/// (bytes in 4 KiB blocks, entries) under `dir`, not following symlinks.
+fn tree_size(dir: &Path) -> io::Result<(u64, u64)> {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        entries += 1;
+        bytes += meta.len().div_ceil(4096) * 4096;
+        if meta.is_dir() {
+            let (b, e) = tree_size(&entry.path())?;
+            bytes += b;
+            entries += e;
+        }
+    }
+    Ok((bytes, entries))
+}
