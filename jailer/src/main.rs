@@ -9,22 +9,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use jailer::JailError;
 
 mod args;
 
 fn main() -> ExitCode {
-    let args = match args::Args::try_parse() {
+    let args: args::Args = match jailer::usage::parse("tessera-jailer") {
         Ok(args) => args,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("tessera-jailer: {}", jailer::usage::one_line_clap_error(&e));
-            return ExitCode::from(2);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let result = args
         .check()

@@ -28,8 +28,7 @@ use crate::rest::Router;
 
 /// Exit code for an error before or while running the VM (see `vmm::runtime::exit`).
 pub(crate) const EXIT_VMM_ERROR: u8 = 1;
-/// Exit code for a command-line usage error.
-const EXIT_USAGE: u8 = 2;
+use jailer::usage::EXIT_USAGE;
 /// Where the API listens without `--api-sock` (Firecracker's is /run/firecracker.socket).
 const DEFAULT_API_SOCK: &str = "/run/tessera.socket";
 /// The instance id without `--id` (Firecracker's).
@@ -128,17 +127,9 @@ enum Command {
 /// `tessera`'s main.
 pub fn main() -> ExitCode {
     let process_start = Instant::now();
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match jailer::usage::parse("tessera") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("tessera: {}", jailer::usage::one_line_clap_error(&e));
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let default_level = match &cli.command {
         Some(Command::Run(args)) if !args.command.is_empty() => log::LevelFilter::Warn,

@@ -56,17 +56,9 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match jailer::usage::parse("tessera image") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("tessera image: {}", jailer::usage::one_line_clap_error(&e));
-            return ExitCode::from(2);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let Some(store) = cli.store else {
         eprintln!("tessera image: error: run it as `tessera image COMMAND` (no --store given)");
