@@ -42,6 +42,21 @@ pub struct WorkloadSpec {
     /// Hostname [default: `tessera`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The command's root filesystem, when it is not the initramfs: a container image's
+    /// read-only disk, under a writable tmpfs overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootFs>,
+}
+
+/// A read-only root filesystem on a disk, overlaid with a tmpfs that takes the writes (and is
+/// gone when the VM ends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootFs {
+    /// The disk in the guest, e.g. `/dev/vda`.
+    pub device: String,
+    /// Its file system, e.g. `ext4`.
+    pub fstype: String,
 }
 
 /// One environment variable. In JSON either `"NAME=VALUE"` (written so) or `["NAME", "VALUE"]`.
@@ -128,6 +143,7 @@ impl WorkloadSpec {
             env: Vec::new(),
             cwd: None,
             hostname: None,
+            root: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub fn tiny_guest(name: &str) -> PathBuf {
 }
 
 pub mod api_client;
+pub mod images;
 pub mod test_host;
 
 /// The directory holding this build's binaries (`tessera`, `tessera-init`).

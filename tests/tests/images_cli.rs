@@ -4,60 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
+use tests::images::{busybox_docker_save, busybox_unavailable};
 use tests::tessera_bin;
-
-const BUSYBOX: &str = "/bin/busybox";
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, bytes: &[u8]) {
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_size(bytes.len() as u64);
-    builder.append_data(&mut header, path, bytes).unwrap();
-}
-
-/// A `docker save` tar (legacy form) of one layer: busybox and its `sh` link, /etc/passwd.
-fn busybox_docker_save(dir: &Path) -> std::path::PathBuf {
-    let mut layer = tar::Builder::new(Vec::new());
-    append(
-        &mut layer,
-        "bin/busybox",
-        0o755,
-        &std::fs::read(BUSYBOX).unwrap(),
-    );
-    let mut link = tar::Header::new_gnu();
-    link.set_entry_type(tar::EntryType::Symlink);
-    link.set_mode(0o777);
-    link.set_size(0);
-    layer.append_link(&mut link, "bin/sh", "busybox").unwrap();
-    append(
-        &mut layer,
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\n",
-    );
-    let layer = layer.into_inner().unwrap();
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
-    })
-    .to_string();
-    let mut save = tar::Builder::new(Vec::new());
-    append(&mut save, "0123abcd/layer.tar", 0o644, &layer);
-    append(&mut save, "config.json", 0o644, config.as_bytes());
-    let manifest = r#"[{"Config": "config.json", "RepoTags": ["busybox:test"], "Layers": ["0123abcd/layer.tar"]}]"#;
-    append(&mut save, "manifest.json", 0o644, manifest.as_bytes());
-    let path = dir.join("busybox.tar");
-    std::fs::write(&path, save.into_inner().unwrap()).unwrap();
-    path
-}
 
 struct Out {
     code: Option<i32>,
@@ -80,8 +28,8 @@ fn tessera(cache: &Path, args: &[&str]) -> Out {
 
 #[test]
 fn import_ls_inspect_rm_and_their_errors() {
-    if !Path::new(BUSYBOX).exists() || Command::new("mkfs.ext4").arg("-V").output().is_err() {
-        println!("SKIPPED import_ls_inspect_rm_and_their_errors: needs {BUSYBOX} (busybox-static) and mkfs.ext4 (e2fsprogs)");
+    if let Some(why) = busybox_unavailable() {
+        println!("SKIPPED import_ls_inspect_rm_and_their_errors: {why}");
         return;
     }
     let dir = std::env::temp_dir().join(format!("tessera-images-cli-{}", std::process::id()));
@@ -108,6 +56,7 @@ fn import_ls_inspect_rm_and_their_errors() {
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["Digest"], digest.as_str());
     assert_eq!(json["Config"]["config"]["Cmd"][0], "/bin/sh");
+    assert_eq!(json["Config"]["config"]["WorkingDir"], "/etc");
     assert!(Path::new(json["Rootfs"].as_str().unwrap()).is_file());
 
     // Errors: one line each, exit 1.

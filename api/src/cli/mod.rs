@@ -132,7 +132,7 @@ pub fn main() -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     let default_level = match &cli.command {
-        Some(Command::Run(args)) if !args.command.is_empty() => log::LevelFilter::Warn,
+        Some(Command::Run(args)) if args.runs_command() => log::LevelFilter::Warn,
         _ => log::LevelFilter::Info,
     };
     vmm::logger::init(cli.log_level.unwrap_or(default_level));
@@ -151,6 +151,11 @@ pub fn main() -> ExitCode {
                 "tessera: error: {} cannot be used with the `run` subcommand",
                 cli.vmm.given().join(", ")
             );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Some(Command::Run(args)) if args.command_flag_without_command().is_some() => {
+            let flag = args.command_flag_without_command().unwrap_or_default();
+            eprintln!("tessera: error: {flag} needs a command after `--` or --image");
             return ExitCode::from(EXIT_USAGE);
         }
         Some(Command::Run(args)) => run::run(*args, process_start, &filters),

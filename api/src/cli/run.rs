@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use guest_init::spec::{EnvVar, WorkloadSpec};
+use guest_init::spec::{EnvVar, RootFs, WorkloadSpec};
 use vmm::builder;
 use vmm::config::ConsoleOutput;
-use vmm::config::{BootSourceBody, MachineConfigBody};
+use vmm::config::{BootSourceBody, DriveBody, MachineConfigBody};
 use vmm::kernel_cmdline::{COMMAND_CMDLINE, DEFAULT_CMDLINE};
 use vmm::resources::{ResourcesError, VmResources};
 use vmm::seccomp::Filters;
@@ -35,15 +35,15 @@ pub struct RunArgs {
     cmdline: Option<String>,
 
     /// Environment variable for the command (repeatable).
-    #[arg(short, long = "env", value_name = "NAME=VALUE", requires = "command")]
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
 
     /// Working directory of the command inside the guest [default: /].
-    #[arg(short = 'w', long, value_name = "DIR", requires = "command")]
+    #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
 
     /// Guest hostname [default: tessera].
-    #[arg(long, value_name = "NAME", requires = "command")]
+    #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 
     /// Number of vCPUs, 1 to 32.
@@ -78,9 +78,65 @@ pub struct RunArgs {
     #[arg(long)]
     entropy: bool,
 
+    /// Run a container image from the local store (`tessera image ls`): its root file system
+    /// is a read-only disk (/dev/vda) under a tmpfs overlay, and CMD replaces the image's Cmd
+    /// (its Entrypoint, Env and WorkingDir apply).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+
     /// The command to run in the guest, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// What `tessera image inspect` says of an image, as `tessera run --image` needs it.
+struct ImageRun {
+    rootfs: PathBuf,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    working_dir: Option<String>,
+}
+
+/// Looks `reference` up in the image store through `tessera image inspect`.
+fn inspect_image(reference: &str) -> Result<ImageRun, String> {
+    let store = guest_image::cache_dir()?.join("images");
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find tessera's own path: {e}"))?;
+    let helper = exe.with_file_name("tessera-image");
+    let out = std::process::Command::new(&helper)
+        .arg("--store")
+        .arg(&store)
+        .args(["inspect", reference])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    if !out.status.success() {
+        let message = String::from_utf8_lossy(&out.stderr);
+        let message = message.trim().trim_start_matches("tessera: error: ");
+        return Err(format!("--image {reference}: {message}"));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("--image {reference}: unreadable inspect output: {e}"))?;
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let config = &json["Config"]["config"];
+    Ok(ImageRun {
+        rootfs: PathBuf::from(json["Rootfs"].as_str().unwrap_or_default()),
+        entrypoint: strings(&config["Entrypoint"]),
+        cmd: strings(&config["Cmd"]),
+        env: strings(&config["Env"]),
+        working_dir: config["WorkingDir"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(String::from),
+    })
 }
 
 impl RunArgs {
@@ -95,7 +151,21 @@ impl RunArgs {
         };
         let e = |e: ResourcesError| e.to_string();
         resources.set_machine_config(&machine, true).map_err(e)?;
-        let workload = self.workload()?;
+        let image = self.image.as_deref().map(inspect_image).transpose()?;
+        if let Some(image) = &image {
+            // First, so that it is /dev/vda whatever --disk adds.
+            resources
+                .put_drive(&DriveBody {
+                    drive_id: "image".into(),
+                    path_on_host: image.rootfs.clone(),
+                    is_root_device: false,
+                    is_read_only: true,
+                    cache_type: Default::default(),
+                    rate_limiter: None,
+                })
+                .map_err(e)?;
+        }
+        let workload = self.workload(image.as_ref())?;
         resources.set_boot_source(&self.boot_source()?).map_err(e)?;
         if let Some(spec) = workload {
             resources.set_workload(spec).map_err(e)?;
@@ -126,30 +196,75 @@ impl RunArgs {
         Ok(resources)
     }
 
-    /// The command after `--` as a workload spec for tessera-init, if there is one.
-    fn workload(&self) -> Result<Option<WorkloadSpec>, String> {
-        if self.command.is_empty() {
+    /// Whether tessera-init runs a command: one after `--`, or an image's.
+    pub fn runs_command(&self) -> bool {
+        !self.command.is_empty() || self.image.is_some()
+    }
+
+    /// A flag for the command (--env, --workdir, --hostname) given with no command to run: a
+    /// usage error.
+    pub fn command_flag_without_command(&self) -> Option<&'static str> {
+        if self.runs_command() {
+            return None;
+        }
+        [
+            (!self.env.is_empty(), "--env"),
+            (self.workdir.is_some(), "--workdir"),
+            (self.hostname.is_some(), "--hostname"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// The command after `--` (or the image's) as a workload spec for tessera-init, if any.
+    fn workload(&self, image: Option<&ImageRun>) -> Result<Option<WorkloadSpec>, String> {
+        if !self.runs_command() {
             return Ok(None);
         }
-        let env = self
-            .env
+        let image_env = image.map(|i| i.env.clone()).unwrap_or_default();
+        let env = image_env
             .iter()
+            .chain(&self.env)
             .map(|item| match EnvVar::parse(item) {
                 Ok(var) if !var.name.is_empty() => Ok(var),
                 _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
             })
             .collect::<Result<_, _>>()?;
+        let args = match image {
+            None => self.command.clone(),
+            Some(image) => {
+                let cmd = match self.command.is_empty() {
+                    true => &image.cmd,
+                    false => &self.command,
+                };
+                let args: Vec<String> = image.entrypoint.iter().chain(cmd).cloned().collect();
+                if args.is_empty() {
+                    return Err(format!(
+                        "--image {}: the image has no Entrypoint or Cmd: give a command after `--`",
+                        self.image.as_deref().unwrap_or_default()
+                    ));
+                }
+                args
+            }
+        };
         Ok(Some(WorkloadSpec {
             env,
-            cwd: self.workdir.clone(),
+            cwd: self
+                .workdir
+                .clone()
+                .or_else(|| image.and_then(|i| i.working_dir.clone())),
             hostname: self.hostname.clone(),
-            ..WorkloadSpec::new(self.command.clone())
+            root: image.map(|_| RootFs {
+                device: "/dev/vda".into(),
+                fstype: "ext4".into(),
+            }),
+            ..WorkloadSpec::new(args)
         }))
     }
 
     /// The boot source these arguments describe, with defaults filled in.
     fn boot_source(&self) -> Result<BootSourceBody, String> {
-        if self.command.is_empty() {
+        if !self.runs_command() {
             let kernel = self.kernel.clone().ok_or(
                 "nothing to boot: give --kernel PATH, or a command after `--` to run in the default microVM",
             )?;
@@ -181,5 +296,5 @@ pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u
     let resources = args.to_resources()?;
     let running = builder::build(&resources, filters, process_start).map_err(|e| e.to_string())?;
     let exit = running.wait().map_err(|e| e.to_string())?;
-    Ok(exit_code(exit, !args.command.is_empty()))
+    Ok(exit_code(exit, args.runs_command()))
 }

@@ -11,6 +11,7 @@
 
 mod console;
 mod hostname;
+mod image_root;
 mod mounts;
 mod reaper;
 mod report_ports;
@@ -52,6 +53,8 @@ pub enum Pid1Error {
     Run(#[from] RunError),
     /// lost track of the command (pid {0})
     LostWorkload(libc::pid_t),
+    /// the image's root file system: {0}
+    ImageRoot(String),
 }
 
 impl Pid1Error {
@@ -86,6 +89,9 @@ fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
     mounts::mount_kernel_filesystems()?;
     console::ensure_stdio();
     let spec = protocol::read_spec()?;
+    if let Some(root) = &spec.root {
+        image_root::enter(root)?;
+    }
     hostname::set(spec.hostname())?;
     signals::forward_ctrl_alt_del()?;
 

@@ -1,0 +1,105 @@
+//! Switching PID 1 into a container image's root: the image's read-only disk under a tmpfs
+//! overlay that takes the writes, with the kernel file systems moved in, then `chroot` (the
+//! initramfs cannot be pivoted away from; this is switch_root's move-mount and chroot).
+
+use std::ffi::CString;
+use std::io;
+
+use super::Pid1Error;
+use crate::spec::RootFs;
+
+const LOWER: &str = "/.tessera/image";
+const RW: &str = "/.tessera/rw";
+const ROOT: &str = "/.tessera/root";
+/// Mounted before the switch and moved into the new root.
+const MOVED: [&str; 5] = ["/dev", "/proc", "/sys", "/run", "/tmp"];
+
+fn c(s: &str) -> Result<CString, Pid1Error> {
+    CString::new(s).map_err(|_| Pid1Error::ImageRoot(format!("{s:?} has a NUL byte")))
+}
+
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), Pid1Error> {
+    let (source_c, target_c, fstype_c, data_c) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                fstype_c.as_ptr()
+            },
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data_c.as_ptr().cast()
+            },
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(Pid1Error::ImageRoot(format!(
+            "cannot mount {source} on {target}: {}",
+            io::Error::last_os_error()
+        ))),
+    }
+}
+
+fn mkdir(path: &str) -> Result<(), Pid1Error> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Pid1Error::ImageRoot(format!("cannot create {path}: {e}")))
+}
+
+/// Makes `root` this process's `/`; the command started afterwards sees only the image.
+pub fn enter(root: &RootFs) -> Result<(), Pid1Error> {
+    for dir in [LOWER, RW, ROOT] {
+        mkdir(dir)?;
+    }
+    mount(&root.device, LOWER, &root.fstype, libc::MS_RDONLY, "")?;
+    mount(
+        "tmpfs",
+        RW,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    )?;
+    mkdir(&format!("{RW}/upper"))?;
+    mkdir(&format!("{RW}/work"))?;
+    let options = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
+    mount("overlay", ROOT, "overlay", 0, &options)?;
+    for dir in MOVED {
+        let target = format!("{ROOT}{dir}");
+        mkdir(&target)?;
+        mount(dir, &target, "", libc::MS_MOVE, "")?;
+    }
+    let root_c = c(ROOT)?;
+    // SAFETY: chdir, mount(MS_MOVE), chroot and chdir on NUL-terminated paths that outlive the
+    // calls; this is the only thread of PID 1 at this point.
+    let failed = unsafe {
+        libc::chdir(root_c.as_ptr()) != 0
+            || libc::mount(
+                c".".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_MOVE,
+                std::ptr::null(),
+            ) != 0
+            || libc::chroot(c".".as_ptr()) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+    };
+    match failed {
+        true => Err(Pid1Error::ImageRoot(format!(
+            "cannot switch into {ROOT}: {}",
+            io::Error::last_os_error()
+        ))),
+        false => Ok(()),
+    }
+}

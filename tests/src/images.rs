@@ -1,0 +1,89 @@
+//! Container images the tests build themselves (no internet): busybox-static as a `docker save`
+//! tar, and a store imported from it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Debian's busybox-static.
+pub const BUSYBOX: &str = "/bin/busybox";
+/// The name the busybox image carries.
+pub const BUSYBOX_IMAGE: &str = "busybox:test";
+/// What the image's /etc/motd holds.
+pub const MOTD: &str = "from the image\n";
+/// What the image's default Cmd prints.
+pub const DEFAULT_CMD_OUTPUT: &str = "the image Cmd ran";
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, bytes: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(bytes.len() as u64);
+    builder.append_data(&mut header, path, bytes).unwrap();
+}
+
+/// Why the busybox image cannot be built here, if it cannot.
+pub fn busybox_unavailable() -> Option<String> {
+    if !Path::new(BUSYBOX).exists() {
+        return Some(format!("{BUSYBOX} is missing (install busybox-static)"));
+    }
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        return Some("mkfs.ext4 is missing (install e2fsprogs)".into());
+    }
+    None
+}
+
+/// A `docker save` tar (legacy form) of one layer: busybox with `sh`, `cat`, `echo`, `pwd`,
+/// `ls`, `id` and `touch` links, /etc/passwd and /etc/motd; Env PATH=/bin, WorkingDir /etc.
+pub fn busybox_docker_save(dir: &Path) -> PathBuf {
+    let mut layer = tar::Builder::new(Vec::new());
+    append(
+        &mut layer,
+        "bin/busybox",
+        0o755,
+        &std::fs::read(BUSYBOX).unwrap(),
+    );
+    for applet in ["sh", "cat", "echo", "pwd", "ls", "id", "touch"] {
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_mode(0o777);
+        link.set_size(0);
+        layer
+            .append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    append(
+        &mut layer,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n",
+    );
+    append(&mut layer, "etc/motd", 0o644, MOTD.as_bytes());
+    let layer = layer.into_inner().unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Cmd": ["/bin/sh", "-c", format!("echo {DEFAULT_CMD_OUTPUT}")],
+            "Env": ["PATH=/bin"],
+            "WorkingDir": "/etc",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    })
+    .to_string();
+    let mut save = tar::Builder::new(Vec::new());
+    append(&mut save, "0123abcd/layer.tar", 0o644, &layer);
+    append(&mut save, "config.json", 0o644, config.as_bytes());
+    let manifest = format!(
+        r#"[{{"Config": "config.json", "RepoTags": ["{BUSYBOX_IMAGE}"], "Layers": ["0123abcd/layer.tar"]}}]"#
+    );
+    append(&mut save, "manifest.json", 0o644, manifest.as_bytes());
+    let path = dir.join("busybox.tar");
+    std::fs::write(&path, save.into_inner().unwrap()).unwrap();
+    path
+}
