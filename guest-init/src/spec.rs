@@ -42,6 +42,10 @@ pub struct WorkloadSpec {
     /// Hostname [default: `tessera`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Who the command runs as: `USER[:GROUP]`, names or numbers, resolved in the command's
+    /// root (/etc/passwd, /etc/group) [default: root].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The command's root filesystem, when it is not the initramfs: a container image's
     /// read-only disk, under a writable tmpfs overlay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +147,7 @@ impl WorkloadSpec {
             env: Vec::new(),
             cwd: None,
             hostname: None,
+            user: None,
             root: None,
         }
     }
@@ -181,6 +186,9 @@ impl WorkloadSpec {
         }
         if let Some(cwd) = &self.cwd {
             nul("cwd".into(), cwd)?;
+        }
+        if let Some(user) = &self.user {
+            nul("user".into(), user)?;
         }
         if let Some(hostname) = &self.hostname {
             nul("hostname".into(), hostname)?;

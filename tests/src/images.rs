@@ -12,6 +12,10 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const BUSYBOX_IMAGE: &str = "busybox:test";
 /// What the image's /etc/motd holds.
 pub const MOTD: &str = "from the image\n";
+/// The image's users: root, and app (1000) whose home is /home/app.
+pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+/// The image's groups: app (1000), and wheel (10) with app as a member.
+pub const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\n";
 /// What the image's default Cmd prints.
 pub const DEFAULT_CMD_OUTPUT: &str = "the image Cmd ran";
 
@@ -40,7 +44,8 @@ pub fn busybox_unavailable() -> Option<String> {
 }
 
 /// A `docker save` tar (legacy form) of one layer: busybox with `sh`, `cat`, `echo`, `pwd`,
-/// `ls`, `id` and `touch` links, /etc/passwd and /etc/motd; Env PATH=/bin, WorkingDir /etc.
+/// `ls`, `id` and `touch` links, /etc/passwd, /etc/group and /etc/motd; Env PATH=/bin,
+/// WorkingDir /etc.
 pub fn busybox_docker_save(dir: &Path) -> PathBuf {
     let mut layer = tar::Builder::new(Vec::new());
     append(
@@ -58,12 +63,8 @@ pub fn busybox_docker_save(dir: &Path) -> PathBuf {
             .append_link(&mut link, format!("bin/{applet}"), "busybox")
             .unwrap();
     }
-    append(
-        &mut layer,
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\n",
-    );
+    append(&mut layer, "etc/passwd", 0o644, PASSWD.as_bytes());
+    append(&mut layer, "etc/group", 0o644, GROUP.as_bytes());
     append(&mut layer, "etc/motd", 0o644, MOTD.as_bytes());
     let layer = layer.into_inner().unwrap();
     let config = serde_json::json!({

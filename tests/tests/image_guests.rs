@@ -33,8 +33,8 @@ fn files_under(dir: &Path, to: &str) -> Vec<(PathBuf, String)> {
 }
 
 #[test]
-fn an_image_becomes_the_commands_root_with_its_env_workdir_and_cmd() {
-    let test = "an_image_becomes_the_commands_root_with_its_env_workdir_and_cmd";
+fn an_image_becomes_the_commands_root_with_its_env_workdir_cmd_and_users() {
+    let test = "an_image_becomes_the_commands_root_with_its_env_workdir_cmd_and_users";
     if let Some(why) = busybox_unavailable() {
         println!("SKIPPED {test}: {why}");
         return;
@@ -105,6 +105,33 @@ fn an_image_becomes_the_commands_root_with_its_env_workdir_and_cmd() {
     ));
     assert_eq!(out.status, 0, "{out}");
     assert!(out.output.contains("/bin\n/bin:/sbin\n"), "{out}");
+    // -u: a name with its primary and supplementary groups, numbers, a user the image lacks.
+    let out = run(&format!(
+        "tessera run --image {BUSYBOX_IMAGE} -- cat /etc/passwd /etc/group"
+    ));
+    assert!(out.output.contains("app:x:1000"), "{out}");
+    let out = run(&format!(
+        "tessera run --image {BUSYBOX_IMAGE} -u app -- sh -c 'id -u; id -G; echo HOME=$HOME'"
+    ));
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        out.output.contains("1000\n1000 10\nHOME=/home/app\n"),
+        "{out}"
+    );
+    let out = run(&format!(
+        "tessera run --image {BUSYBOX_IMAGE} -u 1000:10 -- sh -c 'id -u; id -g'"
+    ));
+    assert_eq!(out.status, 0, "{out}");
+    assert!(out.output.contains("1000\n10\n"), "{out}");
+    let out = run(&format!(
+        "tessera run --image {BUSYBOX_IMAGE} -u ghost -- true"
+    ));
+    assert_eq!(out.status, 125, "{out}");
+    assert!(
+        out.output
+            .contains("user \"ghost\" is not in the image's /etc/passwd"),
+        "{out}"
+    );
     // An image not in the store: one line.
     let out = run("tessera run --image nope:1 -- true");
     assert_eq!(out.status, 1, "{out}");

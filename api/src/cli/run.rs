@@ -42,6 +42,11 @@ pub struct RunArgs {
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
 
+    /// Run the command as USER[:GROUP] (names or numbers, resolved in the command's root:
+    /// the image's /etc/passwd and /etc/group) [default: the image's User, else root].
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+
     /// Guest hostname [default: tessera].
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
@@ -96,6 +101,7 @@ struct ImageRun {
     cmd: Vec<String>,
     env: Vec<String>,
     working_dir: Option<String>,
+    user: Option<String>,
 }
 
 /// Looks `reference` up in the image store through `tessera image inspect`.
@@ -135,6 +141,10 @@ fn inspect_image(reference: &str) -> Result<ImageRun, String> {
         working_dir: config["WorkingDir"]
             .as_str()
             .filter(|d| !d.is_empty())
+            .map(String::from),
+        user: config["User"]
+            .as_str()
+            .filter(|u| !u.is_empty())
             .map(String::from),
     })
 }
@@ -201,7 +211,7 @@ impl RunArgs {
         !self.command.is_empty() || self.image.is_some()
     }
 
-    /// A flag for the command (--env, --workdir, --hostname) given with no command to run: a
+    /// A flag for the command (--env, --workdir, --hostname, --user) given with no command: a
     /// usage error.
     pub fn command_flag_without_command(&self) -> Option<&'static str> {
         if self.runs_command() {
@@ -211,6 +221,7 @@ impl RunArgs {
             (!self.env.is_empty(), "--env"),
             (self.workdir.is_some(), "--workdir"),
             (self.hostname.is_some(), "--hostname"),
+            (self.user.is_some(), "--user"),
         ]
         .into_iter()
         .find_map(|(given, flag)| given.then_some(flag))
@@ -254,6 +265,10 @@ impl RunArgs {
                 .clone()
                 .or_else(|| image.and_then(|i| i.working_dir.clone())),
             hostname: self.hostname.clone(),
+            user: self
+                .user
+                .clone()
+                .or_else(|| image.and_then(|i| i.user.clone())),
             root: image.map(|_| RootFs {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),

@@ -7,6 +7,7 @@
 //! (`pid1::reaper`), a host sandbox waits for its own child.
 
 pub mod process;
+pub mod user;
 
 use crate::protocol::{STATUS_CANNOT_EXECUTE, STATUS_INIT_FAILED, STATUS_NOT_FOUND};
 use crate::spec::WorkloadSpec;

@@ -30,10 +30,30 @@ impl ProcessRunner {
             .split_first()
             .ok_or_else(|| RunError::Setup("workload spec: args is empty".into()))?;
         let mut command = Command::new(program);
+        command.args(args).env_clear().envs(BASE_ENV);
+        if let Some(user) = &spec.user {
+            let id = super::user::resolve(user, std::path::Path::new("/etc"))?;
+            if let Some(home) = &id.home {
+                command.env("HOME", home);
+            }
+            let (uid, gid, groups) = (id.uid, id.gid, id.groups);
+            // In this order, while still root: the groups, the gid, then the uid. (std's own
+            // uid/gid would run before this hook and clear the supplementary groups.)
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe; `groups` was built
+            // before the fork and is only read.
+            unsafe {
+                command.pre_exec(move || {
+                    let ok = libc::setgroups(groups.len(), groups.as_ptr()) == 0
+                        && libc::setgid(gid) == 0
+                        && libc::setuid(uid) == 0;
+                    match ok {
+                        true => Ok(()),
+                        false => Err(io::Error::last_os_error()),
+                    }
+                });
+            }
+        }
         command
-            .args(args)
-            .env_clear()
-            .envs(BASE_ENV)
             .envs(spec.env.iter().map(|v| (&v.name, &v.value)))
             .current_dir(spec.cwd())
             .process_group(0);
