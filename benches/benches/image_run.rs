@@ -10,31 +10,14 @@
 //! (`VM stopped`). Timings in the TCG-emulated host are not real-hardware timings: only the
 //! ratio carries over.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use benches::median;
-use tests::images::{busybox_docker_save, busybox_unavailable, BUSYBOX_IMAGE};
+use benches::{boot_ms, median};
+use tests::images::{busybox_store_for_host, busybox_unavailable, BUSYBOX_IMAGE};
 use tests::test_host::{HostFiles, HostOptions, TestHost};
 
 const BOOT_TIME: &str = "/opt/tessera/bin/boot-time";
 const HOST_STORE: &str = "/root/.cache/tessera/images";
-
-fn files_under(dir: &std::path::Path, to: &str) -> Vec<(PathBuf, String)> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(files_under(&path, &format!("{to}/{name}")));
-        } else if !name.starts_with('.') {
-            files.push((path, format!("{to}/{name}")));
-        }
-    }
-    files
-}
 
 fn main() {
     let runs: usize = std::env::var("IMAGE_RUN_RUNS")
@@ -55,19 +38,7 @@ fn main() {
     };
     let dir = std::env::temp_dir().join(format!("tessera-bench-image-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let save = busybox_docker_save(&dir);
-    let imported = Command::new(bin_dir.join("tessera"))
-        .args(["image", "import"])
-        .arg(&save)
-        .env("TESSERA_CACHE", dir.join("cache"))
-        .output()
-        .unwrap();
-    assert!(imported.status.success(), "{imported:?}");
-    let mut extra_files = files_under(&dir.join("cache/images"), HOST_STORE);
-    extra_files.push((
-        bin_dir.join("tessera-image"),
-        "/opt/tessera/bin/tessera-image".into(),
-    ));
+    let mut extra_files = busybox_store_for_host(&dir, HOST_STORE);
     extra_files.push((bin_dir.join("boot-time"), BOOT_TIME.into()));
     let options = HostOptions {
         // The host the linux_boot figures were measured on.
@@ -94,13 +65,8 @@ fn main() {
             let out = host
                 .run(command, Duration::from_secs(300))
                 .unwrap_or_else(|e| panic!("{e}"));
-            let ms = out
-                .output
-                .split("boot_ms=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|ms| ms.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("no time from `{command}`\n{out}"));
+            let ms =
+                boot_ms(&out.output).unwrap_or_else(|| panic!("no time from `{command}`\n{out}"));
             times[i].push(ms);
             eprintln!("run {run}: {name} {ms:.1} ms");
         }

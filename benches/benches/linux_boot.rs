@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use benches::{initrd_with_archive, median, spec_archive_file};
+use benches::{boot_ms, initrd_with_archive, median, spec_archive_file};
 use tests::test_host::{paths, HostFiles, HostOptions, TestHost};
 
 /// The command line `tessera run -- CMD` gives its guest, for QEMU too.
@@ -118,12 +118,7 @@ fn main() {
             let out = host
                 .run(command, Duration::from_secs(300))
                 .unwrap_or_else(|e| panic!("{e}"));
-            let ms = out
-                .output
-                .split("boot_ms=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|ms| ms.parse::<f64>().ok())
+            let ms = boot_ms(&out.output)
                 .unwrap_or_else(|| panic!("no boot time from `{command}`\n{out}"));
             times[i].push(ms);
             eprintln!("run {run}: {name} {ms:.1} ms");

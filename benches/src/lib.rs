@@ -81,6 +81,17 @@ pub fn parse_utc_us(stamp: &str) -> Option<u64> {
     u64::try_from(seconds * 1_000_000 + micros).ok()
 }
 
+/// The `boot_ms=N` that `boot-time` prints, from a host command's output.
+pub fn boot_ms(output: &str) -> Option<f64> {
+    output
+        .split("boot_ms=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The number after `key=` in `line`, if any.
 pub fn field_u64(line: &str, key: &str) -> Option<u64> {
     let start = line.find(key)? + key.len();

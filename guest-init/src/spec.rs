@@ -297,9 +297,10 @@ mod tests {
             SpecError::Version(2)
         );
         assert!(matches!(check(r#"{"args":["a"]}"#), SpecError::Json(m) if m.contains("version")));
+        // (`user` was the unknown field here until the spec gained it, issue 15.)
         assert!(matches!(
-            check(r#"{"version":1,"args":["a"],"user":"root"}"#),
-            SpecError::Json(m) if m.contains("unknown field `user`")
+            check(r#"{"version":1,"args":["a"],"ulimits":[]}"#),
+            SpecError::Json(m) if m.contains("unknown field `ulimits`")
         ));
         let mut spec = WorkloadSpec::new(s(&["a"]));
         spec.version = 7;

@@ -88,3 +88,40 @@ pub fn busybox_docker_save(dir: &Path) -> PathBuf {
     std::fs::write(&path, save.into_inner().unwrap()).unwrap();
     path
 }
+
+/// Every file of an image store under `dir` (its work files left out), as (path here, path in
+/// the nested test host under `to`), for `HostOptions::extra_files`.
+pub fn store_files(dir: &Path, to: &str) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(store_files(&path, &format!("{to}/{name}")));
+        } else if !name.starts_with('.') {
+            files.push((path, format!("{to}/{name}")));
+        }
+    }
+    files
+}
+
+/// The busybox image built in `dir` and imported with `tessera` (of this build) into a store
+/// under `dir`; the files to pack into the nested test host, where the store goes at `to` and
+/// `tessera-image` beside the host's tessera.
+pub fn busybox_store_for_host(dir: &Path, to: &str) -> Vec<(PathBuf, String)> {
+    let save = busybox_docker_save(dir);
+    let imported = Command::new(crate::tessera_bin())
+        .args(["image", "import"])
+        .arg(&save)
+        .env("TESSERA_CACHE", dir.join("cache"))
+        .output()
+        .expect("run tessera image import");
+    assert!(imported.status.success(), "{imported:?}");
+    let mut files = store_files(&dir.join("cache/images"), to);
+    files.push((
+        crate::bin_dir().join("tessera-image"),
+        "/opt/tessera/bin/tessera-image".into(),
+    ));
+    files
+}

@@ -3,34 +3,16 @@
 //! read-only under a tmpfs overlay, with the image's Env, WorkingDir and Cmd. Boots its own host
 //! (the store and `tessera-image` are packed into it), or prints a SKIPPED line.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use tests::images::{
-    busybox_docker_save, busybox_unavailable, BUSYBOX_IMAGE, DEFAULT_CMD_OUTPUT, MOTD,
+    busybox_store_for_host, busybox_unavailable, BUSYBOX_IMAGE, DEFAULT_CMD_OUTPUT, MOTD,
 };
 use tests::test_host::{HostFiles, HostOptions, TestHost};
 
 const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The store's place in the host: the default cache of root, beside the guest kernel.
 const HOST_STORE: &str = "/root/.cache/tessera/images";
-
-/// Every file under `dir`, as (path here, path in the host under `to`).
-fn files_under(dir: &Path, to: &str) -> Vec<(PathBuf, String)> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(files_under(&path, &format!("{to}/{name}")));
-        } else if !name.starts_with('.') {
-            files.push((path, format!("{to}/{name}")));
-        }
-    }
-    files
-}
 
 #[test]
 fn an_image_becomes_the_commands_root_with_its_env_workdir_cmd_and_users() {
@@ -49,20 +31,7 @@ fn an_image_becomes_the_commands_root_with_its_env_workdir_cmd_and_users() {
     };
     let dir = std::env::temp_dir().join(format!("tessera-image-guests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let save = busybox_docker_save(&dir);
-    let imported = Command::new(tests::tessera_bin())
-        .args(["image", "import"])
-        .arg(&save)
-        .env("TESSERA_CACHE", dir.join("cache"))
-        .output()
-        .unwrap();
-    assert!(imported.status.success(), "{imported:?}");
-
-    let mut extra_files = files_under(&dir.join("cache/images"), HOST_STORE);
-    extra_files.push((
-        bin_dir.join("tessera-image"),
-        "/opt/tessera/bin/tessera-image".into(),
-    ));
+    let extra_files = busybox_store_for_host(&dir, HOST_STORE);
     let options = HostOptions {
         extra_files,
         ..HostOptions::default()
