@@ -94,6 +94,9 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// The drive id of an image's root disk; `--disk` refuses it.
+const IMAGE_DRIVE_ID: &str = "tessera-image-root";
+
 /// What `tessera image inspect` says of an image, as `tessera run --image` needs it.
 struct ImageRun {
     rootfs: PathBuf,
@@ -166,7 +169,7 @@ impl RunArgs {
             // First, so that it is /dev/vda whatever --disk adds.
             resources
                 .put_drive(&DriveBody {
-                    drive_id: "image".into(),
+                    drive_id: IMAGE_DRIVE_ID.into(),
                     path_on_host: image.rootfs.clone(),
                     is_root_device: false,
                     is_read_only: true,
@@ -188,6 +191,11 @@ impl RunArgs {
         }
         .to_config()?;
         for drive in &devices.drives {
+            if image.is_some() && drive.drive_id == IMAGE_DRIVE_ID {
+                return Err(format!(
+                    "--disk id={IMAGE_DRIVE_ID}: that id is the --image root disk's"
+                ));
+            }
             resources.put_drive(drive).map_err(e)?;
         }
         for iface in &devices.network_interfaces {
