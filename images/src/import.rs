@@ -32,6 +32,9 @@ pub enum ImportError {
     Layer { index: usize, source: UnpackError },
 }
 
+/// How deep image indexes may nest (one is the usual multi-platform image).
+const MAX_NESTED_INDEXES: usize = 4;
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
     move |source| ImportError::Io {
         path: path.to_path_buf(),
@@ -137,8 +140,17 @@ fn oci_layout(layout: &Path, root: &Path) -> Result<Imported, ImportError> {
         what: "index.json".into(),
         message: "no manifests".into(),
     })?;
-    // A multi-platform image: its index, resolved to linux/amd64.
+    // A multi-platform image: its index, resolved to linux/amd64 (indexes of indexes at most
+    // MAX_NESTED_INDEXES deep: every level is one more blob to read).
+    let mut depth = 0;
     while *descriptor.media_type() == MediaType::ImageIndex {
+        depth += 1;
+        if depth > MAX_NESTED_INDEXES {
+            return Err(ImportError::Format {
+                what: "index.json".into(),
+                message: format!("image indexes nested more than {MAX_NESTED_INDEXES} deep"),
+            });
+        }
         let digest = descriptor.digest().to_string();
         let bytes = read_blob(layout, &digest, "image index")?;
         let nested = ImageIndex::from_reader(&bytes[..]).map_err(format_err("image index"))?;

@@ -182,7 +182,8 @@ impl Applier {
                 nix::sys::stat::fchmod(&dir, mode).map_err(errno("set the directory's mode"))?;
             }
             EntryType::Regular | EntryType::Continuous => {
-                replace(&parent, name)?;
+                // Whatever is at the name goes first (a symlink is replaced, never written through).
+                remove_all(&parent, name)?;
                 let fd = openat(
                     &parent,
                     name,
@@ -211,7 +212,7 @@ impl Applier {
                     .link_name_bytes()
                     .ok_or("a symlink without a target")?
                     .into_owned();
-                replace(&parent, name)?;
+                remove_all(&parent, name)?;
                 // The target is stored as written: every later lookup resolves it inside the root.
                 symlinkat(std::ffi::OsStr::from_bytes(&target), &parent, name)
                     .map_err(errno("create the symlink"))?;
@@ -232,7 +233,7 @@ impl Applier {
                 let target_dir = self
                     .open_dir(target_parent)
                     .map_err(|e| format!("its hard-link target: {e}"))?;
-                replace(&parent, name)?;
+                remove_all(&parent, name)?;
                 // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
                 linkat(&target_dir, target_name, &parent, name, AtFlags::empty())
                     .map_err(errno("create the hard link"))?;
@@ -254,7 +255,7 @@ impl Applier {
                     .device_minor()
                     .map_err(|e| e.to_string())?
                     .unwrap_or(0);
-                replace(&parent, name)?;
+                remove_all(&parent, name)?;
                 mknodat(&parent, name, sflag, mode, libc::makedev(major, minor))
                     .map_err(errno("create the node"))?;
                 self.own(&parent, name, owner)?;
@@ -361,12 +362,6 @@ impl Applier {
 
 fn errno(what: &'static str) -> impl Fn(Errno) -> String {
     move |e| format!("cannot {what}: {e}")
-}
-
-/// Makes way for a new entry `name` in `parent`: whatever is there goes, a directory with its
-/// contents.
-fn replace(parent: &OwnedFd, name: &std::ffi::OsStr) -> Result<(), String> {
-    remove_all(parent, name)
 }
 
 /// Removes `name` from `parent` (a directory recursively, never following a symlink); nothing

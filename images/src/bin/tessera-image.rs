@@ -75,7 +75,8 @@ fn main() -> ExitCode {
 
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
+    // A store directory renamed by hand may not be hex: never cut inside a character.
+    hex.get(..12).unwrap_or(hex)
 }
 
 fn size(bytes: u64) -> String {
