@@ -50,6 +50,84 @@ pub struct WorkloadSpec {
     /// read-only disk, under a writable tmpfs overlay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<RootFs>,
+    /// Disks mounted into the command's root (volumes), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Resource limits of the command (setrlimit), as the OCI runtime spec writes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// Where the command's standard streams go [default: the guest console].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<Stdio>,
+}
+
+/// A disk mounted into the command's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// The disk in the guest, e.g. `/dev/vdb`.
+    pub device: String,
+    /// Its file system, e.g. `ext4`.
+    pub fstype: String,
+    /// Where it appears in the command's root (absolute; created if missing).
+    pub destination: String,
+    /// Mounted read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+/// One resource limit, as in the OCI runtime spec's `process.rlimits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    /// `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ... (see [`RLIMITS`]).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The resource limits a spec may set, by their setrlimit(2) names.
+pub const RLIMITS: [&str; 16] = [
+    "RLIMIT_AS",
+    "RLIMIT_CORE",
+    "RLIMIT_CPU",
+    "RLIMIT_DATA",
+    "RLIMIT_FSIZE",
+    "RLIMIT_LOCKS",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_NOFILE",
+    "RLIMIT_NPROC",
+    "RLIMIT_RSS",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_STACK",
+];
+
+/// The command's standard streams as vsock streams to the host (CID 2): stdout on `vsock_port`,
+/// stderr on `vsock_port + 1`, stdin (when `stdin`) on `vsock_port + 2`; with `tty`, one stream
+/// on `vsock_port` carries a terminal both ways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stdio {
+    pub vsock_port: u32,
+    /// Whether the host forwards its stdin; without it the command's stdin is /dev/null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// A terminal for the command (its size, when the host knows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size in characters; 0 when unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// A read-only root filesystem on a disk, overlaid with a tmpfs that takes the writes (and is
@@ -61,6 +139,10 @@ pub struct RootFs {
     pub device: String,
     /// Its file system, e.g. `ext4`.
     pub fstype: String,
+    /// A writable disk that takes the overlay's writes instead of a tmpfs (`--scratch`),
+    /// formatted ext4 by the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<String>,
 }
 
 /// One environment variable. In JSON either `"NAME=VALUE"` (written so) or `["NAME", "VALUE"]`.
@@ -96,6 +178,14 @@ pub enum SpecError {
     BadEnvName(String),
     /// {0} holds a NUL byte, which exec cannot pass
     NulByte(String),
+    /// mounts[{0}].destination {1:?} is not an absolute path without `..`
+    BadMountDestination(usize, String),
+    /// rlimits[{0}]: {1:?} is not a resource limit (RLIMIT_NOFILE, RLIMIT_NPROC, ...)
+    UnknownRlimit(usize, String),
+    /// rlimits[{0}] {1}: the soft limit {2} is above the hard limit {3}
+    SoftAboveHard(usize, String, u64, u64),
+    /// stdio.vsock_port {0} leaves no room for its three ports
+    StdioPort(u32),
 }
 
 impl TryFrom<EnvForm> for EnvVar {
@@ -149,6 +239,9 @@ impl WorkloadSpec {
             hostname: None,
             user: None,
             root: None,
+            mounts: Vec::new(),
+            rlimits: Vec::new(),
+            stdio: None,
         }
     }
 
@@ -192,6 +285,30 @@ impl WorkloadSpec {
         }
         if let Some(hostname) = &self.hostname {
             nul("hostname".into(), hostname)?;
+        }
+        for (i, mount) in self.mounts.iter().enumerate() {
+            let dest = &mount.destination;
+            if !dest.starts_with('/') || dest.split('/').any(|part| part == "..") {
+                return Err(SpecError::BadMountDestination(i, dest.clone()));
+            }
+            nul(
+                format!("mounts[{i}]"),
+                &format!("{dest}{}{}", mount.device, mount.fstype),
+            )?;
+        }
+        for (i, limit) in self.rlimits.iter().enumerate() {
+            if !RLIMITS.contains(&limit.kind.as_str()) {
+                return Err(SpecError::UnknownRlimit(i, limit.kind.clone()));
+            }
+            if limit.soft > limit.hard {
+                let kind = limit.kind.clone();
+                return Err(SpecError::SoftAboveHard(i, kind, limit.soft, limit.hard));
+            }
+        }
+        if let Some(stdio) = &self.stdio {
+            if stdio.vsock_port > u32::MAX - 2 {
+                return Err(SpecError::StdioPort(stdio.vsock_port));
+            }
         }
         Ok(())
     }
@@ -305,6 +422,48 @@ mod tests {
         let mut spec = WorkloadSpec::new(s(&["a"]));
         spec.version = 7;
         assert_eq!(spec.to_json(), Err(SpecError::Version(7)));
+    }
+
+    #[test]
+    fn mounts_rlimits_and_stdio_round_trip_and_are_checked() {
+        let json = br#"{"version":1,"args":["sh"],"root":{"device":"/dev/vda","fstype":"ext4","scratch":"/dev/vdc"},"mounts":[{"device":"/dev/vdb","fstype":"ext4","destination":"/data","read_only":true}],"rlimits":[{"type":"RLIMIT_NOFILE","soft":100,"hard":200}],"stdio":{"vsock_port":1413808128,"stdin":true,"tty":{"rows":24,"cols":80}}}"#;
+        let spec = WorkloadSpec::from_json(json).unwrap();
+        assert_eq!(spec.to_json().unwrap(), json.to_vec());
+        assert_eq!(spec.mounts[0].destination, "/data");
+        assert_eq!(
+            spec.stdio.as_ref().unwrap().tty,
+            Some(TtySize { rows: 24, cols: 80 })
+        );
+        let check = |json: &str| WorkloadSpec::from_json(json.as_bytes()).unwrap_err();
+        let mount = |dest: &str| {
+            format!(
+                r#"{{"version":1,"args":["a"],"mounts":[{{"device":"/dev/vdb","fstype":"ext4","destination":"{dest}"}}]}}"#
+            )
+        };
+        assert_eq!(
+            check(&mount("data")),
+            SpecError::BadMountDestination(0, "data".into())
+        );
+        assert_eq!(
+            check(&mount("/a/../etc")),
+            SpecError::BadMountDestination(0, "/a/../etc".into())
+        );
+        assert_eq!(
+            check(
+                r#"{"version":1,"args":["a"],"rlimits":[{"type":"RLIMIT_FOO","soft":1,"hard":1}]}"#
+            ),
+            SpecError::UnknownRlimit(0, "RLIMIT_FOO".into())
+        );
+        assert_eq!(
+            check(
+                r#"{"version":1,"args":["a"],"rlimits":[{"type":"RLIMIT_NPROC","soft":2,"hard":1}]}"#
+            ),
+            SpecError::SoftAboveHard(0, "RLIMIT_NPROC".into(), 2, 1)
+        );
+        assert_eq!(
+            check(r#"{"version":1,"args":["a"],"stdio":{"vsock_port":4294967295}}"#),
+            SpecError::StdioPort(u32::MAX)
+        );
     }
 
     #[test]

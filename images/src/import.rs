@@ -55,10 +55,29 @@ pub struct Imported {
     pub names: Vec<String>,
 }
 
+/// How far an import has got, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Layer `index` (from 0) of `count` is being applied.
+    Layer { index: usize, count: usize },
+    /// The layers are applied; the root filesystem is being built.
+    Filesystem,
+}
+
 /// Reads the image at `source` (a directory or a tar file) and applies its layers into `root`,
 /// a fresh directory; `scratch` is a directory for a tar's contents. On an error `root` is
 /// part-written and is to be discarded.
 pub fn import(source: &Path, root: &Path, scratch: &Path) -> Result<Imported, ImportError> {
+    import_reporting(source, root, scratch, &mut |_| {})
+}
+
+/// [`import`], telling `report` before each layer is applied.
+pub fn import_reporting(
+    source: &Path,
+    root: &Path,
+    scratch: &Path,
+    report: &mut dyn FnMut(Step),
+) -> Result<Imported, ImportError> {
     let layout = if source.is_dir() {
         source.to_path_buf()
     } else {
@@ -70,9 +89,9 @@ pub fn import(source: &Path, root: &Path, scratch: &Path) -> Result<Imported, Im
         scratch.to_path_buf()
     };
     if layout.join("index.json").is_file() {
-        oci_layout(&layout, root)
+        oci_layout(&layout, root, report)
     } else if layout.join("manifest.json").is_file() {
-        docker_legacy(&layout, root)
+        docker_legacy(&layout, root, report)
     } else {
         Err(ImportError::NotAnImage)
     }
@@ -121,7 +140,11 @@ fn format_err(what: &str) -> impl FnOnce(oci_spec::OciSpecError) -> ImportError 
     }
 }
 
-fn oci_layout(layout: &Path, root: &Path) -> Result<Imported, ImportError> {
+fn oci_layout(
+    layout: &Path,
+    root: &Path,
+    report: &mut dyn FnMut(Step),
+) -> Result<Imported, ImportError> {
     let index =
         ImageIndex::from_file(layout.join("index.json")).map_err(format_err("index.json"))?;
     let mut names = Vec::new();
@@ -176,7 +199,9 @@ fn oci_layout(layout: &Path, root: &Path) -> Result<Imported, ImportError> {
     let config =
         ImageConfiguration::from_reader(&config_json[..]).map_err(format_err("image config"))?;
     let diff_ids = config.rootfs().diff_ids().clone();
+    let count = manifest.layers().len();
     for (index, layer) in manifest.layers().iter().enumerate() {
+        report(Step::Layer { index, count });
         let layer_digest = layer.digest().to_string();
         let path = blob_path(layout, &layer_digest)?;
         apply(&path, root, index, Some(&layer_digest), diff_ids.get(index))?;
@@ -199,7 +224,11 @@ struct DockerImage {
     layers: Vec<String>,
 }
 
-fn docker_legacy(layout: &Path, root: &Path) -> Result<Imported, ImportError> {
+fn docker_legacy(
+    layout: &Path,
+    root: &Path,
+    report: &mut dyn FnMut(Step),
+) -> Result<Imported, ImportError> {
     let manifest_path = layout.join("manifest.json");
     let text = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
     let images: Vec<DockerImage> =
@@ -229,7 +258,9 @@ fn docker_legacy(layout: &Path, root: &Path) -> Result<Imported, ImportError> {
             ),
         });
     }
+    let count = image.layers.len();
     for (index, layer) in image.layers.iter().enumerate() {
+        report(Step::Layer { index, count });
         let path = inside(layout, layer)?;
         apply(&path, root, index, None, diff_ids.get(index))?;
     }

@@ -15,7 +15,7 @@ use std::process::Command;
 use nix::fcntl::{Flock, FlockArg};
 use oci_spec::image::ImageConfiguration;
 
-use crate::import::{self, ImportError};
+use crate::import::{self, ImportError, Step};
 
 const REFS: &str = "refs.json";
 const LOCK: &str = ".lock";
@@ -120,12 +120,28 @@ impl Store {
     /// Imports the image at `source` (OCI layout directory, OCI archive or `docker save` tar),
     /// naming it `name` (else the names the source gives it).
     pub fn import(&self, source: &Path, name: Option<&str>) -> Result<Image, StoreError> {
-        let work = self
+        self.import_reporting(source, name, &mut |_| {})
+    }
+
+    /// [`Store::import`], telling `report` how far it has got (for a progress bar).
+    pub fn import_reporting(
+        &self,
+        source: &Path,
+        name: Option<&str>,
+        report: &mut dyn FnMut(Step),
+    ) -> Result<Image, StoreError> {
+        let work = self.work_dir("import")?;
+        self.import_in(source, name, work.path(), report)
+    }
+
+    /// A fresh, empty work directory in the store, `.KIND-PID-N` (never listed as an image),
+    /// removed with all its contents when the returned guard drops.
+    pub fn work_dir(&self, kind: &str) -> Result<WorkDir, StoreError> {
+        let path = self
             .dir
-            .join(format!(".import-{}-{}", std::process::id(), unique()));
-        let result = self.import_in(source, name, &work);
-        let _ = fs::remove_dir_all(&work);
-        result
+            .join(format!(".{kind}-{}-{}", std::process::id(), unique()));
+        fs::create_dir(&path).map_err(io_err(&path))?;
+        Ok(WorkDir(path))
     }
 
     fn import_in(
@@ -133,12 +149,14 @@ impl Store {
         source: &Path,
         name: Option<&str>,
         work: &Path,
+        report: &mut dyn FnMut(Step),
     ) -> Result<Image, StoreError> {
         let (root, scratch, built) = (work.join("root"), work.join("source"), work.join("image"));
         for dir in [&root, &scratch, &built] {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        let imported = import::import(source, &root, &scratch)?;
+        let imported = import::import_reporting(source, &root, &scratch, report)?;
+        report(Step::Filesystem);
         fs::write(built.join(CONFIG), &imported.config_json).map_err(io_err(&built))?;
         make_ext4(&root, &built.join(ROOTFS))?;
         let names: Vec<String> = match name {
@@ -239,6 +257,22 @@ impl Store {
     }
 }
 
+/// A work directory in the store ([`Store::work_dir`]), removed when dropped.
+#[derive(Debug)]
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -279,7 +313,7 @@ fn make_ext4(root: &Path, out: &Path) -> Result<(), StoreError> {
 }
 
 /// (bytes in 4 KiB blocks, entries) under `dir`, not following symlinks.
-fn tree_size(dir: &Path) -> io::Result<(u64, u64)> {
+pub(crate) fn tree_size(dir: &Path) -> io::Result<(u64, u64)> {
     let (mut bytes, mut entries) = (0u64, 0u64);
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

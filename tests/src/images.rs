@@ -119,9 +119,11 @@ pub fn busybox_store_for_host(dir: &Path, to: &str) -> Vec<(PathBuf, String)> {
         .expect("run tessera image import");
     assert!(imported.status.success(), "{imported:?}");
     let mut files = store_files(&dir.join("cache/images"), to);
-    files.push((
-        crate::bin_dir().join("tessera-image"),
-        "/opt/tessera/bin/tessera-image".into(),
-    ));
+    for helper in ["tessera-image", "tessera-volume"] {
+        files.push((
+            crate::bin_dir().join(helper),
+            format!("/opt/tessera/bin/{helper}"),
+        ));
+    }
     files
 }

@@ -101,13 +101,99 @@ fn an_image_becomes_the_commands_root_with_its_env_workdir_cmd_and_users() {
             .contains("user \"ghost\" is not in the image's /etc/passwd"),
         "{out}"
     );
+    streams_volumes_and_limits(&mut run);
+
     // An image not in the store: one line.
-    let out = run("tessera run --image nope:1 -- true");
+    let out = run("tessera run --pull never --image nope:1 -- true");
     assert_eq!(out.status, 1, "{out}");
     assert!(
         out.output
             .contains("--image nope:1: no image \"nope:1\" in the store"),
         "{out}"
     );
+    // Not in the store: pulled first, and here no registry answers.
+    let out = run("tessera run --image 127.0.0.1:9/nope:1 -- true");
+    assert_eq!(out.status, 1, "{out}");
+    assert!(
+        out.output.contains("registry 127.0.0.1:9 is unreachable"),
+        "{out}"
+    );
+    assert!(
+        out.output
+            .contains("--image 127.0.0.1:9/nope:1: not in the store, and the pull failed"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The command's streams (apart, no kernel lines, stdin only with -i, a terminal with -t), the
+/// read-only image disk, volumes, the scratch disk, ulimits, a missing program, out of memory.
+fn streams_volumes_and_limits(run: &mut impl FnMut(&str) -> tests::test_host::HostOutput) {
+    let image = BUSYBOX_IMAGE;
+    // stdout and stderr each hold exactly what the command wrote there.
+    let out = run(&format!(
+        "tessera run --image {image} -- sh -c 'echo out; echo err >&2; exit 3' >/tmp/o 2>/tmp/e; \
+         echo rc=$?; echo \"O[$(cat /tmp/o)]\"; echo \"E[$(cat /tmp/e)]\""
+    ));
+    assert!(out.output.contains("rc=3\nO[out]\nE[err]\n"), "{out}");
+    // stdin: /dev/null without -i, forwarded with it.
+    let out = run(&format!(
+        "echo piped | tessera run --image {image} -- cat; echo; \
+         printf 'one\\ntwo\\n' | tessera run -i --image {image} -- sh -c 'wc -l; echo done'"
+    ));
+    assert_eq!(out.status, 0, "{out}");
+    assert!(!out.output.contains("piped"), "{out}");
+    assert!(out.output.contains("2\ndone\n"), "{out}");
+    // -t: a terminal in the guest.
+    let out = run(&format!(
+        "tessera run -t --image {image} -- sh -c '[ -t 0 ] && [ -t 1 ] && tty'"
+    ));
+    assert_eq!(out.status, 0, "{out}");
+    assert!(out.output.contains("/dev/pts/0"), "{out}");
+    // The image's disk is read-only underneath the overlay.
+    let out = run(&format!(
+        "tessera run --image {image} -- sh -c 'cat /sys/block/vda/ro; echo x > /dev/vda || echo refused'"
+    ));
+    assert!(out.output.contains("1\n"), "{out}");
+    assert!(out.output.contains("refused"), "{out}");
+    // A read-write volume: the guest's reads, writes and deletions are on the host after.
+    let out = run(&format!(
+        "rm -rf /tmp/vol && mkdir -p /tmp/vol/sub && echo old > /tmp/vol/keep && echo gone > /tmp/vol/del && \
+         tessera run -v /tmp/vol:/data --image {image} -- sh -c 'cat /data/keep; echo new > /data/sub/new; rm /data/del' && \
+         ls -1 /tmp/vol && cat /tmp/vol/sub/new"
+    ));
+    assert_eq!(out.status, 0, "{out}");
+    assert!(out.output.contains("old\nkeep\nsub\nnew\n"), "{out}");
+    // Read-only: writes refused, the directory unchanged.
+    let out = run(&format!(
+        "tessera run -v /tmp/vol:/data:ro --image {image} -- sh -c 'echo x > /data/x'; \
+         echo rc=$?; ls -1 /tmp/vol"
+    ));
+    assert!(out.output.contains("Read-only file system"), "{out}");
+    assert!(!out.output.contains("rc=0"), "{out}");
+    assert!(out.output.contains("\nkeep\nsub\n"), "{out}");
+    // --scratch: 80 MiB of writes, more than a 128 MiB guest's tmpfs takes.
+    let write = "dd if=/dev/zero of=/big bs=1M count=80 2>/dev/null && echo wrote";
+    let out = run(&format!(
+        "tessera run --image {image} -- sh -c '{write}'; tessera run --scratch 512M --image {image} -- sh -c '{write}'"
+    ));
+    assert_eq!(out.output.matches("wrote").count(), 1, "{out}");
+    // --ulimit as Docker writes it.
+    let out = run(&format!(
+        "tessera run --ulimit nofile=100:200 --image {image} -- sh -c 'ulimit -n; ulimit -Hn'"
+    ));
+    assert!(out.output.contains("100\n200\n"), "{out}");
+    // A program the image lacks.
+    let out = run(&format!("tessera run --image {image} -- /no/such/program"));
+    assert_eq!(out.status, 127, "{out}");
+    assert!(
+        out.output.contains("cannot run \"/no/such/program\""),
+        "{out}"
+    );
+    // Out of memory: 137 and a line that says so.
+    let out = run(&format!(
+        "tessera run --image {image} -- sh -c 'exec dd if=/dev/zero of=/dev/null bs=110M count=1'"
+    ));
+    assert_eq!(out.status, 137, "{out}");
+    assert!(out.output.contains("the guest ran out of memory"), "{out}");
 }

@@ -165,6 +165,7 @@ impl Vmm {
             VmmAction::PutNetworkInterface(iface) => r.put_network_interface(&iface)?,
             VmmAction::PutVsock(vsock) => r.set_vsock(&vsock)?,
             VmmAction::PutEntropy(entropy) => r.set_entropy(&entropy)?,
+            VmmAction::PutWorkload(spec) => r.set_workload(*spec)?,
             VmmAction::PutLogger(config) => {
                 logger::configure(&config)?;
                 // The live logger keeps what a later body leaves out: record the same.

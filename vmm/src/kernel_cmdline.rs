@@ -12,11 +12,12 @@ use crate::x86_64::layout::CMDLINE_MAX_SIZE;
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
-/// The command line for a guest running a command under tessera-init: quiet (the console shows
-/// the command's output and kernel errors only), reboot through the i8042 at the end or at once
-/// on a panic, nothing probed that a microVM lacks.
-pub const COMMAND_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// The command line for a guest running a command under tessera-init: silent (`loglevel=0`:
+/// the command's streams travel over vsock and the console, on tessera's stderr, shows only a
+/// panic, which raises the level itself, or tessera-init's own fallback), reboot through the
+/// i8042 at the end or at once on a panic, nothing probed that a microVM lacks.
+pub const COMMAND_CMDLINE: &str = "console=ttyS0 quiet loglevel=0 reboot=k panic=-1 pci=off \
+     nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// A command line fits when it and its terminating NUL fit Linux's buffer.
 pub fn validate_cmdline(cmdline: &str) -> Result<(), ConfigError> {

@@ -46,6 +46,8 @@ pub enum VmmAction {
     PutEntropy(EntropyBody),
     PutLogger(LoggerBody),
     PutMetrics(MetricsBody),
+    /// Tessera's extension: the workload spec for tessera-init.
+    PutWorkload(Box<guest_init::spec::WorkloadSpec>),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,

@@ -10,7 +10,7 @@ use crate::guest_image;
 
 #[derive(clap::Args)]
 pub struct ImageArgs {
-    /// The `tessera image` command and its arguments (import, ls, inspect, rm; --help).
+    /// The `tessera image` command and its arguments (pull, import, ls, inspect, rm; --help).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,

@@ -4,6 +4,9 @@
 mod device_args;
 mod image;
 mod run;
+mod run_dir;
+mod stdio;
+mod volumes;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -118,7 +121,7 @@ enum Command {
     /// guest ended without reporting the command's status. SIGTERM first sends Ctrl-Alt-Del to
     /// the guest (tessera-init passes it on as SIGTERM); a second SIGTERM stops it at once.
     Run(Box<RunArgs>),
-    /// Manage the local image store ($TESSERA_CACHE/images): import, ls, inspect, rm
+    /// Manage the local image store ($TESSERA_CACHE/images): pull, import, ls, inspect, rm
     /// (`tessera image --help` for each).
     #[command(disable_help_flag = true)]
     Image(image::ImageArgs),

@@ -4,14 +4,19 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use guest_init::spec::{EnvVar, RootFs, WorkloadSpec};
+use guest_init::spec::{EnvVar, Mount, Rlimit, RootFs, WorkloadSpec, RLIMITS};
 use vmm::builder;
 use vmm::config::ConsoleOutput;
-use vmm::config::{BootSourceBody, DriveBody, MachineConfigBody};
+use vmm::config::{BootSourceBody, DriveBody, MachineConfigBody, VsockBody};
 use vmm::kernel_cmdline::{COMMAND_CMDLINE, DEFAULT_CMDLINE};
+use vmm::resources::devices::disk_name;
 use vmm::resources::{ResourcesError, VmResources};
 use vmm::seccomp::Filters;
+use vmm::VmExit;
 
+use super::run_dir::{self, RunDir};
+use super::stdio::{HostStdio, StdioFlags};
+use super::volumes::{self, VolumeKeeper};
 use super::{device_args, exit_code};
 use crate::guest_image;
 
@@ -83,16 +88,60 @@ pub struct RunArgs {
     #[arg(long)]
     entropy: bool,
 
-    /// Run a container image from the local store (`tessera image ls`): its root file system
-    /// is a read-only disk (/dev/vda) under a tmpfs overlay, and CMD replaces the image's Cmd
-    /// (its Entrypoint, Env and WorkingDir apply).
+    /// Run a container image (from the local store, `tessera image ls`, pulled first when it
+    /// is not there): its root file system is a read-only disk (/dev/vda) under a tmpfs
+    /// overlay, and CMD replaces the image's Cmd (its Entrypoint, Env, WorkingDir and User
+    /// apply).
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
+
+    /// When to pull the image from its registry: missing (when the store lacks it), never,
+    /// always.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "missing",
+        requires = "image"
+    )]
+    pull: PullPolicy,
+
+    /// Keep stdin open and send it to the command (as `docker run -i`); without it the
+    /// command's stdin is /dev/null.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+
+    /// Give the command a terminal (a pty in the guest; its stdout and stderr share it, and
+    /// with -i this terminal is in raw mode for the run).
+    #[arg(short = 't', long)]
+    tty: bool,
+
+    /// Share a host directory: HOST_DIR:GUEST_DIR[:ro|:rw] (repeatable). It is copied onto a
+    /// disk before the boot; a read-write volume's contents are copied back when the command
+    /// has exited.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    volumes: Vec<String>,
+
+    /// Take the image's writes on a disk of SIZE (512M, 2G, ...) instead of guest memory.
+    #[arg(long, value_name = "SIZE", requires = "image")]
+    scratch: Option<String>,
+
+    /// Accepted for Docker's habit: a run always leaves nothing behind.
+    #[arg(long)]
+    rm: bool,
+
+    /// A resource limit of the command: TYPE=SOFT[:HARD] as Docker writes it (nofile=1024:4096,
+    /// nproc=512; -1 or unlimited for none), repeatable.
+    #[arg(long, value_name = "TYPE=SOFT[:HARD]")]
+    ulimit: Vec<String>,
 
     /// The command to run in the guest, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
+
+/// The guest's vsock CID when `--vsock` names none (the first a guest may have).
+const STDIO_GUEST_CID: u32 = 3;
 
 /// The drive id of an image's root disk; `--disk` refuses it.
 const IMAGE_DRIVE_ID: &str = "tessera-image-root";
@@ -107,18 +156,62 @@ struct ImageRun {
     user: Option<String>,
 }
 
-/// Looks `reference` up in the image store through `tessera image inspect`.
-fn inspect_image(reference: &str) -> Result<ImageRun, String> {
-    let store = guest_image::cache_dir()?.join("images");
+/// When `tessera run --image` pulls its image (`--pull`, as Docker's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull when the store lacks the image.
+    Missing,
+    /// Never pull: the image must be in the store.
+    Never,
+    /// Pull every time.
+    Always,
+}
+
+/// `tessera-image --store STORE ARGS`: the image helper beside this binary.
+fn image_helper(store: &std::path::Path) -> Result<std::process::Command, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find tessera's own path: {e}"))?;
-    let helper = exe.with_file_name("tessera-image");
-    let out = std::process::Command::new(&helper)
-        .arg("--store")
-        .arg(&store)
-        .args(["inspect", reference])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    let mut command = std::process::Command::new(exe.with_file_name("tessera-image"));
+    command.arg("--store").arg(store);
+    Ok(command)
+}
+
+/// Pulls `reference` into the store, its progress on this stderr; the digest line is dropped.
+fn pull_image(store: &std::path::Path, reference: &str) -> Result<(), String> {
+    let status = image_helper(store)?
+        .args(["pull", reference])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run tessera-image: {e}"))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "--image {reference}: not in the store, and the pull failed (above)"
+        )),
+    }
+}
+
+/// Looks `reference` up in the image store through `tessera image inspect`, pulling it first
+/// as `pull` says.
+fn inspect_image(reference: &str, pull: PullPolicy) -> Result<ImageRun, String> {
+    let store = guest_image::cache_dir()?.join("images");
+    if pull == PullPolicy::Always {
+        pull_image(&store, reference)?;
+    }
+    let inspect = || {
+        image_helper(&store)?
+            .args(["inspect", reference])
+            .output()
+            .map_err(|e| format!("cannot run tessera-image: {e}"))
+    };
+    let mut out = inspect()?;
+    let missing = |out: &std::process::Output| {
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in the store")
+    };
+    if pull == PullPolicy::Missing && missing(&out) {
+        pull_image(&store, reference)?;
+        out = inspect()?;
+    }
     if !out.status.success() {
         let message = String::from_utf8_lossy(&out.stderr);
         let message = message.trim().trim_start_matches("tessera: error: ");
@@ -152,10 +245,46 @@ fn inspect_image(reference: &str) -> Result<ImageRun, String> {
     })
 }
 
+/// A run made ready: the checked resources and the host's side of the command's streams and
+/// disks.
+struct Launch {
+    resources: VmResources,
+    stdio: Option<HostStdio>,
+    volumes: Option<VolumeKeeper>,
+    /// Socket files of this run, removed at its end.
+    sockets: Vec<PathBuf>,
+}
+
+/// Parses `--ulimit TYPE=SOFT[:HARD]` (Docker's form; HARD defaults to SOFT).
+fn parse_ulimit(flag: &str) -> Result<Rlimit, String> {
+    let bad = || format!("--ulimit {flag:?}: expected TYPE=SOFT[:HARD], e.g. nofile=1024:4096");
+    let (kind, values) = flag.split_once('=').ok_or_else(bad)?;
+    let kind = format!("RLIMIT_{}", kind.to_ascii_uppercase());
+    if !RLIMITS.contains(&kind.as_str()) {
+        return Err(format!(
+            "--ulimit {flag:?}: unknown type (core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack, as)"
+        ));
+    }
+    let value = |v: &str| match v {
+        "-1" | "unlimited" => Ok(u64::MAX),
+        v => v.parse::<u64>().map_err(|_| bad()),
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((soft, hard)) => (value(soft)?, value(hard)?),
+        None => (value(values)?, value(values)?),
+    };
+    if soft > hard {
+        return Err(format!(
+            "--ulimit {flag:?}: the soft limit is above the hard limit"
+        ));
+    }
+    Ok(Rlimit { kind, soft, hard })
+}
+
 impl RunArgs {
-    /// The checked resources these arguments describe: the same checks, in the same setters,
-    /// as the REST API's and the config file's.
-    pub fn to_resources(&self) -> Result<VmResources, String> {
+    /// The checked resources these arguments describe (the same checks, in the same setters,
+    /// as the REST API's and the config file's), with the run's streams and disks made ready.
+    fn prepare(&self) -> Result<Launch, String> {
         let mut resources = VmResources::default();
         let machine = MachineConfigBody {
             vcpu_count: Some(self.vcpus),
@@ -164,7 +293,11 @@ impl RunArgs {
         };
         let e = |e: ResourcesError| e.to_string();
         resources.set_machine_config(&machine, true).map_err(e)?;
-        let image = self.image.as_deref().map(inspect_image).transpose()?;
+        let image = self
+            .image
+            .as_deref()
+            .map(|reference| inspect_image(reference, self.pull))
+            .transpose()?;
         if let Some(image) = &image {
             // First, so that it is /dev/vda whatever --disk adds.
             resources
@@ -178,11 +311,8 @@ impl RunArgs {
                 })
                 .map_err(e)?;
         }
-        let workload = self.workload(image.as_ref())?;
+        let mut workload = self.workload(image.as_ref())?;
         resources.set_boot_source(&self.boot_source()?).map_err(e)?;
-        if let Some(spec) = workload {
-            resources.set_workload(spec).map_err(e)?;
-        }
         let devices = device_args::DeviceArgs {
             disks: &self.disk,
             nets: &self.net,
@@ -201,17 +331,98 @@ impl RunArgs {
         for iface in &devices.network_interfaces {
             resources.put_network_interface(iface).map_err(e)?;
         }
-        if let Some(vsock) = &devices.vsock {
-            resources.set_vsock(vsock).map_err(e)?;
-        }
         if let Some(entropy) = &devices.entropy {
             resources.set_entropy(entropy).map_err(e)?;
         }
-        resources.console = self
+        let mut launch = Launch {
+            resources,
+            stdio: None,
+            volumes: None,
+            sockets: Vec::new(),
+        };
+        let Some(spec) = workload.as_mut() else {
+            if let Some(vsock) = &devices.vsock {
+                launch.resources.set_vsock(vsock).map_err(e)?;
+            }
+            launch.resources.console = self
+                .console_output
+                .clone()
+                .map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
+            return Ok(launch);
+        };
+        // A command's streams travel over vsock, apart from the console, which goes to stderr
+        // (with `quiet`, the kernel says nothing there unless something is wrong).
+        launch.resources.console = self
             .console_output
             .clone()
-            .map_or(ConsoleOutput::Stdio, ConsoleOutput::File);
-        Ok(resources)
+            .map_or(ConsoleOutput::Stderr, ConsoleOutput::File);
+        let run_dir = RunDir::new()?;
+        let vsock = match &devices.vsock {
+            Some(vsock) => vsock.clone(),
+            None => {
+                run_dir::remove_stale(&run_dir.vsock());
+                VsockBody {
+                    vsock_id: None,
+                    guest_cid: STDIO_GUEST_CID,
+                    uds_path: run_dir.vsock(),
+                }
+            }
+        };
+        launch.resources.set_vsock(&vsock).map_err(e)?;
+        if devices.vsock.is_none() {
+            launch.sockets.push(vsock.uds_path.clone());
+        }
+        let flags = StdioFlags {
+            interactive: self.interactive,
+            tty: self.tty,
+        };
+        let host_stdio = HostStdio::bind(&vsock.uds_path, flags)?;
+        launch.sockets.extend(host_stdio.files());
+        launch.stdio = Some(host_stdio);
+        spec.stdio = Some(flags.spec());
+        spec.rlimits = self
+            .ulimit
+            .iter()
+            .map(|flag| parse_ulimit(flag))
+            .collect::<Result<_, _>>()?;
+        let volumes: Vec<_> = self
+            .volumes
+            .iter()
+            .map(|flag| volumes::parse(flag))
+            .collect::<Result<_, _>>()?;
+        if !volumes.is_empty() || self.scratch.is_some() {
+            let (keeper, disks, scratch) =
+                VolumeKeeper::start(&run_dir.disks(), &volumes, self.scratch.as_deref())?;
+            launch.volumes = Some(keeper);
+            let mut put = |id: String, path: PathBuf, read_only: bool| {
+                launch
+                    .resources
+                    .put_drive(&DriveBody {
+                        drive_id: id,
+                        path_on_host: path,
+                        is_root_device: false,
+                        is_read_only: read_only,
+                        cache_type: Default::default(),
+                        rate_limiter: None,
+                    })
+                    .map_err(e)?;
+                Ok::<_, String>(disk_name(launch.resources.devices.drives.len() - 1))
+            };
+            for (i, (flag, disk)) in volumes.iter().zip(disks).enumerate() {
+                let device = put(format!("tessera-volume-{i}"), disk.image, disk.read_only)?;
+                spec.mounts.push(Mount {
+                    device,
+                    fstype: "ext4".into(),
+                    destination: flag.guest.clone(),
+                    read_only: flag.read_only,
+                });
+            }
+            if let (Some(image), Some(root)) = (scratch, spec.root.as_mut()) {
+                root.scratch = Some(put("tessera-scratch".into(), image, false)?);
+            }
+        }
+        launch.resources.set_workload(spec.clone()).map_err(e)?;
+        Ok(launch)
     }
 
     /// Whether tessera-init runs a command: one after `--`, or an image's.
@@ -230,6 +441,10 @@ impl RunArgs {
             (self.workdir.is_some(), "--workdir"),
             (self.hostname.is_some(), "--hostname"),
             (self.user.is_some(), "--user"),
+            (self.interactive, "--interactive"),
+            (self.tty, "--tty"),
+            (!self.volumes.is_empty(), "--volume"),
+            (!self.ulimit.is_empty(), "--ulimit"),
         ]
         .into_iter()
         .find_map(|(given, flag)| given.then_some(flag))
@@ -280,6 +495,7 @@ impl RunArgs {
             root: image.map(|_| RootFs {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
+                scratch: None,
             }),
             ..WorkloadSpec::new(args)
         }))
@@ -316,8 +532,69 @@ impl RunArgs {
 
 /// Boots the VM these arguments describe and waits for it; the exit code is the command's.
 pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u8, String> {
-    let resources = args.to_resources()?;
-    let running = builder::build(&resources, filters, process_start).map_err(|e| e.to_string())?;
-    let exit = running.wait().map_err(|e| e.to_string())?;
-    Ok(exit_code(exit, args.runs_command()))
+    let mut launch = args.prepare()?;
+    let sockets = std::mem::take(&mut launch.sockets);
+    let remove_sockets = || {
+        for socket in &sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+    };
+    let relays = match launch.stdio.take().map(|s| s.start(filters)).transpose() {
+        Ok(relays) => relays,
+        Err(e) => {
+            remove_sockets();
+            return Err(e);
+        }
+    };
+    let running = match builder::build(&launch.resources, filters, process_start) {
+        Ok(running) => running,
+        Err(e) => {
+            remove_sockets();
+            if let Some(keeper) = launch.volumes {
+                keeper.discard();
+            }
+            return Err(e.to_string());
+        }
+    };
+    let exit = running.wait();
+    if let Some(relays) = relays {
+        relays.finish();
+    }
+    remove_sockets();
+    let exit = exit.map_err(|e| e.to_string())?;
+    let command_exited = matches!(exit, VmExit::CommandExited { .. });
+    let code = exit_code(exit, args.runs_command());
+    if let (true, Some(keeper)) = (command_exited, launch.volumes) {
+        // Dropped otherwise: the helper keeps a disk the run may have left half-written.
+        keeper.sync()?;
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulimits_read_as_docker_writes_them() {
+        let limit = parse_ulimit("nofile=1024:4096").unwrap();
+        assert_eq!(
+            (limit.kind.as_str(), limit.soft, limit.hard),
+            ("RLIMIT_NOFILE", 1024, 4096)
+        );
+        let limit = parse_ulimit("nproc=512").unwrap();
+        assert_eq!((limit.soft, limit.hard), (512, 512));
+        let limit = parse_ulimit("core=-1:unlimited").unwrap();
+        assert_eq!((limit.soft, limit.hard), (u64::MAX, u64::MAX));
+        for bad in [
+            "nofile",
+            "files=1",
+            "nofile=a",
+            "nofile=10:5",
+            "nofile=1:2:3",
+        ] {
+            let err = parse_ulimit(bad).unwrap_err();
+            assert!(err.starts_with(&format!("--ulimit {bad:?}: ")), "{err}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Firecracker's REST routes: each request becomes a typed [`VmmAction`] for the VMM thread,
 //! and each result a response with Firecracker's status codes and error shape.
 
+use guest_init::spec::WorkloadSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vmm::config::{
@@ -31,6 +32,7 @@ pub const ROUTES: &[&str] = &[
     "PUT /entropy",
     "PUT /logger",
     "PUT /metrics",
+    "PUT /workload",
     "PUT /actions",
     "PATCH /vm",
 ];
@@ -146,6 +148,7 @@ pub fn route(request: &Request) -> (&'static str, Routed) {
         ["entropy"] => "/entropy",
         ["logger"] => "/logger",
         ["metrics"] => "/metrics",
+        ["workload"] => "/workload",
         ["actions"] => "/actions",
         ["vm"] => "/vm",
         _ => return ("unknown", Routed::Answer(unknown_path(&request.path))),
@@ -208,6 +211,13 @@ fn action(request: &Request, template: &str, id: &str) -> Result<Routed, String>
         (Method::Put, "/entropy") => VmmAction::PutEntropy(body::<EntropyBody>(request)?),
         (Method::Put, "/logger") => VmmAction::PutLogger(body::<LoggerBody>(request)?),
         (Method::Put, "/metrics") => VmmAction::PutMetrics(body::<MetricsBody>(request)?),
+        // Tessera's extension; the spec's own reader (version first, then the fields).
+        (Method::Put, "/workload") => {
+            object_body(request)?;
+            let spec = WorkloadSpec::from_json(&request.body)
+                .map_err(|e| format!("invalid request body: {e}"))?;
+            VmmAction::PutWorkload(Box::new(spec))
+        }
         (Method::Put, "/actions") => match body::<ActionBody>(request)?.action_type {
             ActionType::InstanceStart => VmmAction::InstanceStart,
             ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,
@@ -231,13 +241,18 @@ fn action(request: &Request, template: &str, id: &str) -> Result<Routed, String>
 /// The JSON body as `T`; unknown fields, wrong types and missing fields are refused with
 /// serde's message, which names the field and the position.
 fn body<T: DeserializeOwned>(request: &Request) -> Result<T, String> {
-    match request.body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Err("the request has no body: a JSON object is expected".into()),
-        // serde would read a struct from an array of its fields in order: refuse that.
-        Some(b'[') => return Err("the request body must be a JSON object, not an array".into()),
-        Some(_) => {}
-    }
+    object_body(request)?;
     serde_json::from_slice(&request.body).map_err(|e| format!("invalid request body: {e}"))
+}
+
+/// Refuses a body that cannot be a JSON object.
+fn object_body(request: &Request) -> Result<(), String> {
+    match request.body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err("the request has no body: a JSON object is expected".into()),
+        // serde would read a struct from an array of its fields in order: refuse that.
+        Some(b'[') => Err("the request body must be a JSON object, not an array".into()),
+        Some(_) => Ok(()),
+    }
 }
 
 fn same_id(field: &str, path_id: &str, body_id: &str) -> Result<(), String> {

@@ -14,17 +14,17 @@ const ROOT: &str = "/.tessera/root";
 /// Mounted before the switch and moved into the new root.
 const MOVED: [&str; 5] = ["/dev", "/proc", "/sys", "/run", "/tmp"];
 
-fn c(s: &str) -> Result<CString, Pid1Error> {
-    CString::new(s).map_err(|_| Pid1Error::ImageRoot(format!("{s:?} has a NUL byte")))
+fn c(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} has a NUL byte"))
 }
 
-fn mount(
+pub(super) fn mount(
     source: &str,
     target: &str,
     fstype: &str,
     flags: libc::c_ulong,
     data: &str,
-) -> Result<(), Pid1Error> {
+) -> Result<(), String> {
     let (source_c, target_c, fstype_c, data_c) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     // SAFETY: every pointer is a NUL-terminated string that outlives the call.
     let rc = unsafe {
@@ -46,31 +46,38 @@ fn mount(
     };
     match rc {
         0 => Ok(()),
-        _ => Err(Pid1Error::ImageRoot(format!(
+        _ => Err(format!(
             "cannot mount {source} on {target}: {}",
             io::Error::last_os_error()
-        ))),
+        )),
     }
 }
 
-fn mkdir(path: &str) -> Result<(), Pid1Error> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| Pid1Error::ImageRoot(format!("cannot create {path}: {e}")))
+pub(super) fn mkdir(path: &str) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {path}: {e}"))
 }
 
 /// Makes `root` this process's `/`; the command started afterwards sees only the image.
 pub fn enter(root: &RootFs) -> Result<(), Pid1Error> {
+    switch(root).map_err(Pid1Error::ImageRoot)
+}
+
+fn switch(root: &RootFs) -> Result<(), String> {
     for dir in [LOWER, RW, ROOT] {
         mkdir(dir)?;
     }
     mount(&root.device, LOWER, &root.fstype, libc::MS_RDONLY, "")?;
-    mount(
-        "tmpfs",
-        RW,
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=0755",
-    )?;
+    match &root.scratch {
+        // A disk the host formatted: the writes may outgrow guest memory.
+        Some(scratch) => mount(scratch, RW, "ext4", libc::MS_NOSUID | libc::MS_NODEV, "")?,
+        None => mount(
+            "tmpfs",
+            RW,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        )?,
+    }
     mkdir(&format!("{RW}/upper"))?;
     mkdir(&format!("{RW}/work"))?;
     let options = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
@@ -96,10 +103,10 @@ pub fn enter(root: &RootFs) -> Result<(), Pid1Error> {
             || libc::chdir(c"/".as_ptr()) != 0
     };
     match failed {
-        true => Err(Pid1Error::ImageRoot(format!(
+        true => Err(format!(
             "cannot switch into {ROOT}: {}",
             io::Error::last_os_error()
-        ))),
+        )),
         false => Ok(()),
     }
 }

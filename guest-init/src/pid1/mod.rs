@@ -17,6 +17,8 @@ mod reaper;
 mod report_ports;
 mod shutdown;
 mod signals;
+mod stdio;
+mod volumes;
 
 use std::io;
 
@@ -55,6 +57,8 @@ pub enum Pid1Error {
     LostWorkload(libc::pid_t),
     /// the image's root file system: {0}
     ImageRoot(String),
+    /// volume {0}
+    Volume(String),
 }
 
 impl Pid1Error {
@@ -89,20 +93,55 @@ fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
     mounts::mount_kernel_filesystems()?;
     console::ensure_stdio();
     let spec = protocol::read_spec()?;
+    if let Some(streams) = &spec.stdio {
+        if let Err(e) = stdio::connect(streams) {
+            eprintln!(
+                "tessera-init: warning: cannot connect the command's stdio to the host ({e}); it stays on the console"
+            );
+        }
+    }
     if let Some(root) = &spec.root {
         image_root::enter(root)?;
     }
+    volumes::mount_all(&spec.mounts)?;
     hostname::set(spec.hostname())?;
     signals::forward_ctrl_alt_del()?;
 
+    let ooms_before = oom_kills();
     let workload = runner.start(&spec)?;
     signals::set_workload(workload.pid);
     let status = reaper::reap_until(workload.pid)?;
-    if let Some(signal) = killed_by(status) {
-        eprintln!(
+    match killed_by(status) {
+        Some(9) if oom_kills() > ooms_before => eprintln!(
+            "tessera-init: {:?} was killed: the guest ran out of memory ({} MiB; give the VM more with --memory)",
+            workload.program,
+            guest_memory_mib()
+        ),
+        Some(signal) => eprintln!(
             "tessera-init: {:?} killed by signal {signal}",
             workload.program
-        );
+        ),
+        None => {}
     }
     Ok(status)
+}
+
+/// How many processes the kernel's OOM killer has killed since boot.
+fn oom_kills() -> u64 {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    vmstat
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The guest's memory as the kernel counts it (MemTotal), in MiB.
+fn guest_memory_mib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }

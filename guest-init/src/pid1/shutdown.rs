@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::report_ports::ReportPorts;
 use super::signals;
+
 use crate::protocol::EXIT_STATUS_PORT;
 
 /// How long processes left behind by the workload get between SIGTERM and SIGKILL.
@@ -30,6 +31,7 @@ pub fn finish(ports: ReportPorts, status: u8) -> ! {
         // SAFETY: as above.
         unsafe { libc::kill(-1, libc::SIGKILL) };
     }
+    super::stdio::finish();
     // SAFETY: sync(2) takes no arguments.
     unsafe { libc::sync() };
     ports.write(EXIT_STATUS_PORT, status);

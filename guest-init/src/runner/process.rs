@@ -53,12 +53,69 @@ impl ProcessRunner {
                 });
             }
         }
+        let limits = rlimits(spec)?;
+        let tty = spec.stdio.as_ref().is_some_and(|s| s.tty.is_some());
+        // SAFETY: setrlimit, setsid and ioctl are async-signal-safe; `limits` was built before
+        // the fork and is only read.
+        unsafe {
+            command.pre_exec(move || {
+                for (resource, limit) in &limits {
+                    if libc::setrlimit(*resource, limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                // A terminal's command leads a session of its own with it as the controlling
+                // terminal (fd 0, the pty PID 1 made), so ^C reaches it as SIGINT.
+                if tty && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0) {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         command
             .envs(spec.env.iter().map(|v| (&v.name, &v.value)))
-            .current_dir(spec.cwd())
-            .process_group(0);
+            .current_dir(spec.cwd());
+        if !tty {
+            // (setsid makes the session's command a group leader too.)
+            command.process_group(0);
+        }
         Ok(command)
     }
+}
+
+/// The spec's resource limits as setrlimit(2) takes them.
+fn rlimits(
+    spec: &WorkloadSpec,
+) -> Result<Vec<(libc::__rlimit_resource_t, libc::rlimit)>, RunError> {
+    spec.rlimits
+        .iter()
+        .map(|limit| {
+            let resource = match limit.kind.as_str() {
+                "RLIMIT_AS" => libc::RLIMIT_AS,
+                "RLIMIT_CORE" => libc::RLIMIT_CORE,
+                "RLIMIT_CPU" => libc::RLIMIT_CPU,
+                "RLIMIT_DATA" => libc::RLIMIT_DATA,
+                "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+                "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+                "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+                "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+                "RLIMIT_NICE" => libc::RLIMIT_NICE,
+                "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+                "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+                "RLIMIT_RSS" => libc::RLIMIT_RSS,
+                "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+                "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+                "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+                "RLIMIT_STACK" => libc::RLIMIT_STACK,
+                other => return Err(RunError::Setup(format!("unknown resource limit {other}"))),
+            };
+            let limit = libc::rlimit {
+                rlim_cur: limit.soft,
+                rlim_max: limit.hard,
+            };
+            Ok((resource, limit))
+        })
+        .collect()
 }
 
 impl Runner for ProcessRunner {

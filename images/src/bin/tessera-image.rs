@@ -1,12 +1,14 @@
 //! `tessera-image`: the local image store, run by `tessera image ...` with `--store` set to
 //! `$TESSERA_CACHE/images` (its own binary, so that the VMM's binary carries none of this code:
-//! its resident pages are the VMM's memory figures). Import, ls, inspect, rm; pulling from a
-//! registry and `tessera run --image` come next (issue 15).
+//! its resident pages are the VMM's memory figures). Pull, import, ls, inspect, rm. A pull runs
+//! on a current-thread tokio runtime made here (the library's pull is async).
 
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use images::pull::{self, Credentials, PullOptions};
 use images::store::{Image, Store};
 
 #[derive(Parser)]
@@ -28,6 +30,31 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum ImageCommand {
+    /// Pull an image from an OCI or Docker registry (Docker Hub unless REF starts with a
+    /// registry host) and resolve a multi-platform image to linux/amd64; prints its digest.
+    #[command(
+        long_about = "Pull an image from an OCI or Docker registry (Docker Hub unless \
+        REF starts with a registry host), a multi-platform image resolved to linux/amd64, \
+        every blob checked against its digest; prints its digest. It is stored under REF as \
+        written (busybox is busybox:latest). Credentials: --username with --password-stdin, \
+        else $TESSERA_REGISTRY_USER and $TESSERA_REGISTRY_PASSWORD, else the `auths` of \
+        $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, \
+        ~/.config/containers/auth.json or ~/.docker/config.json, else anonymous."
+    )]
+    Pull {
+        /// busybox, busybox:1.36, 127.0.0.1:5000/busybox:1.36, NAME@sha256:DIGEST.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Speak plain HTTP (no TLS) to REF's registry: a local or test registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Log in as USER (the password from --password-stdin or $TESSERA_REGISTRY_PASSWORD).
+        #[arg(long, short = 'u', value_name = "USER")]
+        username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Import an image from an OCI image layout (a directory), an OCI archive or a
     /// `docker save` tar; prints its digest.
     Import {
@@ -73,6 +100,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// The registry login: --username with --password-stdin (or $TESSERA_REGISTRY_PASSWORD), else
+/// $TESSERA_REGISTRY_USER and $TESSERA_REGISTRY_PASSWORD, else the auth files, else anonymous.
+fn credentials(
+    reference: &str,
+    username: Option<String>,
+    password_stdin: bool,
+) -> Result<Credentials, String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let username = username.or_else(|| env("TESSERA_REGISTRY_USER"));
+    let password = match password_stdin {
+        true => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
+        }
+        false => env("TESSERA_REGISTRY_PASSWORD"),
+    };
+    match (username, password) {
+        (Some(username), Some(password)) => Ok(Credentials::Basic { username, password }),
+        (Some(_), None) => Err(
+            "--username needs the password: --password-stdin or $TESSERA_REGISTRY_PASSWORD".into(),
+        ),
+        (None, Some(_)) if password_stdin => {
+            Err("--password-stdin needs --username (or $TESSERA_REGISTRY_USER)".into())
+        }
+        (None, _) => {
+            let parsed = pull::parse_reference(reference).map_err(|e| e.to_string())?;
+            let found = pull::credentials_from_files(&parsed, env).map_err(|e| e.to_string())?;
+            Ok(found.unwrap_or(Credentials::Anonymous))
+        }
+    }
+}
+
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     // A store directory renamed by hand may not be hex: never cut inside a character.
@@ -101,6 +163,29 @@ fn inspect(image: &Image) -> serde_json::Value {
 fn run(dir: &std::path::Path, command: ImageCommand) -> Result<(), String> {
     let store = Store::open(dir).map_err(|e| e.to_string())?;
     match command {
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            username,
+            password_stdin,
+        } => {
+            let fail = |e: &dyn std::fmt::Display| format!("cannot pull {reference}: {e}");
+            let credentials =
+                credentials(&reference, username, password_stdin).map_err(|e| fail(&e))?;
+            let options = PullOptions {
+                insecure,
+                credentials,
+                progress: true,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| fail(&format!("cannot start the async runtime: {e}")))?;
+            let image = runtime
+                .block_on(pull::pull(&store, &reference, &options))
+                .map_err(|e| fail(&e))?;
+            println!("{}", image.digest);
+        }
         ImageCommand::Import { source, name } => {
             let image = store
                 .import(&source, name.as_deref())

@@ -57,6 +57,9 @@ pub enum ConsoleOutput {
     Stdio,
     /// Appended to a file; the guest gets no input.
     File(PathBuf),
+    /// The VMM's stderr, with no input: a command run's console, whose stdio travels apart
+    /// (over vsock), so this carries only what the kernel and tessera-init have to say.
+    Stderr,
 }
 
 #[cfg(test)]

@@ -41,4 +41,8 @@ pub struct VmConfigBody {
     pub mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
+    /// Tessera's extension: the workload spec tessera-init runs (docs/WORKLOAD_SPEC.md), as
+    /// `PUT /workload` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<guest_init::spec::WorkloadSpec>,
 }

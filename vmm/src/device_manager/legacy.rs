@@ -2,7 +2,7 @@
 //! the i8042 (reset, Ctrl-Alt-Del) and the guest report ports, on the port I/O bus.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,6 +49,7 @@ impl LegacyDevices {
         };
         let out: Box<dyn Write + Send> = match console {
             ConsoleOutput::Stdio => devices::legacy::stdout_writer(),
+            ConsoleOutput::Stderr => Box::new(io::stderr()),
             ConsoleOutput::File(path) => Box::new(
                 OpenOptions::new()
                     .create(true)

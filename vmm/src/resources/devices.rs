@@ -153,7 +153,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// The name Linux gives the `index`th virtio disk: vda .. vdz, vdaa ...
-fn disk_name(index: usize) -> String {
+pub fn disk_name(index: usize) -> String {
     let mut suffix = Vec::new();
     let mut n = index + 1;
     while n > 0 {

@@ -169,6 +169,9 @@ impl VmResources {
         resources.devices = devices;
         resources.logger = config.logger.clone();
         resources.metrics = config.metrics.clone();
+        if let Some(spec) = &config.workload {
+            resources.set_workload(spec.clone())?;
+        }
         Ok(resources)
     }
 
@@ -186,6 +189,7 @@ impl VmResources {
             balloon: None,
             mmds_config: None,
             cpu_config: None,
+            workload: self.workload.clone(),
         }
     }
 
