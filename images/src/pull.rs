@@ -208,6 +208,15 @@ pub async fn pull(
 }
 
 fn client(reference: &Reference, options: &PullOptions) -> Result<Client, PullError> {
+    // reqwest loads the system's trust store and panics (inside oci-client) when it finds no
+    // certificate at all, even for a plain-HTTP registry: say so first, in one line.
+    if rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Err(PullError::Registry {
+            what: "TLS set-up".into(),
+            registry: reference.resolve_registry().to_string(),
+            message: "no CA certificates on this machine (install Debian's ca-certificates, or set SSL_CERT_FILE)".into(),
+        });
+    }
     // reqwest is built without a default crypto provider (ring is lighter to build than
     // aws-lc-rs); a second install (a second pull in one process) fails harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -220,12 +229,24 @@ fn client(reference: &Reference, options: &PullOptions) -> Result<Client, PullEr
         connect_timeout: Some(Duration::from_secs(30)),
         read_timeout: Some(Duration::from_secs(120)),
         user_agent: concat!("tessera/", env!("CARGO_PKG_VERSION")),
+        // An insecure registry, as Docker's insecure-registries: plain HTTP, or HTTPS whose
+        // certificate is not checked (so no trust store is needed for it either).
+        accept_invalid_certificates: options.insecure,
         ..ClientConfig::default()
     };
-    Client::try_from(config).map_err(|e| PullError::Registry {
-        what: "HTTP client".into(),
-        registry: reference.resolve_registry().to_string(),
-        message: e.to_string(),
+    Client::try_from(config).map_err(|e| {
+        // reqwest says only "builder error"; the reason is further down the chain.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            message = format!("{message}: {inner}");
+            source = inner.source();
+        }
+        PullError::Registry {
+            what: "TLS set-up".into(),
+            registry: reference.resolve_registry().to_string(),
+            message: one_line(&message),
+        }
     })
 }
 
