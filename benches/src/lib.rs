@@ -83,8 +83,17 @@ pub fn parse_utc_us(stamp: &str) -> Option<u64> {
 
 /// The `boot_ms=N` that `boot-time` prints, from a host command's output.
 pub fn boot_ms(output: &str) -> Option<f64> {
+    number_after(output, "boot_ms=")
+}
+
+/// The first `mark_ms=` figure in `output` (`boot-time --mark`), if any.
+pub fn mark_ms(output: &str) -> Option<f64> {
+    number_after(output, "mark_ms=")
+}
+
+fn number_after(output: &str, key: &str) -> Option<f64> {
     output
-        .split("boot_ms=")
+        .split(key)
         .nth(1)?
         .split_whitespace()
         .next()?

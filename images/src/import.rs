@@ -62,6 +62,17 @@ pub enum Step {
     Layer { index: usize, count: usize },
     /// The layers are applied; the root filesystem is being built.
     Filesystem,
+    /// Told once, after the layers, when `count` extended attributes were left out because
+    /// only root may set them (see [`unpack::LayerStats::xattrs_dropped`]).
+    XattrsLeftOut { count: u64 },
+}
+
+/// The warning for [`Step::XattrsLeftOut`].
+pub fn xattrs_left_out_warning(count: u64) -> String {
+    format!(
+        "tessera: warning: {count} extended attributes of the image (file capabilities, \
+         security labels) need root and were left out; import or pull as root to keep them"
+    )
 }
 
 /// Reads the image at `source` (a directory or a tar file) and applies its layers into `root`,
@@ -200,11 +211,16 @@ fn oci_layout(
         ImageConfiguration::from_reader(&config_json[..]).map_err(format_err("image config"))?;
     let diff_ids = config.rootfs().diff_ids().clone();
     let count = manifest.layers().len();
+    let mut dropped = 0;
     for (index, layer) in manifest.layers().iter().enumerate() {
         report(Step::Layer { index, count });
         let layer_digest = layer.digest().to_string();
         let path = blob_path(layout, &layer_digest)?;
-        apply(&path, root, index, Some(&layer_digest), diff_ids.get(index))?;
+        dropped +=
+            apply(&path, root, index, Some(&layer_digest), diff_ids.get(index))?.xattrs_dropped;
+    }
+    if dropped > 0 {
+        report(Step::XattrsLeftOut { count: dropped });
     }
     Ok(Imported {
         digest,
@@ -259,10 +275,14 @@ fn docker_legacy(
         });
     }
     let count = image.layers.len();
+    let mut dropped = 0;
     for (index, layer) in image.layers.iter().enumerate() {
         report(Step::Layer { index, count });
         let path = inside(layout, layer)?;
-        apply(&path, root, index, None, diff_ids.get(index))?;
+        dropped += apply(&path, root, index, None, diff_ids.get(index))?.xattrs_dropped;
+    }
+    if dropped > 0 {
+        report(Step::XattrsLeftOut { count: dropped });
     }
     Ok(Imported {
         digest: sha256(&config_json),
@@ -325,7 +345,7 @@ fn apply(
     index: usize,
     blob_digest: Option<&str>,
     diff_id: Option<&String>,
-) -> Result<(), ImportError> {
+) -> Result<unpack::LayerStats, ImportError> {
     let what = format!("layer {index} ({})", path.display());
     let file = File::open(path).map_err(io_err(path))?;
     let mut blob = Hashing::new(file);
@@ -345,7 +365,7 @@ fn apply(
     if let (Some(expected), Ok(actual)) = (diff_id, &diff) {
         check(&format!("{what} uncompressed"), expected, actual)?;
     }
-    result.map_err(|source| ImportError::Layer { index, source })?;
+    let stats = result.map_err(|source| ImportError::Layer { index, source })?;
     diff.map_err(io_err(path))?;
-    Ok(())
+    Ok(stats)
 }

@@ -202,6 +202,9 @@ pub async fn pull(
             bar.set_message("building the root filesystem");
             bar.enable_steady_tick(Duration::from_millis(100));
         }
+        Step::XattrsLeftOut { count } => {
+            bar.suspend(|| eprintln!("{}", crate::import::xattrs_left_out_warning(count)))
+        }
     });
     bar.finish_and_clear();
     Ok(image?)

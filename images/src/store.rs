@@ -12,7 +12,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use oci_spec::image::ImageConfiguration;
 
 use crate::import::{self, ImportError, Step};
@@ -135,13 +138,54 @@ impl Store {
     }
 
     /// A fresh, empty work directory in the store, `.KIND-PID-N` (never listed as an image),
-    /// removed with all its contents when the returned guard drops.
+    /// removed with all its contents when the returned guard drops. The guard holds a `flock`
+    /// on it; work directories that a killed tessera left (no lock, no such process) are
+    /// removed first.
     pub fn work_dir(&self, kind: &str) -> Result<WorkDir, StoreError> {
+        self.remove_abandoned_work();
         let path = self
             .dir
             .join(format!(".{kind}-{}-{}", std::process::id(), unique()));
         fs::create_dir(&path).map_err(io_err(&path))?;
-        Ok(WorkDir(path))
+        let locked = File::open(&path).map_err(io_err(&path)).and_then(|dir| {
+            Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| StoreError::Io {
+                path: path.clone(),
+                source: e.into(),
+            })
+        });
+        match locked {
+            Ok(lock) => Ok(WorkDir { path, _lock: lock }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `.KIND-PID-N` directories whose process is gone and whose lock nobody holds
+    /// (both: a PID may be reused, and another PID namespace may share the store). Best effort.
+    fn remove_abandoned_work(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = work_dir_pid(&name.to_string_lossy()) else {
+                continue;
+            };
+            // Signal 0 sends nothing: it only asks whether the process exists.
+            let gone = kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH);
+            if !gone {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(dir) = File::open(&path) else {
+                continue;
+            };
+            if let Ok(_lock) = Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
     }
 
     fn import_in(
@@ -199,19 +243,35 @@ impl Store {
         })
     }
 
-    /// Every image, newest names first by name order.
+    /// Every image, in name order; image directories that cannot be read are left out (see
+    /// [`Store::list_all`]).
     pub fn list(&self) -> Result<Vec<Image>, StoreError> {
-        let refs = self.refs()?;
-        let mut images = Vec::new();
+        Ok(self.list_all()?.0)
+    }
+
+    /// Every image, in name order, and the errors of image directories that cannot be read
+    /// (one broken directory does not hide the others).
+    pub fn list_all(&self) -> Result<(Vec<Image>, Vec<StoreError>), StoreError> {
+        self.list_in(&self.refs()?)
+    }
+
+    fn list_in(
+        &self,
+        refs: &BTreeMap<String, String>,
+    ) -> Result<(Vec<Image>, Vec<StoreError>), StoreError> {
+        let (mut images, mut broken) = (Vec::new(), Vec::new());
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let entry = entry.map_err(io_err(&self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(hex) = name.strip_prefix("sha256-") {
-                images.push(self.load(&format!("sha256:{hex}"), &refs)?);
+                match self.load(&format!("sha256:{hex}"), refs) {
+                    Ok(image) => images.push(image),
+                    Err(e) => broken.push(e),
+                }
             }
         }
         images.sort_by(|a, b| a.names.cmp(&b.names).then(a.digest.cmp(&b.digest)));
-        Ok(images)
+        Ok((images, broken))
     }
 
     /// The image a name, a digest or a digest prefix (at least 4 hex digits) names.
@@ -224,7 +284,8 @@ impl Store {
         let matches: Vec<Image> = match hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit())
         {
             true => self
-                .list()?
+                .list_in(&refs)?
+                .0
                 .into_iter()
                 .filter(|i| i.digest["sha256:".len()..].starts_with(hex))
                 .collect(),
@@ -257,20 +318,36 @@ impl Store {
     }
 }
 
-/// A work directory in the store ([`Store::work_dir`]), removed when dropped.
+/// A work directory in the store ([`Store::work_dir`]), locked while it lives, removed when
+/// dropped.
 #[derive(Debug)]
-pub struct WorkDir(PathBuf);
+pub struct WorkDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
 
 impl WorkDir {
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// The PID in a work directory's name, `.KIND-PID-N`.
+fn work_dir_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix('.')?;
+    let mut parts = rest.rsplitn(3, '-');
+    let (n, pid, kind) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if kind.is_empty() || !digits(n) || !digits(pid) {
+        return None;
+    }
+    pid.parse().ok().filter(|&pid| pid > 0)
 }
 
 fn unique() -> u64 {
@@ -281,7 +358,7 @@ fn unique() -> u64 {
 
 /// A read-only ext4 filesystem of `root` at `out`, sized to fit (no journal: it is never
 /// written).
-fn make_ext4(root: &Path, out: &Path) -> Result<(), StoreError> {
+pub fn make_ext4(root: &Path, out: &Path) -> Result<(), StoreError> {
     let (bytes, inodes) = tree_size(root).map_err(io_err(root))?;
     // Room for metadata: 25% and 16 MiB over the content, in 4 KiB blocks.
     let blocks = (bytes + bytes / 4) / 4096 + 4096;

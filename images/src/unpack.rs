@@ -10,14 +10,17 @@
 //! `.wh..wh..opq` empties its directory of what the lower layers put there; what this layer itself
 //! adds is kept whatever the order of the entries. Ownership and device nodes are applied when
 //! running as root; without root, ownership stays the caller's and device nodes are refused.
+//! Extended attributes (PAX `SCHILY.xattr.*`) are set after the owner and mode; without root,
+//! those only root may set (`security.*`, `trusted.*`) are left out and counted.
 //!
 //! On an error the root is left part-written: callers unpack into a fresh directory and discard
 //! it on failure.
 
 use std::collections::HashSet;
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -49,6 +52,11 @@ pub struct LayerStats {
     /// Bytes of regular-file content written.
     pub bytes: u64,
     pub whiteouts: u64,
+    /// Extended attributes set (PAX `SCHILY.xattr.NAME` records).
+    pub xattrs: u64,
+    /// Extended attributes left out: those only root may set, when not running as root, and
+    /// `trusted.overlay.*`, which would speak to an overlay mount instead of describing a file.
+    pub xattrs_dropped: u64,
 }
 
 /// The layer's bytes decompressed, by their magic number: gzip, zstd, or a plain tar.
@@ -149,6 +157,7 @@ impl Applier {
             self.stats.whiteouts += 1;
             return Ok(());
         }
+        let xattrs = xattrs_of(entry)?;
         let header = entry.header();
         let kind = header.entry_type();
         let mode = Mode::from_bits_truncate(header.mode().map_err(|e| e.to_string())? & 0o7777);
@@ -267,7 +276,62 @@ impl Applier {
             | EntryType::GNULongLink => {}
             other => return Err(format!("unsupported entry type {other:?}")),
         }
+        // Last: chown clears security.capability. A hard link shares its target's inode.
+        if kind != EntryType::Link {
+            self.set_xattrs(&parent, name, &xattrs)?;
+        }
         self.added.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Sets the entry's extended attributes on what was made at `name` in `parent`.
+    fn set_xattrs(
+        &mut self,
+        parent: &OwnedFd,
+        name: &std::ffi::OsStr,
+        xattrs: &[(CString, Vec<u8>)],
+    ) -> Result<(), String> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let node = openat(
+            parent,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno("open it to set its xattrs"))?;
+        // The descriptor's magic link names the very inode just made (a symlink included), so
+        // nothing can be swapped in between; no *at form of setxattr exists before Linux 6.13.
+        let path = CString::new(format!("/proc/self/fd/{}", node.as_raw_fd()))
+            .expect("a decimal path has no NUL");
+        for (key, value) in xattrs {
+            if key.to_bytes().starts_with(b"trusted.overlay.") {
+                self.stats.xattrs_dropped += 1;
+                continue;
+            }
+            // SAFETY: `path` and `key` are NUL-terminated and outlive the call; `value` is a
+            // live buffer of `value.len()` bytes that setxattr only reads.
+            let rc = unsafe {
+                libc::setxattr(
+                    path.as_ptr(),
+                    key.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            };
+            if rc == 0 {
+                self.stats.xattrs += 1;
+                continue;
+            }
+            match Errno::last() {
+                Errno::EPERM | Errno::EACCES | Errno::ENOTSUP if !self.as_root => {
+                    self.stats.xattrs_dropped += 1;
+                }
+                e => return Err(format!("cannot set its xattr {key:?}: {e}")),
+            }
+        }
         Ok(())
     }
 
@@ -358,6 +422,31 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// The entry's extended attributes, from its PAX `SCHILY.xattr.NAME` records (what Docker, Go's
+/// archive/tar, GNU tar and libarchive write).
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<R>) -> Result<Vec<(CString, Vec<u8>)>, String> {
+    let Some(extensions) = entry
+        .pax_extensions()
+        .map_err(|e| format!("cannot read its PAX header: {e}"))?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut xattrs = Vec::new();
+    for extension in extensions {
+        let extension = extension.map_err(|e| format!("cannot read its PAX header: {e}"))?;
+        let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+            continue;
+        };
+        let name =
+            CString::new(name).map_err(|_| "an xattr whose name holds a NUL byte".to_string())?;
+        if name.is_empty() {
+            return Err("an xattr without a name".into());
+        }
+        xattrs.push((name, extension.value_bytes().to_vec()));
+    }
+    Ok(xattrs)
 }
 
 fn errno(what: &'static str) -> impl Fn(Errno) -> String {

@@ -3,16 +3,28 @@
 //! with a corrupt layer. Files are read back out of the built ext4 with e2fsprogs' `debugfs`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use images::import::sha256;
 use images::store::{Store, StoreError};
+use tests::registry::{gzip, put_blob};
 
-fn layer(entries: &[(&str, &str)]) -> Vec<u8> {
+/// A tar of `entries` (a path ending in `/` is a directory); `xattrs` (path, name, value) go in
+/// PAX records before their entry.
+fn layer(entries: &[(&str, &str)], xattrs: &[(&str, &str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, content) in entries {
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, name, value)| (format!("SCHILY.xattr.{name}"), *value))
+            .collect();
+        if !records.is_empty() {
+            builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap();
+        }
         let mut header = tar::Header::new_gnu();
         if path.ends_with('/') {
             header.set_entry_type(tar::EntryType::Directory);
@@ -31,35 +43,35 @@ fn layer(entries: &[(&str, &str)]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(bytes).unwrap();
-    gz.finish().unwrap()
-}
-
-fn put_blob(layout: &Path, bytes: &[u8]) -> String {
-    let digest = sha256(bytes);
-    let dir = layout.join("blobs/sha256");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join(&digest["sha256:".len()..]), bytes).unwrap();
-    digest
-}
+/// cap_net_raw+ep (VFS_CAP_REVISION_2), as `setcap` writes it.
+const CAP_NET_RAW: &[u8] = &[
+    0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 fn layers() -> [Vec<u8>; 2] {
     [
-        layer(&[
-            ("etc/", ""),
-            ("etc/motd", "lower\n"),
-            ("etc/old", "to be deleted\n"),
-            ("var/cache/", ""),
-            ("var/cache/stale", "x"),
-        ]),
-        layer(&[
-            ("etc/motd", "upper\n"),
-            ("etc/.wh.old", ""),
-            ("var/cache/.wh..wh..opq", ""),
-            ("var/cache/fresh", "y"),
-        ]),
+        layer(
+            &[
+                ("etc/", ""),
+                ("etc/motd", "lower\n"),
+                ("etc/old", "to be deleted\n"),
+                ("var/cache/", ""),
+                ("var/cache/stale", "x"),
+            ],
+            &[],
+        ),
+        layer(
+            &[
+                ("etc/motd", "upper\n"),
+                ("etc/.wh.old", ""),
+                ("var/cache/.wh..wh..opq", ""),
+                ("var/cache/fresh", "y"),
+            ],
+            &[
+                ("etc/motd", "user.origin", b"upper"),
+                ("etc/motd", "security.capability", CAP_NET_RAW),
+            ],
+        ),
     ]
 }
 
@@ -167,6 +179,26 @@ fn assert_applied(image: &Path) {
     assert_eq!(read_ext4(image, "/etc/old"), None);
     assert_eq!(read_ext4(image, "/var/cache/stale"), None);
     assert_eq!(read_ext4(image, "/var/cache/fresh").as_deref(), Some("y"));
+    // The layer's xattrs reach the ext4 image (mkfs.ext4 -d copies them).
+    let xattrs = debugfs(image, "ea_list /etc/motd");
+    assert!(xattrs.contains("user.origin (5) = \"upper\""), "{xattrs}");
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(
+            xattrs.contains("security.capability (20) = 00 00 00 02 00 20 00"),
+            "{xattrs}"
+        );
+    } else {
+        println!("not root: the layer's security.capability was left out");
+    }
+}
+
+fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .expect("run debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -258,4 +290,38 @@ fn a_corrupt_layer_is_refused_and_leaves_the_store_unchanged() {
         left.iter().all(|n| n == ".lock" || n == "refs.json"),
         "{left:?}"
     );
+}
+
+#[test]
+fn work_left_by_a_killed_tessera_is_removed_and_live_work_is_kept() {
+    if !have_mkfs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    // A process that is gone: its PID is free (until reused, which this test would only see
+    // as a kept directory, never as a removed live one).
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let abandoned = store_dir.join(format!(".pull-{dead}-0"));
+    fs::create_dir_all(abandoned.join("layout/blobs")).unwrap();
+    fs::write(abandoned.join("layout/blobs/partial"), "half a blob").unwrap();
+    // This process's own work (alive), and a dead PID's whose lock someone (here: this test,
+    // as another PID namespace would) holds.
+    let own = store_dir.join(format!(".import-{}-99", std::process::id()));
+    fs::create_dir(&own).unwrap();
+    let locked = store_dir.join(format!(".import-{dead}-1"));
+    fs::create_dir(&locked).unwrap();
+    let _lock = nix::fcntl::Flock::lock(
+        fs::File::open(&locked).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+
+    store.import(&oci_layout(dir.path()), None).unwrap();
+    assert!(!abandoned.exists(), "the killed pull's work was kept");
+    assert!(own.exists(), "a live process's work was removed");
+    assert!(locked.exists(), "locked work was removed");
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
+use crate::registry::sha256;
 
 /// Debian's busybox-static.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -18,10 +18,6 @@ pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/
 pub const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\n";
 /// What the image's default Cmd prints.
 pub const DEFAULT_CMD_OUTPUT: &str = "the image Cmd ran";
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, bytes: &[u8]) {
     let mut header = tar::Header::new_gnu();
@@ -43,10 +39,9 @@ pub fn busybox_unavailable() -> Option<String> {
     None
 }
 
-/// A `docker save` tar (legacy form) of one layer: busybox with `sh`, `cat`, `echo`, `pwd`,
-/// `ls`, `id` and `touch` links, /etc/passwd, /etc/group and /etc/motd; Env PATH=/bin,
-/// WorkingDir /etc.
-pub fn busybox_docker_save(dir: &Path) -> PathBuf {
+/// The busybox image's one layer (a tar): busybox with `sh`, `cat`, `echo`, `pwd`, `ls`, `id`,
+/// `touch` and `true` links, /etc/passwd, /etc/group and /etc/motd.
+pub fn busybox_layer() -> Vec<u8> {
     let mut layer = tar::Builder::new(Vec::new());
     append(
         &mut layer,
@@ -54,7 +49,7 @@ pub fn busybox_docker_save(dir: &Path) -> PathBuf {
         0o755,
         &std::fs::read(BUSYBOX).unwrap(),
     );
-    for applet in ["sh", "cat", "echo", "pwd", "ls", "id", "touch"] {
+    for applet in ["sh", "cat", "echo", "pwd", "ls", "id", "touch", "true"] {
         let mut link = tar::Header::new_gnu();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_mode(0o777);
@@ -66,7 +61,12 @@ pub fn busybox_docker_save(dir: &Path) -> PathBuf {
     append(&mut layer, "etc/passwd", 0o644, PASSWD.as_bytes());
     append(&mut layer, "etc/group", 0o644, GROUP.as_bytes());
     append(&mut layer, "etc/motd", 0o644, MOTD.as_bytes());
-    let layer = layer.into_inner().unwrap();
+    layer.into_inner().unwrap()
+}
+
+/// A `docker save` tar (legacy form) of [`busybox_layer`]; Env PATH=/bin, WorkingDir /etc.
+pub fn busybox_docker_save(dir: &Path) -> PathBuf {
+    let layer = busybox_layer();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {

@@ -15,6 +15,7 @@ pub fn tiny_guest(name: &str) -> PathBuf {
 
 pub mod api_client;
 pub mod images;
+pub mod registry;
 pub mod test_host;
 
 /// The directory holding this build's binaries (`tessera`, `tessera-init`).

@@ -82,6 +82,21 @@ fn import_ls_inspect_rm_and_their_errors() {
         );
     }
 
+    // A damaged image directory (its config gone) is left out with a warning; the rest lists.
+    let damaged = cache.join("images/sha256-00000000");
+    std::fs::create_dir_all(&damaged).unwrap();
+    let out = tessera(&cache, &["image", "ls"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("busybox:test"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .starts_with("tessera: warning: a damaged image is left out: ")
+            && out.stderr.contains("sha256-00000000"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir_all(&damaged).unwrap();
+
     let out = tessera(&cache, &["image", "rm", "busybox:test"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains(&digest), "{}", out.stdout);

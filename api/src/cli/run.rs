@@ -556,6 +556,10 @@ pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u
             return Err(e.to_string());
         }
     };
+    log::info!(
+        "microVM started ({:?} after start)",
+        process_start.elapsed()
+    );
     let exit = running.wait();
     if let Some(relays) = relays {
         relays.finish();

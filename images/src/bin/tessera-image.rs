@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use images::import::{self, Step};
 use images::pull::{self, Credentials, PullOptions};
 use images::store::{Image, Store};
 
@@ -188,13 +189,21 @@ fn run(dir: &std::path::Path, command: ImageCommand) -> Result<(), String> {
         }
         ImageCommand::Import { source, name } => {
             let image = store
-                .import(&source, name.as_deref())
+                .import_reporting(&source, name.as_deref(), &mut |step| {
+                    if let Step::XattrsLeftOut { count } = step {
+                        eprintln!("{}", import::xattrs_left_out_warning(count));
+                    }
+                })
                 .map_err(|e| format!("cannot import {}: {e}", source.display()))?;
             println!("{}", image.digest);
         }
         ImageCommand::Ls => {
+            let (images, broken) = store.list_all().map_err(|e| e.to_string())?;
+            for e in broken {
+                eprintln!("tessera: warning: a damaged image is left out: {e} (delete its directory to drop it)");
+            }
             println!("{:<40} {:<14} {:>10}", "NAME", "IMAGE ID", "SIZE");
-            for image in store.list().map_err(|e| e.to_string())? {
+            for image in images {
                 let names = match image.names.is_empty() {
                     true => vec!["<none>".to_string()],
                     false => image.names.clone(),

@@ -268,3 +268,90 @@ fn gzip_and_zstd_layers_are_recognised() {
         assert_eq!(s.read("hello").as_deref(), Some("hi"));
     }
 }
+
+/// A tar entry preceded by a PAX header of `xattrs` (as Docker and Go's archive/tar write
+/// them: `SCHILY.xattr.NAME`).
+fn with_xattrs(entry: Vec<u8>, xattrs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let records: Vec<(String, &[u8])> = xattrs
+        .iter()
+        .map(|(name, value)| (format!("SCHILY.xattr.{name}"), *value))
+        .collect();
+    builder
+        .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+        .unwrap();
+    let mut out = builder.into_inner().unwrap();
+    // Without the end-of-archive blocks that into_inner wrote.
+    out.truncate(out.len() - 1024);
+    out.extend_from_slice(&entry);
+    out
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut value = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated; `value` is a live buffer of its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    (n >= 0).then(|| value[..n as usize].to_vec())
+}
+
+#[test]
+fn extended_attributes_are_set_after_the_owner_and_mode() {
+    let s = scratch();
+    // A file capability (cap_net_raw+ep, VFS_CAP_REVISION_2), as `setcap` writes it for ping.
+    let cap: &[u8] = &[
+        0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let stats = s
+        .apply(&[
+            with_xattrs(dir("etc/"), &[("user.kind", b"config")]),
+            with_xattrs(
+                raw("bin/ping", EntryType::Regular, "", 0o755, b"elf"),
+                &[("user.tessera", b"hello"), ("security.capability", cap)],
+            ),
+            with_xattrs(file("etc/upper", "x"), &[("trusted.overlay.opaque", b"y")]),
+        ])
+        .unwrap();
+    assert_eq!(
+        xattr(&s.root.join("etc"), "user.kind").as_deref(),
+        Some(&b"config"[..])
+    );
+    assert_eq!(
+        xattr(&s.root.join("bin/ping"), "user.tessera").as_deref(),
+        Some(&b"hello"[..])
+    );
+    // overlayfs's own attributes describe no file: never set.
+    assert_eq!(
+        xattr(&s.root.join("etc/upper"), "trusted.overlay.opaque"),
+        None
+    );
+    if Uid::effective().is_root() {
+        // Set after chown, which would have cleared it.
+        assert_eq!(
+            xattr(&s.root.join("bin/ping"), "security.capability").as_deref(),
+            Some(cap)
+        );
+        assert_eq!((stats.xattrs, stats.xattrs_dropped), (3, 1));
+    } else {
+        println!("not root: security.capability is left out");
+        assert_eq!((stats.xattrs, stats.xattrs_dropped), (2, 2));
+    }
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn an_xattr_without_a_name_is_refused() {
+    let s = scratch();
+    let err = s
+        .apply(&[with_xattrs(file("a", "x"), &[("", b"v")])])
+        .unwrap_err();
+    assert!(err.to_string().contains("an xattr without a name"), "{err}");
+}
