@@ -5,6 +5,7 @@
 //! ([`pull`]); and the store that keeps each as a read-only ext4 filesystem ([`store`]).
 
 pub mod import;
+pub mod progress;
 pub mod pull;
 pub mod store;
 pub mod unpack;

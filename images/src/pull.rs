@@ -27,7 +27,8 @@ use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, Os};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::import::{sha256, Step};
+use crate::import::sha256;
+use crate::progress::ImportBar;
 use crate::store::{normalize_name, Image, Store, StoreError};
 
 /// The manifest media types asked for: OCI and Docker (schema 2), single images and indexes.
@@ -185,28 +186,9 @@ pub async fn pull(
     let layout = work.path().join("layout");
     context.download(&layout).await?;
 
-    let bar = bars.add(ProgressBar::new(0));
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    let image = store.import_reporting(&layout, Some(&name), &mut |step| match step {
-        Step::Layer { index, count } => {
-            bar.set_length(count as u64);
-            bar.set_position(index as u64);
-            bar.set_message("applying layers");
-        }
-        Step::Filesystem => {
-            bar.set_position(bar.length().unwrap_or(0));
-            bar.set_message("building the root filesystem");
-            bar.enable_steady_tick(Duration::from_millis(100));
-        }
-        Step::XattrsLeftOut { count } => {
-            bar.suspend(|| eprintln!("{}", crate::import::xattrs_left_out_warning(count)))
-        }
-    });
-    bar.finish_and_clear();
+    let bar = ImportBar::new(bars.add(ProgressBar::new(0)));
+    let image = store.import_reporting(&layout, Some(&name), &mut |step| bar.step(step));
+    drop(bar);
     Ok(image?)
 }
 

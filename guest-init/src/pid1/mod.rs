@@ -42,6 +42,8 @@ pub enum Pid1Error {
     },
     /// {0}
     Spec(#[from] TransportError),
+    /// the kernel could not unpack the whole initramfs ({why}), so the workload spec never arrived: {mib} MiB of guest memory is too little for it; give the VM more with --memory
+    InitramfsIncomplete { why: String, mib: u64 },
     /// cannot set hostname {name:?}: {source}
     Hostname { name: String, source: io::Error },
     /// cannot turn Ctrl-Alt-Del into a signal: {0}
@@ -92,7 +94,13 @@ pub fn main(mut runner: impl Runner) -> ! {
 fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
     mounts::mount_kernel_filesystems()?;
     console::ensure_stdio();
-    let spec = protocol::read_spec()?;
+    let spec = protocol::read_spec().map_err(|e| match (&e, initramfs_unpack_failure()) {
+        (TransportError::Missing(_), Some(why)) => Pid1Error::InitramfsIncomplete {
+            why,
+            mib: guest_memory_mib(),
+        },
+        _ => e.into(),
+    })?;
     if let Some(streams) = &spec.stdio {
         if let Err(e) = stdio::connect(streams) {
             eprintln!(
@@ -137,6 +145,22 @@ fn oom_kills() -> u64 {
 }
 
 /// The guest's memory as the kernel counts it (MemTotal), in MiB.
+/// Why the kernel stopped unpacking the initramfs, from its log (`Initramfs unpacking failed:
+/// write error` when the guest's memory ran out), if it did.
+fn initramfs_unpack_failure() -> Option<String> {
+    const SYSLOG_ACTION_READ_ALL: libc::c_int = 3;
+    let mut log = vec![0u8; 1 << 16];
+    let len = libc::c_int::try_from(log.len()).ok()?;
+    // SAFETY: READ_ALL copies at most `len` bytes of the kernel log into `log`, which lives
+    // across the call; it returns how many it copied, or -1.
+    let n = unsafe { libc::klogctl(SYSLOG_ACTION_READ_ALL, log.as_mut_ptr().cast(), len) };
+    let log = String::from_utf8_lossy(&log[..usize::try_from(n).ok()?]).into_owned();
+    log.lines().find_map(|line| {
+        let (_, why) = line.split_once("Initramfs unpacking failed: ")?;
+        Some(why.trim().to_string())
+    })
+}
+
 fn guest_memory_mib() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     meminfo

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use images::import::{self, Step};
+use images::progress::ImportBar;
 use images::pull::{self, Credentials, PullOptions};
 use images::store::{Image, Store};
 
@@ -188,12 +188,9 @@ fn run(dir: &std::path::Path, command: ImageCommand) -> Result<(), String> {
             println!("{}", image.digest);
         }
         ImageCommand::Import { source, name } => {
+            let bar = ImportBar::on_stderr();
             let image = store
-                .import_reporting(&source, name.as_deref(), &mut |step| {
-                    if let Step::XattrsLeftOut { count } = step {
-                        eprintln!("{}", import::xattrs_left_out_warning(count));
-                    }
-                })
+                .import_reporting(&source, name.as_deref(), &mut |step| bar.step(step))
                 .map_err(|e| format!("cannot import {}: {e}", source.display()))?;
             println!("{}", image.digest);
         }
