@@ -6,7 +6,8 @@
 //! imported here and its store packed into the host, as `tests/tests/image_guests.rs` does.
 //!
 //!   cargo build --release --workspace --bins && cargo bench -p benches --bench image_run
-//!   IMAGE_RUN_RUNS=10 (default)
+//!   IMAGE_RUN_RUNS=10 (default); IMAGE_RUN_TRACE=1 first prints, for one plain and one image
+//!   run, the guest kernel log (printk.time, initcall_debug) and the image disk's request counts
 //!
 //! Each run is timed inside the host by `boot-time`: up to tessera's `microVM started` log line
 //! (the vCPUs are running: everything before it is the VMM's and the image lookup's) and up to
@@ -123,10 +124,36 @@ fn main() {
             timed("--no-api --config-file /opt/bench/erofs.json"),
         ),
     ];
+    if std::env::var_os("IMAGE_RUN_TRACE").is_some() {
+        // The guest kernel's own timestamps (ring buffer only: the console stays quiet so
+        // that it costs nothing), read by the command itself at its start.
+        let args = format!(
+            "{} printk.time=1 initcall_debug",
+            vmm::kernel_cmdline::COMMAND_CMDLINE
+        );
+        let show = "busybox sh -c 'echo command-starts > /dev/kmsg; busybox dmesg | busybox grep -E \"after [0-9]{4,} usecs|TRACE|command-starts|EXT4|virtio|Run /init\"; busybox cat /sys/block/vda/stat /sys/block/vda/queue/read_ahead_kb'";
+        for probe in [] {
+            let out = host
+                .run(probe, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e}"));
+            println!("$ {probe}\n{}", out.output);
+        }
+        for image in ["", &format!("--image {BUSYBOX_IMAGE}")] {
+            let command =
+                format!("tessera --log-level debug run --cmdline '{args}' {image} -- {show}");
+            let out = host
+                .run(&command, Duration::from_secs(300))
+                .unwrap_or_else(|e| panic!("{e}"));
+            println!("$ {command}\n{}", out.output);
+        }
+    }
     let mut totals: Vec<Vec<f64>> = vec![Vec::new(); commands.len()];
     let mut befores: Vec<Vec<f64>> = vec![Vec::new(); commands.len()];
     for run in 0..runs {
-        for (i, (name, command)) in commands.iter().enumerate() {
+        // Each round starts one command later, so that none always follows the same one (the
+        // first after a teardown pays for it).
+        for i in (0..commands.len()).map(|k| (k + run) % commands.len()) {
+            let (name, command) = &commands[i];
             let out = host
                 .run(command, Duration::from_secs(300))
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -19,6 +19,7 @@ use super::stdio::{HostStdio, StdioFlags};
 use super::volumes::{self, VolumeKeeper};
 use super::{device_args, exit_code};
 use crate::guest_image;
+use images::store::{Store, StoreError};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -191,57 +192,32 @@ fn pull_image(store: &std::path::Path, reference: &str) -> Result<(), String> {
     }
 }
 
-/// Looks `reference` up in the image store through `tessera image inspect`, pulling it first
-/// as `pull` says.
+/// Looks `reference` up in the image store, pulling it first as `pull` says. The lookup is
+/// done here (it reads two small files) rather than by the `tessera-image` helper, whose start
+/// alone would cost a `--image` run tens of milliseconds; only a pull runs the helper.
 fn inspect_image(reference: &str, pull: PullPolicy) -> Result<ImageRun, String> {
-    let store = guest_image::cache_dir()?.join("images");
+    let dir = guest_image::cache_dir()?.join("images");
     if pull == PullPolicy::Always {
-        pull_image(&store, reference)?;
+        pull_image(&dir, reference)?;
     }
-    let inspect = || {
-        image_helper(&store)?
-            .args(["inspect", reference])
-            .output()
-            .map_err(|e| format!("cannot run tessera-image: {e}"))
-    };
-    let mut out = inspect()?;
-    let missing = |out: &std::process::Output| {
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in the store")
-    };
-    if pull == PullPolicy::Missing && missing(&out) {
-        pull_image(&store, reference)?;
-        out = inspect()?;
+    let find = || Store::open(&dir).and_then(|store| store.find(reference));
+    let image = match find() {
+        Err(StoreError::NotFound(_)) if pull == PullPolicy::Missing => {
+            pull_image(&dir, reference)?;
+            find()
+        }
+        found => found,
     }
-    if !out.status.success() {
-        let message = String::from_utf8_lossy(&out.stderr);
-        let message = message.trim().trim_start_matches("tessera: error: ");
-        return Err(format!("--image {reference}: {message}"));
-    }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("--image {reference}: unreadable inspect output: {e}"))?;
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let config = &json["Config"]["config"];
+    .map_err(|e| format!("--image {reference}: {e}"))?;
+    let config = image.config.config().clone().unwrap_or_default();
+    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     Ok(ImageRun {
-        rootfs: PathBuf::from(json["Rootfs"].as_str().unwrap_or_default()),
-        entrypoint: strings(&config["Entrypoint"]),
-        cmd: strings(&config["Cmd"]),
-        env: strings(&config["Env"]),
-        working_dir: config["WorkingDir"]
-            .as_str()
-            .filter(|d| !d.is_empty())
-            .map(String::from),
-        user: config["User"]
-            .as_str()
-            .filter(|u| !u.is_empty())
-            .map(String::from),
+        rootfs: image.rootfs,
+        entrypoint: config.entrypoint().clone().unwrap_or_default(),
+        cmd: config.cmd().clone().unwrap_or_default(),
+        env: config.env().clone().unwrap_or_default(),
+        working_dir: non_empty(config.working_dir()),
+        user: non_empty(config.user()),
     })
 }
 

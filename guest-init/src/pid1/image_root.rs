@@ -57,6 +57,23 @@ pub(super) fn mkdir(path: &str) -> Result<(), String> {
     std::fs::create_dir_all(path).map_err(|e| format!("cannot create {path}: {e}"))
 }
 
+/// The read-ahead of the image's disk, in KiB: large, because every request costs a round trip
+/// to the VMM while the image is read-only and its files are mostly read whole (a program's
+/// first run faults its text in a few requests instead of one per 128 KiB, Linux's default).
+const READ_AHEAD_KB: u32 = 4096;
+
+/// Sets the read-ahead of `device` (a whole disk such as /dev/vda); a disk without the
+/// setting keeps the kernel's.
+fn read_ahead(device: &str) {
+    let Some(name) = device.strip_prefix("/dev/") else {
+        return;
+    };
+    let _ = std::fs::write(
+        format!("/sys/class/block/{name}/queue/read_ahead_kb"),
+        READ_AHEAD_KB.to_string(),
+    );
+}
+
 /// Makes `root` this process's `/`; the command started afterwards sees only the image.
 pub fn enter(root: &RootFs) -> Result<(), Pid1Error> {
     switch(root).map_err(Pid1Error::ImageRoot)
@@ -66,6 +83,7 @@ fn switch(root: &RootFs) -> Result<(), String> {
     for dir in [LOWER, RW, ROOT] {
         mkdir(dir)?;
     }
+    read_ahead(&root.device);
     mount(&root.device, LOWER, &root.fstype, libc::MS_RDONLY, "")?;
     match &root.scratch {
         // A disk the host formatted: the writes may outgrow guest memory.
