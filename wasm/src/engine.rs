@@ -1,0 +1,165 @@
+//! The wasmtime engine a plan asks for, and the compiled-module cache: a module is compiled
+//! once per (module bytes, wasmtime version, engine settings) to a `.cwasm` file, and later
+//! runs only deserialize (map) it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::{Config, Engine, Module};
+
+use crate::config::{OptLevel, Plan};
+
+/// The engine settings a compiled module depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineSettings {
+    /// Fuel metering (compiled into the code).
+    pub fuel: bool,
+    pub opt_level: OptLevel,
+    pub debug_info: bool,
+}
+
+impl EngineSettings {
+    pub fn of(plan: &Plan) -> EngineSettings {
+        EngineSettings {
+            fuel: plan.limits.fuel.is_some(),
+            opt_level: plan.opt_level,
+            debug_info: plan.debug_info,
+        }
+    }
+
+    /// The wasmtime configuration: epoch interruption always (the wall-time limit uses it, and
+    /// a cached module must not depend on whether this run has one).
+    pub fn config(&self) -> Config {
+        let mut config = Config::new();
+        config
+            .consume_fuel(self.fuel)
+            .epoch_interruption(true)
+            .debug_info(self.debug_info)
+            .cranelift_opt_level(match self.opt_level {
+                OptLevel::None => wasmtime::OptLevel::None,
+                OptLevel::Speed => wasmtime::OptLevel::Speed,
+                OptLevel::SpeedAndSize => wasmtime::OptLevel::SpeedAndSize,
+            });
+        config
+    }
+
+    pub fn engine(&self) -> wasmtime::Result<Engine> {
+        Engine::new(&self.config())
+    }
+}
+
+/// Compiled modules under a directory (`$TESSERA_CACHE/wasm`).
+#[derive(Debug, Clone)]
+pub struct ModuleCache {
+    dir: PathBuf,
+}
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum LoadError {
+    /// cannot read {path}: {source}
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// {path} is a precompiled module (native code): give its .wasm, which is compiled and cached here
+    Precompiled { path: PathBuf },
+    /// {path} is not a valid Wasm module: {message}
+    Invalid { path: PathBuf, message: String },
+    /// compiled-module cache {path}: {source}
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ModuleCache {
+    pub fn new(dir: PathBuf) -> ModuleCache {
+        ModuleCache { dir }
+    }
+
+    /// The default cache: `$TESSERA_CACHE/wasm`, else `$HOME/.cache/tessera/wasm`.
+    pub fn default_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("TESSERA_CACHE").filter(|d| !d.is_empty()) {
+            return Some(PathBuf::from(dir).join("wasm"));
+        }
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+        Some(PathBuf::from(home).join(".cache/tessera/wasm"))
+    }
+
+    /// Where the compiled form of `bytes` for `engine` lives.
+    pub fn path_for(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        let mut settings = std::collections::hash_map::DefaultHasher::new();
+        env!("CARGO_PKG_VERSION").hash(&mut settings);
+        WASMTIME_VERSION.hash(&mut settings);
+        engine.precompile_compatibility_hash().hash(&mut settings);
+        let module = hex::encode(Sha256::digest(bytes));
+        self.dir
+            .join(format!("{module}-{:016x}.cwasm", settings.finish()))
+    }
+
+    /// The module at `path`, compiled for `engine`: from the cache, else compiled and stored.
+    pub fn load(&self, engine: &Engine, path: &Path) -> Result<Module, LoadError> {
+        let bytes = read_module(path)?;
+        let cached = self.path_for(engine, &bytes);
+        if cached.is_file() {
+            // SAFETY: the file is in this user's own cache, written by `store` below from
+            // `Engine::precompile_module` under a name that binds it to these module bytes and
+            // these engine settings; wasmtime still checks its header and settings.
+            if let Ok(module) = unsafe { Module::deserialize_file(engine, &cached) } {
+                return Ok(module);
+            }
+        }
+        let compiled = engine
+            .precompile_module(&bytes)
+            .map_err(|e| LoadError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("{e:#}"),
+            })?;
+        self.store(&cached, &compiled)?;
+        // SAFETY: as above: the bytes were just made by `precompile_module` for this engine.
+        unsafe { Module::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })
+    }
+
+    /// Writes beside and renames over, so that a reader never maps half a file.
+    fn store(&self, path: &Path, compiled: &[u8]) -> Result<(), LoadError> {
+        let err = |source| LoadError::Cache {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&tmp, compiled).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+}
+
+/// wasmtime's version, part of every cache key.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// A module's bytes (binary or text), refusing precompiled native code.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if Engine::detect_precompiled(&bytes).is_some() {
+        return Err(LoadError::Precompiled {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Compiles `path` without a cache.
+pub fn compile(engine: &Engine, path: &Path) -> Result<Module, LoadError> {
+    let bytes = read_module(path)?;
+    Module::new(engine, &bytes).map_err(|e| LoadError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    })
+}

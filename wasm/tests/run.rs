@@ -1,0 +1,309 @@
+//! `tessera-wasm` on modules built here: a Rust WASI program (tests/guest, built for
+//! wasm32-wasip1) and `.wat` modules, one per trap. Args, env, preopens (read, write, denied
+//! outside), stdio, exit codes, each limit and each trap's code, config errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use wasm::exit;
+
+fn tessera_wasm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tessera-wasm"))
+}
+
+/// The guest program, built once; none (with why) when the wasm32-wasip1 target is missing.
+fn guest() -> Option<&'static Path> {
+    static GUEST: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = GUEST.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = root.join("target/wasm-guest");
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
+            .arg(root.join("wasm/tests/guest/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot build the guest for wasm32-wasip1 (rustup target add wasm32-wasip1): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(target.join("wasm32-wasip1/release/wasm-test-guest.wasm"))
+    });
+    match built {
+        Ok(path) => Some(path),
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(mut command: Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tessera-wasm");
+    Run {
+        code: status.code().expect("tessera-wasm exits, it is not killed"),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// tessera-wasm [flags] GUEST -- ARGS, with a cache of its own.
+fn run_guest(cache: &Path, flags: &[&str], args: &[&str]) -> Option<Run> {
+    let guest = guest()?;
+    let mut command = tessera_wasm();
+    command
+        .arg("--cache")
+        .arg(cache)
+        .args(flags)
+        .arg(guest)
+        .arg("--")
+        .args(args);
+    Some(run(command))
+}
+
+#[test]
+fn args_env_and_streams_reach_the_module() {
+    let cache = tempfile::tempdir().unwrap();
+    let Some(out) = run_guest(
+        cache.path(),
+        &["-e", "A=1", "-e", "B=two"],
+        &["args", "x", "y z"],
+    ) else {
+        return;
+    };
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "wasm-test-guest.wasm args x y z\n");
+    let out = run_guest(cache.path(), &["-e", "A=1", "-e", "B=two"], &["env"]).unwrap();
+    assert_eq!(
+        out.stdout, "A=1 B=two\n",
+        "the host's environment stays out"
+    );
+    let out = run_guest(cache.path(), &[], &["streams"]).unwrap();
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("to stdout\n", "to stderr\n")
+    );
+    let out = run_guest(cache.path(), &["--stdin", "some text"], &["stdin"]).unwrap();
+    assert_eq!(out.stdout, "SOME TEXT");
+    // The first run compiled the module into the cache; the others only loaded it.
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one compiled module: {cached:?}");
+}
+
+#[test]
+fn preopens_are_read_write_or_read_only_and_nothing_outside_is_reachable() {
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("in.txt"), "input\n").unwrap();
+    let outside = data
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("tessera-wasm-outside-{}", std::process::id()));
+    std::fs::write(&outside, "secret\n").unwrap();
+    let dir = format!("{}::/data", data.path().display());
+    let Some(out) = run_guest(cache.path(), &["--dir", &dir], &["cat", "/data/in.txt"]) else {
+        return;
+    };
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "input\n"),
+        "{}",
+        out.stderr
+    );
+    let out = run_guest(
+        cache.path(),
+        &["--dir", &dir],
+        &["write", "/data/out.txt", "hi"],
+    )
+    .unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("out.txt")).unwrap(),
+        "hi"
+    );
+    let name = outside.file_name().unwrap().to_str().unwrap();
+    let escape = format!("/data/../{name}");
+    let out = run_guest(cache.path(), &["--dir", &dir], &["cat", &escape]).unwrap();
+    assert_eq!(
+        out.code, 3,
+        "a .. out of the preopen is refused: {}",
+        out.stdout
+    );
+    let read_only = format!("{dir}:ro");
+    let out = run_guest(
+        cache.path(),
+        &["--dir", &read_only],
+        &["write", "/data/new", "x"],
+    )
+    .unwrap();
+    assert_eq!(out.code, 3, "a read-only preopen refuses writes");
+    assert!(!data.path().join("new").exists());
+    let out = run_guest(
+        cache.path(),
+        &["--dir", &read_only],
+        &["cat", "/data/in.txt"],
+    )
+    .unwrap();
+    assert_eq!(out.stdout, "input\n", "and still reads");
+    let out = run_guest(cache.path(), &[], &["cat", "/etc/passwd"]).unwrap();
+    assert_eq!(out.code, 3, "no preopen, no host file");
+    std::fs::remove_file(&outside).unwrap();
+}
+
+#[test]
+fn exit_codes_pass_through_and_limits_stop_a_runaway_module() {
+    let cache = tempfile::tempdir().unwrap();
+    let Some(out) = run_guest(cache.path(), &[], &["exit", "42"]) else {
+        return;
+    };
+    assert_eq!(out.code, 42);
+    let out = run_guest(cache.path(), &["--fuel", "1000000"], &["spin"]).unwrap();
+    assert_eq!(out.code, i32::from(exit::OUT_OF_FUEL), "{}", out.stderr);
+    assert!(out.stderr.contains("ran out of fuel"), "{}", out.stderr);
+    let out = run_guest(cache.path(), &["--timeout", "300"], &["spin"]).unwrap();
+    assert_eq!(out.code, i32::from(exit::TIMEOUT), "{}", out.stderr);
+    assert!(out.stderr.contains("wall-time limit"), "{}", out.stderr);
+    let limit = (16u64 << 20).to_string();
+    let out = run_guest(cache.path(), &["--memory-limit", &limit], &["grow"]).unwrap();
+    assert_eq!(
+        out.code,
+        i32::from(exit::MEMORY_OVER_LIMIT),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("its limit is 16777216"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.starts_with("..."), "it ran until the limit");
+}
+
+/// A `_start` whose body is `body`, with a memory, a table of 2 (slot 0 empty, slot 1 a
+/// function of another type) and what the traps need.
+fn trap_module(body: &str) -> String {
+    format!(
+        r#"(module
+  (type $v (func))
+  (type $i (func (param i32)))
+  (memory 1)
+  (table 2 funcref)
+  (elem (i32.const 1) $takes_i32)
+  (func $takes_i32 (param i32))
+  (func $deep (call $deep))
+  (func (export "_start") {body}))"#
+    )
+}
+
+#[test]
+fn each_trap_kind_has_its_blockless_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("(call $deep)", exit::STACK_OVERFLOW),
+        (
+            "(drop (i32.load (i32.const 70000)))",
+            exit::MEMORY_OUT_OF_BOUNDS,
+        ),
+        (
+            "(call_indirect (type $v) (i32.const 5))",
+            exit::TABLE_OUT_OF_BOUNDS,
+        ),
+        (
+            "(call_indirect (type $v) (i32.const 0))",
+            exit::UNINITIALIZED_ELEMENT,
+        ),
+        (
+            "(call_indirect (type $v) (i32.const 1))",
+            exit::SIGNATURE_MISMATCH,
+        ),
+        (
+            "(drop (i32.div_s (i32.const -2147483648) (i32.const -1)))",
+            exit::INTEGER_OVERFLOW,
+        ),
+        (
+            "(drop (i32.div_u (i32.const 1) (i32.const 0)))",
+            exit::DIVIDE_BY_ZERO,
+        ),
+        (
+            "(drop (i32.trunc_f32_s (f32.const nan)))",
+            exit::BAD_CONVERSION,
+        ),
+        ("(unreachable)", exit::UNREACHABLE),
+        ("(nop)", exit::OK),
+    ];
+    for (i, (body, code)) in cases.iter().enumerate() {
+        let module = dir.path().join(format!("trap{i}.wat"));
+        std::fs::write(&module, trap_module(body)).unwrap();
+        let mut command = tessera_wasm();
+        command.arg("--no-cache").arg(&module);
+        let out = run(command);
+        assert_eq!(out.code, i32::from(*code), "{body}: {}", out.stderr);
+        if *code != exit::OK {
+            assert!(out.stderr.contains("wasm trap"), "{body}: {}", out.stderr);
+        }
+    }
+}
+
+#[test]
+fn blockless_configs_run_and_their_errors_are_128() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("main.wat");
+    std::fs::write(&module, trap_module("(nop)")).unwrap();
+    let md5 = {
+        use md5::Digest as _;
+        hex::encode(md5::Md5::digest(std::fs::read(&module).unwrap()))
+    };
+    let config = |json: serde_json::Value| {
+        let path = dir.path().join("bls.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let mut command = tessera_wasm();
+        command.arg("--no-cache").arg(&path);
+        run(command)
+    };
+    let module_path = module.to_str().unwrap();
+    let out = config(serde_json::json!({
+        "version": 1, "entry": "_start", "limited_fuel": 100000,
+        "modules": [{"file": module_path, "name": "main", "type": "entry", "md5": md5}],
+    }));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = config(serde_json::json!({
+        "version": 1, "entry": "_start",
+        "modules": [{"file": module_path, "name": "main", "type": "entry", "md5": "00"}],
+    }));
+    assert_eq!(out.code, i32::from(exit::CONFIG_ERROR));
+    assert!(out.stderr.contains("md5"), "{}", out.stderr);
+    let out = config(serde_json::json!({"entry": module_path, "limited_fule": 5}));
+    assert_eq!(out.code, i32::from(exit::CONFIG_ERROR));
+    assert!(
+        out.stderr.contains("unknown field `limited_fule`"),
+        "{}",
+        out.stderr
+    );
+    let out = config(serde_json::json!({"entry": module_path, "run_time": "soon"}));
+    assert_eq!(out.code, i32::from(exit::CONFIG_ERROR), "{}", out.stderr);
+    assert!(out.stderr.contains("bls.json"), "{}", out.stderr);
+}
