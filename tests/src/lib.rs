@@ -17,6 +17,7 @@ pub mod api_client;
 pub mod images;
 pub mod registry;
 pub mod test_host;
+pub mod wasm_guest;
 
 /// The directory holding this build's binaries (`tessera`, `tessera-init`).
 pub fn bin_dir() -> PathBuf {

@@ -13,7 +13,6 @@ use wasmtime::{Engine, ResourceLimiter};
 /// one (wasmtime's defaults are unbounded).
 const MAX_TABLE_ELEMENTS: usize = 10_000_000;
 
-/// The module asked for more memory than its limit.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 /// the module asked for {desired} bytes of memory; its limit is {limit}
 pub struct MemoryOverLimit {

@@ -43,8 +43,14 @@ pub struct State {
     pub limiter: MemoryLimiter,
 }
 
-/// Runs `plan`, compiling through `cache` (none: compiled for this run only).
-pub fn run(plan: &Plan, cache: Option<&ModuleCache>) -> Outcome {
+/// Runs `plan`, compiling through `cache` (none: compiled for this run only). `lock` runs once
+/// the modules are loaded and the module's files are open, just before its code starts (the
+/// sandbox's seccomp filter goes on there).
+pub fn run(
+    plan: &Plan,
+    cache: Option<&ModuleCache>,
+    lock: impl FnOnce() -> Result<(), String>,
+) -> Outcome {
     if let Err(message) = check_md5(plan) {
         return Outcome::failed(exit::CONFIG_ERROR, message);
     }
@@ -88,6 +94,9 @@ pub fn run(plan: &Plan, cache: Option<&ModuleCache>) -> Outcome {
         }
     }
     store.set_epoch_deadline(1);
+    if let Err(message) = lock() {
+        return Outcome::failed(exit::UNKNOWN, message);
+    }
     let deadline = Deadline::start(&engine, plan.limits.wall_time);
     let result = instantiate_and_call(&mut store, &module, &libraries, &plan.function);
     let fuel_used = plan

@@ -2,9 +2,8 @@
 //! wasm32-wasip1) and `.wat` modules, one per trap. Args, env, preopens (read, write, denied
 //! outside), stdio, exit codes, each limit and each trap's code, config errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use wasm::exit;
 
@@ -12,34 +11,9 @@ fn tessera_wasm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tessera-wasm"))
 }
 
-/// The guest program, built once; none (with why) when the wasm32-wasip1 target is missing.
+/// The guest program; none (with why, printed) when it cannot be built here.
 fn guest() -> Option<&'static Path> {
-    static GUEST: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = GUEST.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = root.join("target/wasm-guest");
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root.join("wasm/tests/guest/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cannot build the guest for wasm32-wasip1 (rustup target add wasm32-wasip1): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(target.join("wasm32-wasip1/release/wasm-test-guest.wasm"))
-    });
-    match built {
+    match tests::wasm_guest::guest() {
         Ok(path) => Some(path),
         Err(why) => {
             println!("SKIPPED: {why}");

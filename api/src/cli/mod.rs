@@ -7,6 +7,7 @@ mod run;
 mod run_dir;
 mod stdio;
 mod volumes;
+mod wasm_run;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@ use vmm::VmExit;
 use super::run_dir::{self, RunDir};
 use super::stdio::{HostStdio, StdioFlags};
 use super::volumes::{self, VolumeKeeper};
-use super::{device_args, exit_code};
+use super::{device_args, exit_code, wasm_run};
 use crate::guest_image;
 use images::store::{Store, StoreError};
 
@@ -42,7 +42,7 @@ pub struct RunArgs {
 
     /// Environment variable for the command (repeatable).
     #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
+    pub(super) env: Vec<String>,
 
     /// Working directory of the command inside the guest [default: /].
     #[arg(short = 'w', long, value_name = "DIR")]
@@ -110,7 +110,7 @@ pub struct RunArgs {
     /// Keep stdin open and send it to the command (as `docker run -i`); without it the
     /// command's stdin is /dev/null.
     #[arg(short = 'i', long)]
-    interactive: bool,
+    pub(super) interactive: bool,
 
     /// Give the command a terminal (a pty in the guest; its stdout and stderr share it, and
     /// with -i this terminal is in raw mode for the run).
@@ -136,9 +136,54 @@ pub struct RunArgs {
     #[arg(long, value_name = "TYPE=SOFT[:HARD]")]
     ulimit: Vec<String>,
 
-    /// The command to run in the guest, after `--`.
+    /// A Wasm module (.wasm, .wat, .wasi) or a Blockless JSON config to run, instead of a
+    /// command in a microVM; its arguments go after `--`.
+    #[arg(value_name = "MODULE")]
+    pub module: Option<PathBuf>,
+
+    /// Where a Wasm module runs: sandbox (a confined process on this host) or microvm
+    /// [default: sandbox for a module; a command or an image always runs in a microVM].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub isolation: Option<Isolation>,
+
+    #[command(flatten)]
+    pub wasm: WasmArgs,
+
+    /// The command to run in the guest, after `--` (a Wasm module's arguments).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// The isolation levels `tessera run` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// A confined process on this host (namespaces, seccomp, rlimits, no_new_privs).
+    Sandbox,
+    /// A microVM with tessera-init.
+    Microvm,
+}
+
+/// The flags of a Wasm module's run (`tessera run app.wasm`), passed on to tessera-wasm.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WasmArgs {
+    /// Preopen a host directory for the module: HOST[::GUEST][:ro] (repeatable).
+    #[arg(long, value_name = "HOST[::GUEST][:ro]", requires = "module")]
+    pub dir: Vec<String>,
+    /// The module's fuel (wasmtime's units); spent: exit code 1.
+    #[arg(long, value_name = "N", requires = "module")]
+    pub fuel: Option<u64>,
+    /// The module's memory limit in bytes; asked for more: exit code 16.
+    #[arg(long, value_name = "BYTES", requires = "module")]
+    pub memory_limit: Option<u64>,
+    /// The module's wall-time limit in milliseconds; past it: exit code 15.
+    #[arg(long, value_name = "MS", requires = "module")]
+    pub timeout: Option<u64>,
+    /// A Blockless JSON config for the module (MODULE is then the module it runs).
+    #[arg(long, value_name = "FILE", requires = "module")]
+    pub config: Option<PathBuf>,
+    /// The directory of the module's CGI extensions.
+    #[arg(long = "ext", value_name = "DIR", requires = "module")]
+    pub extensions: Option<PathBuf>,
 }
 
 /// The guest's vsock CID when `--vsock` names none (the first a guest may have).
@@ -401,9 +446,10 @@ impl RunArgs {
         Ok(launch)
     }
 
-    /// Whether tessera-init runs a command: one after `--`, or an image's.
+    /// Whether tessera-init runs a command: one after `--`, or an image's (or a Wasm module
+    /// runs).
     pub fn runs_command(&self) -> bool {
-        !self.command.is_empty() || self.image.is_some()
+        !self.command.is_empty() || self.image.is_some() || self.module.is_some()
     }
 
     /// A flag for the command (--env, --workdir, --hostname, --user) given with no command: a
@@ -508,6 +554,17 @@ impl RunArgs {
 
 /// Boots the VM these arguments describe and waits for it; the exit code is the command's.
 pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u8, String> {
+    if let Some(module) = &args.module {
+        if args.image.is_some() {
+            return Err("MODULE and --image: give one of them".into());
+        }
+        return wasm_run::run(module, &args);
+    }
+    if args.isolation == Some(Isolation::Sandbox) {
+        return Err(
+            "--isolation sandbox runs Wasm modules only here; a command or an image runs in a microVM (drop --isolation)".into(),
+        );
+    }
     let mut launch = args.prepare()?;
     let sockets = std::mem::take(&mut launch.sockets);
     let remove_sockets = || {

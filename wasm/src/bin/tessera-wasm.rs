@@ -84,6 +84,11 @@ struct Cli {
     #[arg(long, conflicts_with = "cache")]
     no_cache: bool,
 
+    /// Confine this process first (namespaces, no_new_privs, rlimits, then a seccomp filter
+    /// before the module starts): how `tessera run --isolation sandbox` starts it.
+    #[arg(long)]
+    sandbox: bool,
+
     /// Arguments for the module (its argv[1..]).
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -104,6 +109,13 @@ fn main() -> ExitCode {
             });
         }
     };
+    if cli.sandbox {
+        // First, while this process has one thread.
+        if let Err(e) = wasm::sandbox::enter() {
+            eprintln!("tessera: error: {e}");
+            return ExitCode::from(exit::UNKNOWN);
+        }
+    }
     let flags = Overrides {
         input: Some(cli.input),
         config: cli.config,
@@ -132,15 +144,22 @@ fn main() -> ExitCode {
         (false, Some(dir)) => Some(ModuleCache::new(dir)),
         _ => None,
     };
-    if let Some(limit) = plan.limits.wall_time {
-        // The epoch stops the module's own code; this stops a host call that never returns.
-        std::thread::spawn(move || {
-            std::thread::sleep(limit + TIMEOUT_GRACE);
-            eprintln!("tessera: the module ran past its wall-time limit");
-            std::process::exit(exit::TIMEOUT.into());
-        });
-    }
-    let outcome = wasm::run::run(&plan, cache.as_ref());
+    let wall_time = plan.limits.wall_time;
+    let lock = || {
+        if let Some(limit) = wall_time {
+            // The epoch stops the module's own code; this stops a host call that never returns.
+            std::thread::spawn(move || {
+                std::thread::sleep(limit + TIMEOUT_GRACE);
+                eprintln!("tessera: the module ran past its wall-time limit (exit code 15)");
+                std::process::exit(exit::TIMEOUT.into());
+            });
+        }
+        match cli.sandbox {
+            true => wasm::sandbox::lock().map_err(|e| e.to_string()),
+            false => Ok(()),
+        }
+    };
+    let outcome = wasm::run::run(&plan, cache.as_ref(), lock);
     if let Some(message) = &outcome.message {
         eprintln!("tessera: {message} (exit code {})", outcome.code);
     }

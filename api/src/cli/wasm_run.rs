@@ -1,0 +1,70 @@
+//! `tessera run app.wasm`: a Wasm module at the isolation its owner asks for. `sandbox` starts
+//! the `tessera-wasm` runner (installed beside `tessera`) as a child that confines itself
+//! (`--sandbox`: namespaces, no_new_privs, rlimits, then seccomp before the module starts);
+//! `microvm` is refused until it is built, never lowered to the sandbox.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::run::{Isolation, RunArgs};
+
+/// Runs `module` as `args` say; the exit code is the module's (Blockless's table).
+pub fn run(module: &Path, args: &RunArgs) -> Result<u8, String> {
+    match args.isolation.unwrap_or(Isolation::Sandbox) {
+        Isolation::Sandbox => {}
+        Isolation::Microvm => {
+            return Err(
+                "--isolation microvm: Wasm modules in a microVM are not built yet; run with --isolation sandbox (this level is not chosen for you)".into(),
+            )
+        }
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find tessera's own path: {e}"))?;
+    let mut command = Command::new(exe.with_file_name("tessera-wasm"));
+    command.arg("--sandbox");
+    let wasm = &args.wasm;
+    for dir in &wasm.dir {
+        command.arg("--dir").arg(dir);
+    }
+    for env in &args.env {
+        command.arg("--env").arg(env);
+    }
+    let numbers = [
+        ("--fuel", wasm.fuel),
+        ("--memory-limit", wasm.memory_limit),
+        ("--timeout", wasm.timeout),
+    ];
+    for (flag, value) in numbers {
+        if let Some(value) = value {
+            command.arg(flag).arg(value.to_string());
+        }
+    }
+    if let Some(config) = &wasm.config {
+        command.arg("--config").arg(config);
+    }
+    if let Some(dir) = &wasm.extensions {
+        command.arg("--ext").arg(dir);
+    }
+    // As `docker run`: the module's stdin is the terminal's only with -i.
+    command.arg("--stdin").arg("inherit");
+    if !args.interactive {
+        command.stdin(Stdio::null());
+    }
+    command.arg(module).arg("--").args(&args.command);
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start tessera-wasm: {e}"))?;
+    if let Some(code) = status.code() {
+        return Ok(u8::try_from(code).unwrap_or(255));
+    }
+    let signal = status.signal().unwrap_or(0);
+    eprintln!(
+        "tessera: the Wasm runner was killed by signal {signal}{}",
+        match signal {
+            libc::SIGSYS => " (a system call outside its seccomp filter)",
+            _ => "",
+        }
+    );
+    Ok(128u8.saturating_add(u8::try_from(signal).unwrap_or(127)))
+}
