@@ -1,5 +1,5 @@
 //! `tessera run app.wasm`: the module runs in the host sandbox (tessera-wasm --sandbox, a child
-//! in its own network, IPC and UTS namespaces, no_new_privs, a seccomp filter), its output,
+//! in its own network, IPC, UTS and PID namespaces, no_new_privs, a seccomp filter), its output,
 //! stdin and exit code through tessera; a level that cannot run is refused, never lowered.
 
 use std::io::Write as _;
@@ -29,28 +29,44 @@ fn guest() -> Option<&'static Path> {
     }
 }
 
-/// The first child of `pid`, waited for.
-fn child_of(pid: u32) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// The processes below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children: Vec<u32> = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let mut all = children.clone();
+    for child in children {
+        all.extend(descendants(child));
+    }
+    all
+}
+
+/// The process below `pid` running the module: the one that gets the seccomp filter (set once
+/// the module is loaded), waited for.
+fn runner_below(pid: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(child) = children.split_whitespace().next() {
-            return child.parse().unwrap();
+        let filtered = descendants(pid)
+            .into_iter()
+            .find(|&p| status_field(p, "Seccomp:").as_deref() == Some("2"));
+        if let Some(runner) = filtered {
+            return runner;
         }
-        assert!(Instant::now() < deadline, "tessera started no runner");
+        assert!(
+            Instant::now() < deadline,
+            "no seccomp-filtered runner below tessera"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
-        .trim()
-        .to_string()
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    Some(value.trim().to_string())
 }
 
 fn namespace(pid: &str, kind: &str) -> PathBuf {
@@ -70,15 +86,17 @@ fn a_module_runs_confined_on_the_host_with_its_stdin_output_and_exit_code() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let runner = child_of(child.id());
-    // Confined before the module starts: wait for the filter (set after the module loads).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status_field(runner, "Seccomp:") != "2" {
-        assert!(Instant::now() < deadline, "no seccomp filter on the runner");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(status_field(runner, "NoNewPrivs:"), "1");
-    for kind in ["net", "ipc", "uts"] {
+    let runner = runner_below(child.id());
+    assert_eq!(status_field(runner, "NoNewPrivs:").as_deref(), Some("1"));
+    // The first process of its own PID namespace.
+    assert_eq!(
+        status_field(runner, "NSpid:")
+            .unwrap()
+            .split_whitespace()
+            .last(),
+        Some("1")
+    );
+    for kind in ["net", "ipc", "uts", "pid"] {
         assert_ne!(
             namespace(&runner.to_string(), kind),
             namespace("self", kind),

@@ -12,6 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use crate::cgi::{self, Cgi};
 use crate::config::{Input, Output, Plan};
 use crate::engine::{self, EngineSettings, ModuleCache};
 use crate::exit::{self, Ending};
@@ -41,6 +42,8 @@ impl Outcome {
 pub struct State {
     pub wasi: WasiP1Ctx,
     pub limiter: MemoryLimiter,
+    /// With an extensions directory: `blockless_cgi`'s state.
+    pub cgi: Option<Cgi>,
 }
 
 /// Runs `plan`, compiling through `cache` (none: compiled for this run only). `lock` runs once
@@ -85,6 +88,10 @@ pub fn run(
             limiter: MemoryLimiter {
                 limit: plan.limits.memory_bytes,
             },
+            cgi: plan
+                .extensions
+                .clone()
+                .map(|dir| Cgi::new(dir, plan.limits)),
         },
     );
     store.limiter(|state| &mut state.limiter);
@@ -129,6 +136,7 @@ fn instantiate_and_call(
 ) -> wasmtime::Result<()> {
     let mut linker: Linker<State> = Linker::new(store.engine());
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)?;
+    cgi::add_to_linker(&mut linker)?;
     for (name, library) in libraries {
         let instance = linker.instantiate(&mut *store, library)?;
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {

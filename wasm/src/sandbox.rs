@@ -1,15 +1,18 @@
 //! The host sandbox around a module (`tessera run app.wasm --isolation sandbox`): WASI's
 //! capabilities inside (the module reaches only its preopens), the OS's confinement outside, so
 //! that an engine bug does not become a host escape. [`enter`] runs first, while the process
-//! has one thread: new network, IPC and UTS namespaces (and a user namespace when not root),
-//! no_new_privs, rlimits. [`lock`] runs once the module is loaded and its files are open: a
+//! has one thread: new network, IPC, UTS and PID namespaces (and a user namespace when not
+//! root; the runner forks to be the PID namespace's first process), no_new_privs, rlimits. [`lock`] runs once the module is loaded and its files are open: a
 //! seccomp allow-list of what wasmtime and WASI preview 1 need, refusing the rest with EPERM
 //! (no exec, no sockets, no ptrace, no mount, no namespaces, no kernel keyring, no BPF).
 
 use std::collections::BTreeMap;
 use std::io;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// Open files the sandboxed runner may hold.
 const MAX_OPEN_FILES: u64 = 4096;
@@ -35,7 +38,8 @@ pub enum SandboxError {
 pub fn enter() -> Result<(), SandboxError> {
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut flags = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let mut flags =
+        libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
     if uid != 0 {
         flags |= libc::CLONE_NEWUSER;
     }
@@ -51,6 +55,7 @@ pub fn enter() -> Result<(), SandboxError> {
             .and_then(|()| write("/proc/self/gid_map", format!("{gid} {gid} 1")))
             .map_err(SandboxError::UserMap)?;
     }
+    enter_pid_namespace()?;
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(SandboxError::NoNewPrivs(io::Error::last_os_error()));
@@ -69,6 +74,59 @@ pub fn enter() -> Result<(), SandboxError> {
         }
     }
     Ok(())
+}
+
+/// Forks into the new PID namespace: the child (its PID 1) goes on to run the module; this
+/// process waits for it and ends as it ends.
+fn enter_pid_namespace() -> Result<(), SandboxError> {
+    // SAFETY: the process has one thread (see `enter`), so the child may run anything.
+    match unsafe { libc::fork() } {
+        -1 => Err(SandboxError::Namespaces(io::Error::last_os_error())),
+        0 => {
+            // The runner dies with the process that waits for it.
+            // SAFETY: PR_SET_PDEATHSIG takes integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            Ok(())
+        }
+        child => {
+            // Signals meant for the run (Ctrl-C, tessera's SIGTERM) go to the runner.
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                forward(signal, child);
+            }
+            let mut status = 0;
+            loop {
+                // SAFETY: `status` outlives the call.
+                let rc = unsafe { libc::waitpid(child, &mut status, 0) };
+                if rc == child
+                    || (rc == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
+                {
+                    break;
+                }
+            }
+            let code = match (libc::WIFEXITED(status), libc::WIFSIGNALED(status)) {
+                (true, _) => libc::WEXITSTATUS(status),
+                (_, true) => 128 + libc::WTERMSIG(status),
+                _ => 255,
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+static RUNNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn pass_on(signal: libc::c_int) {
+    let pid = RUNNER.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+fn forward(signal: libc::c_int, child: libc::pid_t) {
+    RUNNER.store(child, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: `pass_on` only calls kill, which is async-signal-safe.
+    unsafe { libc::signal(signal, pass_on as *const () as libc::sighandler_t) };
 }
 
 /// What a loaded module may still ask the kernel for: memory, threads and futexes, signals
@@ -109,6 +167,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_clock_getres,
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
+    libc::SYS_restart_syscall,
     libc::SYS_gettimeofday,
     libc::SYS_getrandom,
     // descriptors and the event loop
@@ -162,10 +221,61 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_getcwd,
 ];
 
-/// The compiled allow-list.
-pub fn filter() -> Result<BpfProgram, SandboxError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+/// With CGI extensions, what starting one needs, and what a program it runs (a script, its
+/// interpreter) needs to start: the extension runs under the same filter, in the same
+/// namespaces, as a child of the runner (the PID namespace keeps `kill` to the runner's own).
+const FOR_EXTENSIONS: &[libc::c_long] = &[
+    libc::SYS_execve,
+    libc::SYS_vfork,
+    libc::SYS_wait4,
+    libc::SYS_kill,
+    libc::SYS_dup2,
+    libc::SYS_arch_prctl,
+    libc::SYS_access,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_readlink,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_getppid,
+    libc::SYS_getpgrp,
+    libc::SYS_setpgid,
+    libc::SYS_uname,
+    libc::SYS_sysinfo,
+    libc::SYS_chdir,
+    libc::SYS_umask,
+    // on the socket pair above (socket() stays refused, and the network namespace is empty)
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_sendto,
+];
+
+/// The compiled allow-list; `extensions` adds [`FOR_EXTENSIONS`].
+pub fn filter(extensions: bool) -> Result<BpfProgram, SandboxError> {
+    let extra = match extensions {
+        true => FOR_EXTENSIONS,
+        false => &[],
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+        .iter()
+        .chain(extra)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    if extensions {
+        // std's spawn reports the child's exec error over a unix socket pair; no other family.
+        let unix = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(|e| SandboxError::Filter(e.to_string()))?;
+        rules.insert(libc::SYS_socketpair, vec![unix]);
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
@@ -179,8 +289,8 @@ pub fn filter() -> Result<BpfProgram, SandboxError> {
 }
 
 /// Installs the allow-list on every thread of the process.
-pub fn lock() -> Result<(), SandboxError> {
-    let program = filter()?;
+pub fn lock(extensions: bool) -> Result<(), SandboxError> {
+    let program = filter(extensions)?;
     seccompiler::apply_filter_all_threads(&program)
         .map_err(|e| SandboxError::Install(e.to_string()))
 }

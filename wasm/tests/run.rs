@@ -281,3 +281,59 @@ fn blockless_configs_run_and_their_errors_are_128() {
     assert_eq!(out.code, i32::from(exit::CONFIG_ERROR), "{}", out.stderr);
     assert!(out.stderr.contains("bls.json"), "{}", out.stderr);
 }
+
+/// A CGI extension directory: `upper` (verified: upper-cases `$GREETING $1 LINE`), `rogue`
+/// (answers --ext_verify without is_cgi) and a file that is not executable.
+fn extensions() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let script = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        "upper",
+        "#!/bin/sh\nif [ \"$1\" = --ext_verify ]; then\n  echo '{\"alias\": \"upper\", \"description\": \"upper-cases a line\", \"is_cgi\": true}'\n  exit 0\nfi\nread -r line\necho \"$GREETING $1 $line\" | tr a-z A-Z\n",
+    );
+    script(
+        "rogue",
+        "#!/bin/sh\necho '{\"alias\": \"rogue\", \"description\": \"x\", \"is_cgi\": false}'\n",
+    );
+    std::fs::write(dir.path().join("notes.txt"), "not an extension").unwrap();
+    dir
+}
+
+#[test]
+fn a_cgi_extension_round_trips_data_and_an_unverified_one_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let ext = extensions();
+    let ext_dir = ext.path().to_str().unwrap();
+    for sandbox in [&[][..], &["--sandbox"][..]] {
+        let flags = [sandbox, &["--ext", ext_dir]].concat();
+        let Some(out) = run_guest(cache.path(), &flags, &["cgi-list"]) else {
+            return;
+        };
+        assert_eq!(out.code, 0, "{sandbox:?}: {}", out.stderr);
+        let listing: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        let aliases: Vec<&str> = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["alias"].as_str().unwrap())
+            .collect();
+        assert_eq!(aliases, ["upper"], "only the verified extension is listed");
+        assert_eq!(listing[0]["fileName"], "upper");
+        let out = run_guest(cache.path(), &flags, &["cgi", "upper", "round trip"]).unwrap();
+        assert_eq!(out.code, 0, "{sandbox:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "HI ARG1 ROUND TRIP\n", "{sandbox:?}");
+        let out = run_guest(cache.path(), &flags, &["cgi", "rogue", "x"]).unwrap();
+        assert_eq!(
+            out.code,
+            wasm::cgi::INVALID_EXTENSION,
+            "{sandbox:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

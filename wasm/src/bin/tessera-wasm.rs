@@ -145,6 +145,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     let wall_time = plan.limits.wall_time;
+    let extensions = plan.extensions.is_some();
     let lock = || {
         if let Some(limit) = wall_time {
             // The epoch stops the module's own code; this stops a host call that never returns.
@@ -155,7 +156,7 @@ fn main() -> ExitCode {
             });
         }
         match cli.sandbox {
-            true => wasm::sandbox::lock().map_err(|e| e.to_string()),
+            true => wasm::sandbox::lock(extensions).map_err(|e| e.to_string()),
             false => Ok(()),
         }
     };

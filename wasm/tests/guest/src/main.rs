@@ -2,6 +2,39 @@
 
 use std::io::{Read, Write};
 
+#[link(wasm_import_module = "blockless_cgi")]
+extern "C" {
+    fn cgi_list_exec(handle: *mut u32) -> u32;
+    fn cgi_list_read(handle: u32, buf: *mut u8, len: u32, n: *mut u32) -> u32;
+    fn cgi_open(json: *const u8, len: u32, handle: *mut u32) -> u32;
+    fn cgi_stdin_write(handle: u32, buf: *const u8, len: u32, n: *mut u32) -> u32;
+    fn cgi_stdout_read(handle: u32, buf: *mut u8, len: u32, n: *mut u32) -> u32;
+    fn cgi_close(handle: u32) -> u32;
+}
+
+/// Exits with a CGI call's error code when it is not 0.
+fn check(what: &str, code: u32) {
+    if code != 0 {
+        eprintln!("{what}: error {code}");
+        std::process::exit(code as i32);
+    }
+}
+
+/// Reads a handle to its end with `read`.
+fn read_all(handle: u32, read: unsafe extern "C" fn(u32, *mut u8, u32, *mut u32) -> u32) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 7];
+    loop {
+        let mut n = 0;
+        // SAFETY: buf and n outlive the call, which writes at most buf.len() bytes.
+        check("read", unsafe { read(handle, buf.as_mut_ptr(), buf.len() as u32, &mut n) });
+        if n == 0 {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let command = args.get(1).map(String::as_str).unwrap_or("");
@@ -36,6 +69,34 @@ fn main() {
         "streams" => {
             println!("to stdout");
             eprintln!("to stderr");
+        }
+        "cgi-list" => {
+            let mut handle = 0;
+            // SAFETY: handle outlives the call.
+            check("cgi_list_exec", unsafe { cgi_list_exec(&mut handle) });
+            println!("{}", read_all(handle, cgi_list_read));
+            // SAFETY: plain value.
+            check("cgi_close", unsafe { cgi_close(handle) });
+        }
+        "cgi" => {
+            let request = format!(
+                r#"{{"command": "{}", "args": ["arg1"], "envs": [{{"env_name": "GREETING", "env_val": "hi"}}]}}"#,
+                rest[0]
+            );
+            let mut handle = 0;
+            // SAFETY: the request and handle outlive the call.
+            check("cgi_open", unsafe {
+                cgi_open(request.as_ptr(), request.len() as u32, &mut handle)
+            });
+            let line = format!("{}\n", rest[1]);
+            let mut n = 0;
+            // SAFETY: as above.
+            check("cgi_stdin_write", unsafe {
+                cgi_stdin_write(handle, line.as_ptr(), line.len() as u32, &mut n)
+            });
+            print!("{}", read_all(handle, cgi_stdout_read));
+            // SAFETY: plain value.
+            check("cgi_close", unsafe { cgi_close(handle) });
         }
         "exit" => std::process::exit(rest[0].parse().unwrap()),
         "spin" => {
