@@ -2,9 +2,10 @@
 //! capabilities inside (the module reaches only its preopens), the OS's confinement outside, so
 //! that an engine bug does not become a host escape. [`enter`] runs first, while the process
 //! has one thread: new network, IPC, UTS and PID namespaces (and a user namespace when not
-//! root; the runner forks to be the PID namespace's first process), no_new_privs, rlimits. [`lock`] runs once the module is loaded and its files are open: a
-//! seccomp allow-list of what wasmtime and WASI preview 1 need, refusing the rest with EPERM
-//! (no exec, no sockets, no ptrace, no mount, no namespaces, no kernel keyring, no BPF).
+//! root; the runner forks to be the PID namespace's first process), no_new_privs, rlimits.
+//! [`lock`] runs once the module is loaded and its files are open: a seccomp allow-list of what wasmtime and WASI preview 1 need, refusing the rest with EPERM
+//! (no exec, no sockets, no ptrace, no mount, no namespaces, no kernel keyring, no BPF). It
+//! does not restrict paths: WASI confines the module to its preopens.
 
 use std::collections::BTreeMap;
 use std::io;

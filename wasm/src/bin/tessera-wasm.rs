@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use wasm::config::{Overrides, Plan};
+use wasm::config::{LogLevel, Overrides, Plan};
 use wasm::engine::ModuleCache;
 use wasm::exit;
 
@@ -164,5 +164,36 @@ fn main() -> ExitCode {
     if let Some(message) = &outcome.message {
         eprintln!("tessera: {message} (exit code {})", outcome.code);
     }
+    if let Some(path) = &plan.log_file {
+        log_outcome(path, plan.log_level, &outcome);
+    }
     ExitCode::from(outcome.code)
+}
+
+/// Appends the run's ending to the config's `runtime_logger` file, as its level allows.
+fn log_outcome(path: &std::path::Path, level: LogLevel, outcome: &wasm::run::Outcome) {
+    use std::io::Write as _;
+    let mut lines = Vec::new();
+    if let Some(message) = &outcome.message {
+        lines.push(format!("ERROR {message} (exit code {})", outcome.code));
+    }
+    if level >= LogLevel::Info {
+        let fuel = outcome
+            .fuel_used
+            .map(|f| format!(", fuel used {f}"))
+            .unwrap_or_default();
+        lines.push(format!("INFO exit code {}{fuel}", outcome.code));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    match file {
+        Ok(mut file) => {
+            for line in lines {
+                let _ = writeln!(file, "{line}");
+            }
+        }
+        Err(e) => eprintln!("tessera: warning: cannot write {}: {e}", path.display()),
+    }
 }
