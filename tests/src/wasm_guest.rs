@@ -5,8 +5,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The built guest module, or why it cannot be built (the wasm32-wasip1 target missing).
+/// The built guest module (`guest COMMAND ARGS`, importing blockless_cgi too), or why it cannot
+/// be built (the wasm32-wasip1 target missing).
 pub fn guest() -> Result<&'static Path, &'static str> {
+    built().map(|dir| -> &'static Path {
+        GUEST_MODULE.get_or_init(|| dir.join("wasm-test-guest.wasm"))
+    })
+}
+
+/// A hello-world module that imports WASI only (the benchmarks run it in wasmtime too).
+pub fn hello() -> Result<&'static Path, &'static str> {
+    built().map(|dir| -> &'static Path { HELLO_MODULE.get_or_init(|| dir.join("hello.wasm")) })
+}
+
+static GUEST_MODULE: OnceLock<PathBuf> = OnceLock::new();
+static HELLO_MODULE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The directory of the built modules.
+fn built() -> Result<&'static Path, &'static str> {
     static GUEST: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let built = GUEST.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -25,7 +41,7 @@ pub fn guest() -> Result<&'static Path, &'static str> {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        Ok(target.join("wasm32-wasip1/release/wasm-test-guest.wasm"))
+        Ok(target.join("wasm32-wasip1/release"))
     });
     built.as_deref().map_err(String::as_str)
 }

@@ -1,15 +1,15 @@
-//! `tessera run app.wasm`: a Wasm module at the isolation its owner asks for. `sandbox` starts
-//! the `tessera-wasm` runner (installed beside `tessera`) as a child that confines itself
+//! `tessera run app.wasm`: a Wasm module at the isolation its owner asks for. `sandbox` execs
+//! the `tessera-wasm` runner (installed beside `tessera`), which confines itself
 //! (`--sandbox`: namespaces, no_new_privs, rlimits, then seccomp before the module starts);
 //! `microvm` is refused until it is built, never lowered to the sandbox.
 
-use std::os::unix::process::ExitStatusExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::run::{Isolation, RunArgs};
 
-/// Runs `module` as `args` say; the exit code is the module's (Blockless's table).
+/// Runs `module` as `args` say (this process becomes the runner); returns only on failure.
 pub fn run(module: &Path, args: &RunArgs) -> Result<u8, String> {
     match args.isolation.unwrap_or(Isolation::Sandbox) {
         Isolation::Sandbox => {}
@@ -52,19 +52,8 @@ pub fn run(module: &Path, args: &RunArgs) -> Result<u8, String> {
         command.stdin(Stdio::null());
     }
     command.arg(module).arg("--").args(&args.command);
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot start tessera-wasm: {e}"))?;
-    if let Some(code) = status.code() {
-        return Ok(u8::try_from(code).unwrap_or(255));
-    }
-    let signal = status.signal().unwrap_or(0);
-    eprintln!(
-        "tessera: the Wasm runner was killed by signal {signal}{}",
-        match signal {
-            libc::SIGSYS => " (a system call outside its seccomp filter)",
-            _ => "",
-        }
-    );
-    Ok(128u8.saturating_add(u8::try_from(signal).unwrap_or(127)))
+    // Replaced by the runner, as `tessera image` is by its helper: one process less to start
+    // and to wait for, and the module's exit code is this process's.
+    let error = command.exec();
+    Err(format!("cannot start tessera-wasm: {error}"))
 }
