@@ -79,11 +79,10 @@ impl Registry {
     pub fn start(dir: &Path, auth: bool) -> Registry {
         fs::create_dir_all(dir).unwrap();
         let root = dir.join("storage");
-        let port = free_port();
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+             http:\n  addr: 127.0.0.1:PORT\n",
             root.display()
         );
         if auth {
@@ -94,9 +93,26 @@ impl Registry {
                 file.display()
             ));
         }
+        // The port free_port found may be taken again before the registry binds it (tests run
+        // in parallel, each with a registry): then this one exits and another answers, so it
+        // starts again on a new port.
+        for _ in 0..5 {
+            if let Some(registry) = Registry::serve(dir, &config, auth) {
+                return registry;
+            }
+        }
+        panic!("the registry could not get a free port in 5 tries")
+    }
+
+    /// One start of the registry with `config` (`PORT` in it replaced by a free port); None
+    /// when it could not bind that port.
+    fn serve(dir: &Path, config: &str, auth: bool) -> Option<Registry> {
+        let port = free_port();
+        let root = dir.join("storage");
         let config_path = dir.join("config.yml");
-        fs::write(&config_path, config).unwrap();
-        let log = fs::File::create(dir.join("registry.log")).unwrap();
+        fs::write(&config_path, config.replace("PORT", &port.to_string())).unwrap();
+        let log_path = dir.join("registry.log");
+        let log = fs::File::create(&log_path).unwrap();
         let child = Command::new(REGISTRY)
             .arg("serve")
             .arg(&config_path)
@@ -106,26 +122,27 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let mut registry = Registry { child, port, root };
+        let log = || fs::read_to_string(&log_path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match v2_status(port) {
-                Some(200) if !auth => break,
-                Some(401) if auth => break,
-                Some(status) => panic!("the registry answered GET /v2/ with {status}"),
-                None => {}
-            }
-            let log = || fs::read_to_string(dir.join("registry.log")).unwrap_or_default();
-            if let Some(status) = registry.child.try_wait().unwrap() {
-                panic!("the registry exited ({status}): {}", log());
+            let answer = v2_status(port);
+            let exited = registry.child.try_wait().unwrap();
+            match (answer, exited) {
+                (_, Some(_)) if log().contains("address already in use") => return None,
+                (_, Some(status)) => panic!("the registry exited ({status}): {}", log()),
+                (Some(200), None) if !auth => return Some(registry),
+                (Some(401), None) if auth => return Some(registry),
+                // Another test's registry on this port, while this one fails to bind it.
+                (Some(_), None) => {}
+                (None, None) => {}
             }
             assert!(
                 Instant::now() < deadline,
-                "the registry did not answer: {}",
+                "the registry did not answer as expected: {}",
                 log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        registry
     }
 
     /// `HOST:PORT`, as image references name it.

@@ -45,3 +45,14 @@ fn built() -> Result<&'static Path, &'static str> {
     });
     built.as_deref().map_err(String::as_str)
 }
+
+/// [`guest`] for a test: none, with the reason printed as a skip, when it cannot be built.
+pub fn guest_or_skip() -> Option<&'static Path> {
+    match guest() {
+        Ok(path) => Some(path),
+        Err(why) => {
+            println!("SKIPPED wasm guest tests: {why}");
+            None
+        }
+    }
+}

@@ -11,22 +11,12 @@ fn tessera() -> Option<Command> {
     let dir = tests::bin_dir();
     if !dir.join("tessera-wasm").is_file() {
         println!(
-            "SKIPPED: no tessera-wasm beside tessera in {} (cargo build --workspace --bins)",
+            "SKIPPED wasm_cli: no tessera-wasm beside tessera in {} (cargo build --workspace --bins)",
             dir.display()
         );
         return None;
     }
     Some(Command::new(dir.join("tessera")))
-}
-
-fn guest() -> Option<&'static Path> {
-    match tests::wasm_guest::guest() {
-        Ok(path) => Some(path),
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            None
-        }
-    }
 }
 
 /// The processes below `pid`.
@@ -75,7 +65,7 @@ fn namespace(pid: &str, kind: &str) -> PathBuf {
 
 #[test]
 fn a_module_runs_confined_on_the_host_with_its_stdin_output_and_exit_code() {
-    let (Some(mut tessera), Some(guest)) = (tessera(), guest()) else {
+    let (Some(mut tessera), Some(guest)) = (tessera(), tests::wasm_guest::guest_or_skip()) else {
         return;
     };
     let mut child = tessera
@@ -148,7 +138,7 @@ fn tessera_run(guest: &Path, flags: &[&str], args: &[&str]) -> std::process::Out
 
 #[test]
 fn a_level_that_cannot_run_is_refused_not_lowered() {
-    let (Some(_), Some(guest)) = (tessera(), guest()) else {
+    let (Some(_), Some(guest)) = (tessera(), tests::wasm_guest::guest_or_skip()) else {
         return;
     };
     let out = tessera_run(guest, &["--isolation", "microvm"], &["hello"]);

@@ -11,17 +11,6 @@ fn tessera_wasm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tessera-wasm"))
 }
 
-/// The guest program; none (with why, printed) when it cannot be built here.
-fn guest() -> Option<&'static Path> {
-    match tests::wasm_guest::guest() {
-        Ok(path) => Some(path),
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            None
-        }
-    }
-}
-
 struct Run {
     code: i32,
     stdout: String,
@@ -46,7 +35,7 @@ fn run(mut command: Command) -> Run {
 
 /// tessera-wasm [flags] GUEST -- ARGS, with a cache of its own.
 fn run_guest(cache: &Path, flags: &[&str], args: &[&str]) -> Option<Run> {
-    let guest = guest()?;
+    let guest = tests::wasm_guest::guest_or_skip()?;
     let mut command = tessera_wasm();
     command
         .arg("--cache")
