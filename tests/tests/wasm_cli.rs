@@ -146,6 +146,12 @@ fn a_level_that_cannot_run_is_refused_not_lowered() {
     assert!(out.stdout.is_empty(), "nothing ran");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--isolation microvm"), "{stderr}");
+    let out = tessera().unwrap().args(["run", "ls"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tessera run -- ls"),
+        "a forgotten `--` gets a hint: {out:?}"
+    );
     let out = tessera()
         .unwrap()
         .args(["run", "--isolation", "sandbox", "--", "true"])

@@ -19,6 +19,13 @@ pub fn run(module: &Path, args: &RunArgs) -> Result<u8, String> {
             )
         }
     }
+    if !module.exists() {
+        return Err(format!(
+            "{}: no such module or config file (a command for a microVM goes after `--`: tessera run -- {})",
+            module.display(),
+            module.display()
+        ));
+    }
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find tessera's own path: {e}"))?;
     let mut command = Command::new(exe.with_file_name("tessera-wasm"));
