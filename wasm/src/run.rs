@@ -7,7 +7,7 @@ use std::path::Path;
 
 use md5::{Digest as _, Md5};
 use wasmtime::{Linker, Module, Store};
-use wasmtime_wasi::cli::OutputFile;
+use wasmtime_wasi::cli::{OutputFile, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -134,9 +134,7 @@ fn instantiate_and_call(
     libraries: &[(&str, Module)],
     function: &str,
 ) -> wasmtime::Result<()> {
-    let mut linker: Linker<State> = Linker::new(store.engine());
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)?;
-    cgi::add_to_linker(&mut linker)?;
+    let mut linker = linker(store.engine())?;
     for (name, library) in libraries {
         let instance = linker.instantiate(&mut *store, library)?;
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
@@ -157,6 +155,14 @@ fn instantiate_and_call(
     entry.call(&mut *store, ())
 }
 
+/// The host functions a module may import: WASI preview 1 and `blockless_cgi`.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut State| &mut state.wasi)?;
+    cgi::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
 /// The files whose MD5 the config gives, checked before anything is compiled.
 fn check_md5(plan: &Plan) -> Result<(), String> {
     for (path, expected) in &plan.md5 {
@@ -173,18 +179,28 @@ fn check_md5(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-fn output_file(path: &Path) -> Result<OutputFile, String> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map(OutputFile::new)
-        .map_err(|e| {
-            format!(
-                "cannot open {} for the module's output: {e}",
-                path.display()
-            )
-        })
+/// Where one of the module's output streams goes; `inherited` is this process's own.
+fn output_stream(
+    output: &Output,
+    inherited: impl StdoutStream + Sync + 'static,
+) -> Result<Box<dyn StdoutStream + Sync>, String> {
+    let file = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "cannot open {} for the module's output: {e}",
+                    path.display()
+                )
+            })
+    };
+    Ok(match output {
+        Output::Inherit => Box::new(inherited),
+        Output::Null => Box::new(SinkOutputStream),
+        Output::File(path) => Box::new(OutputFile::new(file(path)?)),
+    })
 }
 
 /// The module's WASI preview 1 context: argv, env (nothing of the host's), preopens, stdio.
@@ -207,28 +223,8 @@ fn wasi_context(plan: &Plan) -> Result<WasiP1Ctx, String> {
             wasi.stdin(MemoryInputPipe::new(text.clone().into_bytes()));
         }
     }
-    match &plan.stdout {
-        Output::Inherit => {
-            wasi.inherit_stdout();
-        }
-        Output::Null => {
-            wasi.stdout(SinkOutputStream);
-        }
-        Output::File(path) => {
-            wasi.stdout(output_file(path)?);
-        }
-    }
-    match &plan.stderr {
-        Output::Inherit => {
-            wasi.inherit_stderr();
-        }
-        Output::Null => {
-            wasi.stderr(SinkOutputStream);
-        }
-        Output::File(path) => {
-            wasi.stderr(output_file(path)?);
-        }
-    }
+    wasi.stdout(output_stream(&plan.stdout, wasmtime_wasi::cli::stdout())?);
+    wasi.stderr(output_stream(&plan.stderr, wasmtime_wasi::cli::stderr())?);
     Ok(wasi.build_p1())
 }
 

@@ -5,12 +5,11 @@
 
 use std::path::Path;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Store};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::cgi;
 use crate::limits::MemoryLimiter;
-use crate::run::State;
+use crate::run::{self, State};
 
 /// Instances that may be alive at once.
 const POOL_INSTANCES: u32 = 64;
@@ -35,10 +34,7 @@ impl Warm {
             .memory_init_cow(true);
         let engine = Engine::new(&config)?;
         let module = wasmtime::Module::from_file(&engine, module)?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)?;
-        cgi::add_to_linker(&mut linker)?;
-        let pre = linker.instantiate_pre(&module)?;
+        let pre = run::linker(&engine)?.instantiate_pre(&module)?;
         Ok(Warm { engine, pre })
     }
 
