@@ -28,10 +28,23 @@ pub fn default_kernel() -> Result<PathBuf, String> {
 
 /// The cached initramfs holding tessera-init.
 pub fn default_initrd() -> Result<PathBuf, String> {
-    let path = cache_dir()?.join("initramfs/tessera-init.cpio");
+    cached_initrd("tessera-init.cpio", "tessera-init")
+}
+
+/// The cached initramfs holding tessera-init and the Wasm runner (`tessera-wasm`), booted only
+/// to run a Wasm module, so that other boots do not load wasmtime.
+pub fn default_wasm_initrd() -> Result<PathBuf, String> {
+    cached_initrd(
+        "tessera-init-wasm.cpio",
+        "Wasm (tessera-init + tessera-wasm)",
+    )
+}
+
+fn cached_initrd(name: &str, what: &str) -> Result<PathBuf, String> {
+    let path = cache_dir()?.join("initramfs").join(name);
     if !path.is_file() {
         return Err(format!(
-            "no tessera-init initramfs at {}: build it with `scripts/setup`, or pass --initrd",
+            "no {what} initramfs at {}: build it with `scripts/setup`, or pass --initrd",
             path.display()
         ));
     }

@@ -14,6 +14,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod wasm;
+pub use wasm::{is_module_file, WasmDir, WasmModule, RUNNER as WASM_RUNNER};
+
 /// The spec version this build reads and writes.
 pub const SPEC_VERSION: u32 = 1;
 
@@ -30,7 +33,7 @@ pub struct WorkloadSpec {
     /// Always [`SPEC_VERSION`] for specs this build writes.
     pub version: u32,
     /// The program and its arguments (`argv`); the program is looked up in `PATH` when it has
-    /// no `/`.
+    /// no `/`. With `wasm`, the module's arguments after its name (may be empty).
     pub args: Vec<String>,
     /// Variables added to the runner's base environment, in order; a later one of the same name
     /// wins.
@@ -59,6 +62,9 @@ pub struct WorkloadSpec {
     /// Where the command's standard streams go [default: the guest console].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio: Option<Stdio>,
+    /// A Wasm module run by the Wasm runner instead of a program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmModule>,
 }
 
 /// A disk mounted into the command's root.
@@ -168,7 +174,7 @@ pub enum SpecError {
     Json(String),
     /// workload spec version {0} is not supported (this build reads version 1)
     Version(u32),
-    /// args is empty: it needs at least a program
+    /// args is empty: it needs at least a program (or a wasm module)
     EmptyArgs,
     /// args[0] is empty: it names no program
     EmptyProgram,
@@ -186,6 +192,8 @@ pub enum SpecError {
     SoftAboveHard(usize, String, u64, u64),
     /// stdio.vsock_port {0} leaves no room for its three ports
     StdioPort(u32),
+    /// {0}: not a path the Wasm runner can be given
+    Wasm(String),
 }
 
 impl TryFrom<EnvForm> for EnvVar {
@@ -242,6 +250,23 @@ impl WorkloadSpec {
             mounts: Vec::new(),
             rlimits: Vec::new(),
             stdio: None,
+            wasm: None,
+        }
+    }
+
+    /// The process that runs this spec: itself, or with `wasm`, the Wasm runner ([`WASM_RUNNER`])
+    /// given the module, its arguments and its environment as flags.
+    pub fn process(&self) -> WorkloadSpec {
+        let Some(wasm) = &self.wasm else {
+            return self.clone();
+        };
+        let mut args = vec![WASM_RUNNER.to_string()];
+        args.extend(wasm.runner_args(&self.args, &self.env));
+        WorkloadSpec {
+            args,
+            env: Vec::new(),
+            wasm: None,
+            ..self.clone()
         }
     }
 
@@ -260,9 +285,11 @@ impl WorkloadSpec {
         if self.version != SPEC_VERSION {
             return Err(SpecError::Version(self.version));
         }
-        let program = self.args.first().ok_or(SpecError::EmptyArgs)?;
-        if program.is_empty() {
-            return Err(SpecError::EmptyProgram);
+        match (&self.wasm, self.args.first()) {
+            (Some(wasm), _) => wasm.validate()?,
+            (None, None) => return Err(SpecError::EmptyArgs),
+            (None, Some(program)) if program.is_empty() => return Err(SpecError::EmptyProgram),
+            (None, Some(_)) => {}
         }
         let nul = |field: String, value: &str| match value.contains('\0') {
             true => Err(SpecError::NulByte(field)),
@@ -480,5 +507,30 @@ mod tests {
     fn errors_are_one_line() {
         let err = WorkloadSpec::from_json(b"{\n\"version\": 1,\n\"args\": [1]\n}").unwrap_err();
         assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_wasm_spec_runs_the_wasm_runner_with_the_modules_args_and_env() {
+        let json = br#"{"version":1,"args":[],"env":["A=1"],"wasm":{"module":"/m/app.wasm","dirs":[{"path":"/run/d0","guest":"/data","read_only":true}],"fuel":5}}"#;
+        let spec = WorkloadSpec::from_json(json).unwrap();
+        assert_eq!(
+            WorkloadSpec::from_json(&spec.to_json().unwrap()).unwrap(),
+            spec
+        );
+        let process = spec.process();
+        assert_eq!(
+            process.args.join(" "),
+            format!("{WASM_RUNNER} --stdin inherit --dir /run/d0::/data:ro --env A=1 --fuel 5 /m/app.wasm --")
+        );
+        assert!(process.env.is_empty() && process.wasm.is_none());
+        let unknown = br#"{"version":1,"args":[],"wasm":{"module":"a.wasm","threads":true}}"#;
+        assert!(
+            matches!(WorkloadSpec::from_json(unknown), Err(SpecError::Json(m)) if m.contains("threads"))
+        );
+        // Without wasm, a program is still needed.
+        assert_eq!(
+            WorkloadSpec::from_json(br#"{"version":1,"args":[]}"#),
+            Err(SpecError::EmptyArgs)
+        );
     }
 }

@@ -4,6 +4,92 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use guest_init::initramfs::Initramfs;
+
+/// Where [`host_files`] puts the guest module in a test host.
+pub const HOST_GUEST: &str = "/root/wasm-test-guest.wasm";
+/// Where [`host_files`] puts the hello-world module in a test host.
+pub const HOST_HELLO: &str = "/root/hello.wasm";
+/// Where a test host's `tessera run --isolation microvm` finds the Wasm initramfs.
+pub const HOST_WASM_INITRAMFS: &str = "/root/.cache/tessera/initramfs/tessera-init-wasm.cpio";
+
+/// What a nested test host needs to run Wasm modules at both levels, as (file here, path in
+/// the host): the release runner beside `tessera` (a debug wasmtime is too big and too slow
+/// for an emulated host), `tessera-volume` of `bin_dir`, the Wasm initramfs (`bin_dir`'s
+/// tessera-init and the runner, packed into `dir` as scripts/setup packs it) and the two
+/// modules. Err says what is missing.
+pub fn host_files(bin_dir: &Path, dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let guest = guest().map_err(str::to_string)?;
+    let hello = hello().map_err(str::to_string)?;
+    let runner = release_runner()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let initramfs = dir.join("tessera-init-wasm.cpio");
+    let mut archive = Initramfs::with_base_layout();
+    let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
+    archive
+        .add_from_host(&bin_dir.join("tessera-init"), "init")
+        .map_err(e)?;
+    archive
+        .add_from_host(&runner, guest_init::spec::WASM_RUNNER)
+        .map_err(e)?;
+    let mut file = std::fs::File::create(&initramfs)
+        .map_err(|err| format!("{}: {err}", initramfs.display()))?;
+    archive
+        .write_cpio(&mut file)
+        .map_err(|err| format!("{}: {err}", initramfs.display()))?;
+    Ok(vec![
+        (initramfs, HOST_WASM_INITRAMFS.into()),
+        (runner, "/opt/tessera/bin/tessera-wasm".into()),
+        (
+            bin_dir.join("tessera-volume"),
+            "/opt/tessera/bin/tessera-volume".into(),
+        ),
+        (guest.to_path_buf(), HOST_GUEST.into()),
+        (hello.to_path_buf(), HOST_HELLO.into()),
+    ])
+}
+
+/// The release runner; one older than a source file it is built from is an error (a panic),
+/// not a test of old code.
+fn release_runner() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let runner = root.join("target/x86_64-unknown-linux-gnu/release/tessera-wasm");
+    let built = std::fs::metadata(&runner)
+        .and_then(|m| m.modified())
+        .map_err(|_| {
+            format!(
+                "{} is not built (cargo build --release --workspace --bins)",
+                runner.display()
+            )
+        })?;
+    let newest = ["wasm/src", "guest-init/src"]
+        .iter()
+        .filter_map(|dir| newest_file(&root.join(dir)))
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    assert!(
+        built >= newest,
+        "{} is older than its sources: rebuild it (cargo build --release -p wasm)",
+        runner.display()
+    );
+    Ok(runner)
+}
+
+fn newest_file(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            match meta.is_dir() {
+                true => newest_file(&entry.path()),
+                false => meta.modified().ok(),
+            }
+        })
+        .max()
+}
 
 /// The built guest module (`guest COMMAND ARGS`, importing blockless_cgi too), or why it cannot
 /// be built (the wasm32-wasip1 target missing).

@@ -141,11 +141,26 @@ fn a_level_that_cannot_run_is_refused_not_lowered() {
     let (Some(_), Some(guest)) = (tessera(), tests::wasm_guest::guest_or_skip()) else {
         return;
     };
-    let out = tessera_run(guest, &["--isolation", "microvm"], &["hello"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty(), "nothing ran");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--isolation microvm"), "{stderr}");
+    // What a microVM does not get yet (host paths in a config, extensions) is refused there,
+    // not run in the sandbox instead; so is -v, a command's flag.
+    let ext = std::env::temp_dir();
+    let ext = ext.to_str().unwrap();
+    for (flags, says) in [
+        (
+            &["--isolation", "microvm", "--ext", ext][..],
+            "--isolation microvm",
+        ),
+        (
+            &["--isolation", "microvm", "-v", &format!("{ext}:/x")][..],
+            "--dir",
+        ),
+    ] {
+        let out = tessera_run(guest, flags, &["hello"]);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "nothing ran: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
     let out = tessera().unwrap().args(["run", "ls"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(

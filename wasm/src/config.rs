@@ -172,6 +172,8 @@ pub struct Plan {
     pub log_level: LogLevel,
     pub opt_level: OptLevel,
     pub debug_info: bool,
+    /// Compile for a baseline CPU rather than this one (see `EngineSettings::portable`).
+    pub portable: bool,
 }
 
 /// What the command line says; a field left `None` (or empty) keeps the config's.
@@ -194,15 +196,11 @@ pub struct Overrides {
     pub stdin: Option<String>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+    /// `--portable`.
+    pub portable: bool,
 }
 
-/// Whether `path` names a module rather than a config file (bls-runtime's rule: by extension).
-pub fn is_module_file(path: &Path) -> bool {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    matches!(ext.as_deref(), Some("wasm" | "wat" | "wasi" | "cwasm"))
-}
+pub use guest_init::spec::is_module_file;
 
 impl BlocklessConfig {
     /// Parses a config file's text; `path` names it in errors.
@@ -242,26 +240,13 @@ fn output(value: &str, root: Option<&Path>, key: &str) -> Result<Output, ConfigE
     }
 }
 
-/// Parses `HOST[::GUEST][:ro|:rw]`.
+/// Parses `HOST[::GUEST][:ro|:rw]`, as the workload spec's Wasm part does.
 fn parse_dir(flag: &str) -> Result<Preopen, ConfigError> {
-    let (rest, read_only) = match flag.rsplit_once(':') {
-        Some((rest, "ro")) if !rest.ends_with(':') => (rest, true),
-        Some((rest, "rw")) if !rest.ends_with(':') => (rest, false),
-        _ => (flag, false),
-    };
-    let (host, guest) = match rest.split_once("::") {
-        Some((host, guest)) => (host, guest),
-        None => (rest, rest),
-    };
-    if host.is_empty() || guest.is_empty() {
-        return Err(invalid(format!(
-            "--dir {flag:?}: expected HOST[::GUEST][:ro]"
-        )));
-    }
+    let dir = guest_init::spec::WasmDir::parse(flag).map_err(invalid)?;
     Ok(Preopen {
-        host: PathBuf::from(host),
-        guest: guest.to_string(),
-        read_only,
+        host: PathBuf::from(dir.path),
+        guest: dir.guest,
+        read_only: dir.read_only,
     })
 }
 
@@ -467,6 +452,7 @@ impl Plan {
             log_level: log_level(config.runtime_logger_level.as_deref())?,
             opt_level: opt_level(config.optimize.as_ref())?,
             debug_info: config.debug_info.unwrap_or(false),
+            portable: flags.portable,
         })
     }
 }

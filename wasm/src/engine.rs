@@ -17,6 +17,10 @@ pub struct EngineSettings {
     pub fuel: bool,
     pub opt_level: OptLevel,
     pub debug_info: bool,
+    /// Code for x86-64-v2 (SSE4.2, POPCNT, CMPXCHG16B) instead of the features this CPU has,
+    /// so that a module compiled on one machine loads on another: a microVM's CPU may lack
+    /// the host's AVX (wasmtime refuses code that needs a feature the CPU lacks).
+    pub portable: bool,
 }
 
 impl EngineSettings {
@@ -25,6 +29,7 @@ impl EngineSettings {
             fuel: plan.limits.fuel.is_some(),
             opt_level: plan.opt_level,
             debug_info: plan.debug_info,
+            portable: plan.portable,
         }
     }
 
@@ -41,12 +46,56 @@ impl EngineSettings {
                 OptLevel::Speed => wasmtime::OptLevel::Speed,
                 OptLevel::SpeedAndSize => wasmtime::OptLevel::SpeedAndSize,
             });
+        if self.portable {
+            portable(&mut config);
+        }
         config
     }
 
     pub fn engine(&self) -> wasmtime::Result<Engine> {
         Engine::new(&self.config())
     }
+}
+
+/// Cranelift's flags for x86-64-v2, with the target named so that nothing is inferred from
+/// this CPU.
+fn portable(config: &mut Config) {
+    if cfg!(target_arch = "x86_64") {
+        // The host's own triple: this build runs on it, so the call cannot fail.
+        let _ = config.target(&target_lexicon_host());
+        for flag in BASELINE_X86_64 {
+            // SAFETY: these are Cranelift's documented x86 ISA flags; enabling them only lets
+            // the compiler use instructions that every x86-64-v2 CPU has, and wasmtime still
+            // checks at load time that the running CPU has each of them.
+            unsafe {
+                config.cranelift_flag_enable(flag);
+            }
+        }
+    }
+}
+
+/// x86-64-v2, as Cranelift names its features.
+const BASELINE_X86_64: [&str; 6] = [
+    "has_sse3",
+    "has_ssse3",
+    "has_sse41",
+    "has_sse42",
+    "has_popcnt",
+    "has_cmpxchg16b",
+];
+
+/// This build's target triple.
+fn target_lexicon_host() -> String {
+    format!(
+        "{}-unknown-{}-{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        if cfg!(target_env = "musl") {
+            "musl"
+        } else {
+            "gnu"
+        }
+    )
 }
 
 /// Compiled modules under a directory (`$TESSERA_CACHE/wasm`).
@@ -117,12 +166,40 @@ impl ModuleCache {
                 path: path.to_path_buf(),
                 message: format!("{e:#}"),
             })?;
-        self.store(&cached, &compiled)?;
+        match self.store(&cached, &compiled) {
+            // A cache carried in read-only (a microVM's, from the host) that lacks this engine's
+            // form: this run uses its own compile.
+            Err(LoadError::Cache { source, .. })
+                if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+            {
+                eprintln!(
+                    "tessera: warning: {} has no compiled form of {} for this CPU and these settings: compiled it for this run only",
+                    self.dir.display(),
+                    path.display()
+                );
+            }
+            stored => stored?,
+        }
         // SAFETY: as above: the bytes were just made by `precompile_module` for this engine.
         unsafe { Module::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         })
+    }
+
+    /// Compiles `path` through this cache (once) and copies its compiled form into `dir`, where
+    /// a cache over `dir` finds it: how a microVM gets a module it then only deserializes.
+    pub fn export(&self, engine: &Engine, path: &Path, dir: &Path) -> Result<(), LoadError> {
+        self.load(engine, path)?;
+        let cached = self.path_for(engine, &read_module(path)?);
+        let name = cached.file_name().unwrap_or_default();
+        let err = |source| LoadError::Cache {
+            path: dir.join(name),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::copy(&cached, dir.join(name)).map_err(err)?;
+        Ok(())
     }
 
     /// Writes beside and renames over, so that a reader never maps half a file.
@@ -162,4 +239,19 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<Module, LoadError> {
         path: path.to_path_buf(),
         message: format!("{e:#}"),
     })
+}
+
+/// Compiles `plan`'s modules for its engine settings through `cache` and copies their compiled
+/// forms into `dir` (`tessera-wasm --precompile-into`).
+pub fn export(plan: &Plan, cache: &ModuleCache, dir: &Path) -> Result<(), String> {
+    let engine = EngineSettings::of(plan)
+        .engine()
+        .map_err(|e| format!("cannot start wasmtime: {e:#}"))?;
+    let libraries = plan.libraries.iter().map(|(_, path)| path);
+    for path in std::iter::once(&plan.module).chain(libraries) {
+        cache
+            .export(&engine, path, dir)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

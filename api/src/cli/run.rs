@@ -17,7 +17,8 @@ use vmm::VmExit;
 use super::run_dir::{self, RunDir};
 use super::stdio::{HostStdio, StdioFlags};
 use super::volumes::{self, VolumeKeeper};
-use super::{device_args, exit_code, wasm_run};
+use super::wasm_run::{self, MicrovmModule, Prepared};
+use super::{device_args, exit_code};
 use crate::guest_image;
 use images::store::{Store, StoreError};
 
@@ -137,12 +138,13 @@ pub struct RunArgs {
     ulimit: Vec<String>,
 
     /// A Wasm module (.wasm, .wat, .wasi) or a Blockless JSON config to run, instead of a
-    /// command in a microVM; its arguments go after `--`.
+    /// command; its arguments go after `--`.
     #[arg(value_name = "MODULE")]
     pub module: Option<PathBuf>,
 
-    /// Where a Wasm module runs: sandbox (a confined process on this host) or microvm
-    /// [default: sandbox for a module; a command or an image always runs in a microVM].
+    /// Where a Wasm module runs: sandbox (a confined process on this host) or microvm (in a
+    /// microVM booted from the Wasm initramfs) [default: sandbox for a module; a command or an
+    /// image always runs in a microVM].
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub isolation: Option<Isolation>,
 
@@ -276,6 +278,17 @@ struct Launch {
     sockets: Vec<PathBuf>,
 }
 
+/// Parses `--env NAME=VALUE` flags.
+pub(super) fn parse_env(items: &[String]) -> Result<Vec<EnvVar>, String> {
+    items
+        .iter()
+        .map(|item| match EnvVar::parse(item) {
+            Ok(var) if !var.name.is_empty() => Ok(var),
+            _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
+        })
+        .collect()
+}
+
 /// Parses `--ulimit TYPE=SOFT[:HARD]` (Docker's form; HARD defaults to SOFT).
 fn parse_ulimit(flag: &str) -> Result<Rlimit, String> {
     let bad = || format!("--ulimit {flag:?}: expected TYPE=SOFT[:HARD], e.g. nofile=1024:4096");
@@ -304,8 +317,9 @@ fn parse_ulimit(flag: &str) -> Result<Rlimit, String> {
 
 impl RunArgs {
     /// The checked resources these arguments describe (the same checks, in the same setters,
-    /// as the REST API's and the config file's), with the run's streams and disks made ready.
-    fn prepare(&self) -> Result<Launch, String> {
+    /// as the REST API's and the config file's), with the run's streams and disks made ready;
+    /// `wasm` is the module a microVM runs, if any.
+    fn prepare(&self, wasm: Option<MicrovmModule>) -> Result<Launch, String> {
         let mut resources = VmResources::default();
         let machine = MachineConfigBody {
             vcpu_count: Some(self.vcpus),
@@ -332,13 +346,15 @@ impl RunArgs {
                 })
                 .map_err(e)?;
         }
-        let mut workload = self.workload(image.as_ref())?;
+        let mut workload = self.workload(image.as_ref(), wasm.as_ref())?;
         resources.set_boot_source(&self.boot_source()?).map_err(e)?;
         let devices = device_args::DeviceArgs {
             disks: &self.disk,
             nets: &self.net,
             vsock: self.vsock.as_deref(),
-            entropy: self.entropy,
+            // wasmtime-wasi seeds its random source with getrandom(2), which blocks until the
+            // guest kernel's CRNG is ready: virtio-rng makes that a matter of milliseconds.
+            entropy: self.entropy || wasm.is_some(),
         }
         .to_config()?;
         for drive in &devices.drives {
@@ -406,14 +422,18 @@ impl RunArgs {
             .iter()
             .map(|flag| parse_ulimit(flag))
             .collect::<Result<_, _>>()?;
-        let volumes: Vec<_> = self
-            .volumes
-            .iter()
-            .map(|flag| volumes::parse(flag))
-            .collect::<Result<_, _>>()?;
+        let mut volumes = wasm
+            .as_ref()
+            .map(|module| module.volumes.clone())
+            .unwrap_or_default();
+        for flag in &self.volumes {
+            volumes.push(volumes::parse(flag)?);
+        }
         if !volumes.is_empty() || self.scratch.is_some() {
             let (keeper, disks, scratch) =
                 VolumeKeeper::start(&run_dir.disks(), &volumes, self.scratch.as_deref())?;
+            // Its disk is made: the module's bundle directory goes.
+            drop(wasm);
             launch.volumes = Some(keeper);
             let mut put = |id: String, path: PathBuf, read_only: bool| {
                 launch
@@ -446,6 +466,11 @@ impl RunArgs {
         Ok(launch)
     }
 
+    /// Whether `-v` flags were given.
+    pub fn has_volumes(&self) -> bool {
+        !self.volumes.is_empty()
+    }
+
     /// Whether tessera-init runs a command: one after `--`, or an image's (or a Wasm module
     /// runs).
     pub fn runs_command(&self) -> bool {
@@ -472,20 +497,27 @@ impl RunArgs {
         .find_map(|(given, flag)| given.then_some(flag))
     }
 
-    /// The command after `--` (or the image's) as a workload spec for tessera-init, if any.
-    fn workload(&self, image: Option<&ImageRun>) -> Result<Option<WorkloadSpec>, String> {
+    /// The command after `--` (or the image's, or the Wasm module with its arguments) as a
+    /// workload spec for tessera-init, if any.
+    fn workload(
+        &self,
+        image: Option<&ImageRun>,
+        wasm: Option<&MicrovmModule>,
+    ) -> Result<Option<WorkloadSpec>, String> {
         if !self.runs_command() {
             return Ok(None);
         }
-        let image_env = image.map(|i| i.env.clone()).unwrap_or_default();
-        let env = image_env
-            .iter()
-            .chain(&self.env)
-            .map(|item| match EnvVar::parse(item) {
-                Ok(var) if !var.name.is_empty() => Ok(var),
-                _ => Err(format!("--env {item:?}: expected NAME=VALUE")),
-            })
-            .collect::<Result<_, _>>()?;
+        let mut env = image.map(|i| i.env.clone()).unwrap_or_default();
+        env.extend(self.env.iter().cloned());
+        let env = parse_env(&env)?;
+        if let Some(module) = wasm {
+            return Ok(Some(WorkloadSpec {
+                env,
+                hostname: self.hostname.clone(),
+                wasm: Some(module.wasm.clone()),
+                ..WorkloadSpec::new(self.command.clone())
+            }));
+        }
         let args = match image {
             None => self.command.clone(),
             Some(image) => {
@@ -540,9 +572,10 @@ impl RunArgs {
             Some(kernel) => kernel.clone(),
             None => guest_image::default_kernel()?,
         };
-        let initrd = match &self.initrd {
-            Some(initrd) => initrd.clone(),
-            None => guest_image::default_initrd()?,
+        let initrd = match (&self.initrd, &self.module) {
+            (Some(initrd), _) => initrd.clone(),
+            (None, Some(_)) => guest_image::default_wasm_initrd()?,
+            (None, None) => guest_image::default_initrd()?,
         };
         Ok(BootSourceBody {
             kernel_image_path: kernel,
@@ -554,18 +587,22 @@ impl RunArgs {
 
 /// Boots the VM these arguments describe and waits for it; the exit code is the command's.
 pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u8, String> {
-    if let Some(module) = &args.module {
-        if args.image.is_some() {
-            return Err("MODULE and --image: give one of them".into());
+    let wasm = match &args.module {
+        Some(_) if args.image.is_some() => {
+            return Err("MODULE and --image: give one of them".into())
         }
-        return wasm_run::run(module, &args);
-    }
-    if args.isolation == Some(Isolation::Sandbox) {
-        return Err(
-            "--isolation sandbox runs Wasm modules only here; a command or an image runs in a microVM (drop --isolation)".into(),
-        );
-    }
-    let mut launch = args.prepare()?;
+        Some(module) => match wasm_run::prepare(module, &args)? {
+            Prepared::Microvm(module) => Some(*module),
+            Prepared::Exit(code) => return Ok(code),
+        },
+        None if args.isolation == Some(Isolation::Sandbox) => {
+            return Err(
+                "--isolation sandbox runs Wasm modules only here; a command or an image runs in a microVM (drop --isolation)".into(),
+            )
+        }
+        None => None,
+    };
+    let mut launch = args.prepare(wasm)?;
     let sockets = std::mem::take(&mut launch.sockets);
     let remove_sockets = || {
         for socket in &sockets {

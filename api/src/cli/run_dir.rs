@@ -60,6 +60,11 @@ impl RunDir {
         self.with(".d")
     }
 
+    /// The directory a Wasm module's files are gathered in for its disk.
+    pub fn wasm_bundle(&self) -> PathBuf {
+        self.with(".wasm")
+    }
+
     fn with(&self, suffix: &str) -> PathBuf {
         let mut name = self.prefix.as_os_str().to_owned();
         name.push(suffix);

@@ -1,24 +1,51 @@
-//! `tessera run app.wasm`: a Wasm module at the isolation its owner asks for. `sandbox` execs
-//! the `tessera-wasm` runner (installed beside `tessera`), which confines itself
-//! (`--sandbox`: namespaces, no_new_privs, rlimits, then seccomp before the module starts);
-//! `microvm` is refused until it is built, never lowered to the sandbox.
+//! `tessera run app.wasm`: a Wasm module at the isolation its owner asks for, from one
+//! [`WasmModule`] (the workload spec's Wasm part) that both levels turn into the runner's
+//! command line.
+//!
+//! - `sandbox` execs the `tessera-wasm` runner (installed beside `tessera`), which confines
+//!   itself (`--sandbox`: namespaces, no_new_privs, rlimits, then seccomp before the module
+//!   starts).
+//! - `microvm` compiles the module here (through the host's cache), puts it and its compiled
+//!   form on a read-only disk, shares each `--dir` as a volume (copied back when read-write),
+//!   and boots the Wasm initramfs, whose tessera-init runs the runner on them.
 
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::run::{Isolation, RunArgs};
+use guest_init::spec::{is_module_file, EnvVar, WasmDir, WasmModule};
 
-/// Runs `module` as `args` say (this process becomes the runner); returns only on failure.
-pub fn run(module: &Path, args: &RunArgs) -> Result<u8, String> {
-    match args.isolation.unwrap_or(Isolation::Sandbox) {
-        Isolation::Sandbox => {}
-        Isolation::Microvm => {
-            return Err(
-                "--isolation microvm: Wasm modules in a microVM are not built yet; run with --isolation sandbox (this level is not chosen for you)".into(),
-            )
-        }
-    }
+use super::run::{parse_env, Isolation, RunArgs};
+use super::run_dir::RunDir;
+use super::volumes::VolumeFlag;
+
+/// Where a microVM sees the module and its compiled form.
+const GUEST_BUNDLE: &str = "/run/tessera/wasm";
+/// Where a microVM mounts the module's directories (`/run/tessera/dirs/N`).
+const GUEST_DIRS: &str = "/run/tessera/dirs";
+
+/// A module made ready for a microVM.
+pub struct MicrovmModule {
+    /// The spec's Wasm part, with the guest's paths.
+    pub wasm: WasmModule,
+    /// The disks it needs, in order: its bundle (read-only), then each `--dir`.
+    pub volumes: Vec<VolumeFlag>,
+    /// The bundle's host directory, removed on drop (once its disk is made).
+    _bundle: RemovedOnDrop,
+}
+
+/// What `tessera run MODULE` goes on with.
+pub enum Prepared {
+    /// A microVM, to boot as a command's.
+    Microvm(Box<MicrovmModule>),
+    /// Done before any boot: the runner said why and ended with this code (a module that does
+    /// not compile ends as it would in the sandbox).
+    Exit(u8),
+}
+
+/// Runs `module` in the sandbox (this process becomes the runner, and returns only on failure)
+/// or makes it ready for a microVM.
+pub fn prepare(module: &Path, args: &RunArgs) -> Result<Prepared, String> {
     if !module.exists() {
         return Err(format!(
             "{}: no such module or config file (a command for a microVM goes after `--`: tessera run -- {})",
@@ -26,41 +53,161 @@ pub fn run(module: &Path, args: &RunArgs) -> Result<u8, String> {
             module.display()
         ));
     }
+    if args.has_volumes() {
+        return Err(
+            "-v/--volume shares directories with a command's microVM; a Wasm module sees host directories through --dir HOST[::GUEST][:ro]".into(),
+        );
+    }
+    let (wasm, env) = host_module(module, args)?;
+    match args.isolation.unwrap_or(Isolation::Sandbox) {
+        Isolation::Sandbox => Err(exec_sandboxed(&wasm, &env, args)),
+        Isolation::Microvm => microvm(module, wasm),
+    }
+}
+
+/// The module as `args` describe it, with this host's paths, and its environment.
+fn host_module(module: &Path, args: &RunArgs) -> Result<(WasmModule, Vec<EnvVar>), String> {
+    let text = |flag: &str, path: &Path| {
+        path.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{flag} {}: not a UTF-8 path", path.display()))
+    };
+    let flags = &args.wasm;
+    let wasm = WasmModule {
+        module: text("MODULE", module)?,
+        dirs: flags
+            .dir
+            .iter()
+            .map(|flag| WasmDir::parse(flag))
+            .collect::<Result<_, _>>()?,
+        fuel: flags.fuel,
+        memory_limit: flags.memory_limit,
+        timeout_ms: flags.timeout,
+        config: flags
+            .config
+            .as_deref()
+            .map(|p| text("--config", p))
+            .transpose()?,
+        extensions: flags
+            .extensions
+            .as_deref()
+            .map(|p| text("--ext", p))
+            .transpose()?,
+        cache: None,
+        portable: false,
+    };
+    Ok((wasm, parse_env(&args.env)?))
+}
+
+/// The runner beside this binary.
+fn runner() -> Result<Command, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find tessera's own path: {e}"))?;
-    let mut command = Command::new(exe.with_file_name("tessera-wasm"));
-    command.arg("--sandbox");
-    let wasm = &args.wasm;
-    for dir in &wasm.dir {
-        command.arg("--dir").arg(dir);
-    }
-    for env in &args.env {
-        command.arg("--env").arg(env);
-    }
-    let numbers = [
-        ("--fuel", wasm.fuel),
-        ("--memory-limit", wasm.memory_limit),
-        ("--timeout", wasm.timeout),
-    ];
-    for (flag, value) in numbers {
-        if let Some(value) = value {
-            command.arg(flag).arg(value.to_string());
-        }
-    }
-    if let Some(config) = &wasm.config {
-        command.arg("--config").arg(config);
-    }
-    if let Some(dir) = &wasm.extensions {
-        command.arg("--ext").arg(dir);
-    }
+    Ok(Command::new(exe.with_file_name("tessera-wasm")))
+}
+
+/// Replaces this process by the sandboxed runner, as `tessera image` is by its helper: one
+/// process less to start and to wait for, and the module's exit code is this process's.
+/// Returns why that failed.
+fn exec_sandboxed(wasm: &WasmModule, env: &[EnvVar], args: &RunArgs) -> String {
+    let mut command = match runner() {
+        Ok(command) => command,
+        Err(e) => return e,
+    };
+    command
+        .arg("--sandbox")
+        .args(wasm.runner_args(&args.command, env));
     // As `docker run`: the module's stdin is the terminal's only with -i.
-    command.arg("--stdin").arg("inherit");
     if !args.interactive {
         command.stdin(Stdio::null());
     }
-    command.arg(module).arg("--").args(&args.command);
-    // Replaced by the runner, as `tessera image` is by its helper: one process less to start
-    // and to wait for, and the module's exit code is this process's.
     let error = command.exec();
-    Err(format!("cannot start tessera-wasm: {error}"))
+    format!("cannot start tessera-wasm: {error}")
+}
+
+/// The module's bundle (the module and its compiled form) and its directories as disks, and the
+/// spec's Wasm part that finds them in the guest.
+fn microvm(module: &Path, host: WasmModule) -> Result<Prepared, String> {
+    let host_only = |what: &str| {
+        Err(format!(
+            "--isolation microvm: {what} names files on this host that a microVM does not get yet: run it with --isolation sandbox (this level is not chosen for you)"
+        ))
+    };
+    if host.config.is_some() || !is_module_file(module) {
+        return host_only("a Blockless config");
+    }
+    if host.extensions.is_some() {
+        return host_only("--ext (CGI extensions)");
+    }
+    let bundle = RemovedOnDrop(RunDir::new()?.wasm_bundle());
+    let _ = std::fs::remove_dir_all(&bundle.0);
+    let cache = bundle.0.join("cache");
+    let name = module.file_name().ok_or("MODULE: not a file name")?;
+    std::fs::create_dir_all(&cache)
+        .and_then(|()| std::fs::copy(module, bundle.0.join(name)))
+        .map_err(|e| format!("cannot copy {} for the microVM: {e}", module.display()))?;
+    // Compiled with the settings the guest's run uses (fuel metering is compiled in), for a
+    // baseline CPU: the guest's may lack features of this one.
+    let mut precompile = runner()?;
+    precompile
+        .arg("--precompile-into")
+        .arg(&cache)
+        .arg("--portable");
+    if let Some(fuel) = host.fuel {
+        precompile.arg("--fuel").arg(fuel.to_string());
+    }
+    let status = precompile
+        .arg(module)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run tessera-wasm: {e}"))?;
+    if !status.success() {
+        return Ok(Prepared::Exit(status.code().map_or(255, |c| c as u8)));
+    }
+
+    let mut volumes = vec![VolumeFlag {
+        host: bundle.0.clone(),
+        guest: GUEST_BUNDLE.into(),
+        read_only: true,
+    }];
+    let mut dirs = Vec::new();
+    for (i, dir) in host.dirs.iter().enumerate() {
+        let path =
+            std::path::absolute(&dir.path).map_err(|e| format!("--dir {}: {e}", dir.path))?;
+        if !path.is_dir() {
+            return Err(format!("--dir {}: not a directory", dir.path));
+        }
+        let mount = format!("{GUEST_DIRS}/{i}");
+        volumes.push(VolumeFlag {
+            host: path,
+            guest: mount.clone(),
+            read_only: dir.read_only,
+        });
+        dirs.push(WasmDir {
+            path: mount,
+            ..dir.clone()
+        });
+    }
+    let name = name.to_string_lossy();
+    Ok(Prepared::Microvm(Box::new(MicrovmModule {
+        wasm: WasmModule {
+            module: format!("{GUEST_BUNDLE}/{name}"),
+            dirs,
+            cache: Some(format!("{GUEST_BUNDLE}/cache")),
+            portable: true,
+            ..host
+        },
+        volumes,
+        _bundle: bundle,
+    })))
+}
+
+/// A directory removed with everything in it when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -24,6 +24,7 @@ use std::io;
 
 use crate::protocol::{self, TransportError, BOOT_DONE_PORT, BOOT_DONE_VALUE, STATUS_INIT_FAILED};
 use crate::runner::{killed_by, RunError, Runner};
+use crate::spec::WASM_RUNNER;
 use report_ports::ReportPorts;
 
 /// Why PID 1 could not run the workload.
@@ -61,6 +62,8 @@ pub enum Pid1Error {
     ImageRoot(String),
     /// volume {0}
     Volume(String),
+    /// the workload is a Wasm module, and this initramfs has no Wasm runner ({0}): boot the Wasm initramfs (tessera-init-wasm.cpio, which scripts/setup builds)
+    NoWasmRunner(&'static str),
 }
 
 impl Pid1Error {
@@ -116,7 +119,10 @@ fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
     signals::forward_ctrl_alt_del()?;
 
     let ooms_before = oom_kills();
-    let workload = runner.start(&spec)?;
+    if spec.wasm.is_some() && !std::path::Path::new(WASM_RUNNER).exists() {
+        return Err(Pid1Error::NoWasmRunner(WASM_RUNNER));
+    }
+    let workload = runner.start(&spec.process())?;
     signals::set_workload(workload.pid);
     let status = reaper::reap_until(workload.pid)?;
     match killed_by(status) {

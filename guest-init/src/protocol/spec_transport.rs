@@ -166,7 +166,7 @@ mod tests {
         let err = spec_archive(&WorkloadSpec::new(vec![])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "workload spec: args is empty: it needs at least a program"
+            "workload spec: args is empty: it needs at least a program (or a wasm module)"
         );
     }
 

@@ -1,6 +1,7 @@
 //! Runners: what turns a [`WorkloadSpec`] into a running workload. Today's is [`process`] (the
-//! spec's program, exec'd directly); container (OCI image) and Wasm runners come next, each
-//! behind a cargo feature so that wasmtime never reaches the VMM binary.
+//! spec's program, exec'd directly). A Wasm spec runs as the process of the Wasm runner
+//! (`tessera-wasm`, a separate binary so that wasmtime never reaches the VMM or tessera-init):
+//! [`WorkloadSpec::process`] turns the one into the other.
 //!
 //! A runner only starts the workload. Waiting is left to the caller because it depends on where
 //! the runner runs: PID 1 of a guest must reap every orphan while it waits

@@ -89,6 +89,16 @@ struct Cli {
     #[arg(long)]
     sandbox: bool,
 
+    /// Compile for x86-64-v2 rather than this CPU's own features, so that the compiled module
+    /// loads on another machine (how a microVM gets its host's compile).
+    #[arg(long)]
+    portable: bool,
+
+    /// Compile the module (through the cache) and copy its compiled form into DIR, which a
+    /// later `--cache DIR` loads without compiling; then exit without running it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["no_cache", "sandbox"])]
+    precompile_into: Option<PathBuf>,
+
     /// Arguments for the module (its argv[1..]).
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -132,6 +142,7 @@ fn main() -> ExitCode {
         stdin: cli.stdin,
         stdout: cli.stdout,
         stderr: cli.stderr,
+        portable: cli.portable,
     };
     let plan = match Plan::new(&flags) {
         Ok(plan) => plan,
@@ -144,6 +155,19 @@ fn main() -> ExitCode {
         (false, Some(dir)) => Some(ModuleCache::new(dir)),
         _ => None,
     };
+    if let Some(dir) = &cli.precompile_into {
+        let Some(cache) = &cache else {
+            eprintln!("tessera: error: --precompile-into: no cache directory: set HOME or TESSERA_CACHE, or give --cache");
+            return ExitCode::from(exit::UNKNOWN);
+        };
+        return match wasm::engine::export(&plan, cache, dir) {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(e) => {
+                eprintln!("tessera: error: {e}");
+                ExitCode::from(exit::UNKNOWN)
+            }
+        };
+    }
     let wall_time = plan.limits.wall_time;
     let extensions = plan.extensions.is_some();
     let lock = || {
