@@ -107,29 +107,45 @@ pub fn hello() -> Result<&'static Path, &'static str> {
 static GUEST_MODULE: OnceLock<PathBuf> = OnceLock::new();
 static HELLO_MODULE: OnceLock<PathBuf> = OnceLock::new();
 
+/// The guest program as a WASI preview 2 component (`wasi:cli/command`, built for
+/// wasm32-wasip2), or why it cannot be built.
+pub fn component_guest() -> Result<&'static Path, &'static str> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| Ok(build_for("wasm32-wasip2")?.join("wasm-test-guest.wasm")))
+        .as_deref()
+        .map_err(String::as_str)
+}
+
 /// The directory of the built modules.
 fn built() -> Result<&'static Path, &'static str> {
     static GUEST: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = GUEST.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = root.join("target/wasm-guest");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(root.join("wasm/tests/guest/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cannot build the Wasm test guest for wasm32-wasip1 (rustup target add wasm32-wasip1): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(target.join("wasm32-wasip1/release"))
-    });
-    built.as_deref().map_err(String::as_str)
+    GUEST
+        .get_or_init(|| build_for("wasm32-wasip1"))
+        .as_deref()
+        .map_err(String::as_str)
+}
+
+/// Builds wasm/tests/guest for `target` (in its own target directory: the workspace's is
+/// locked while its tests run); the directory of the built files.
+fn build_for(target: &str) -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/wasm-guest");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--target", target, "--manifest-path"])
+        .arg(root.join("wasm/tests/guest/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cannot build the Wasm test guest for {target} (rustup target add {target}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(dir.join(target).join("release"))
 }
 
 /// [`guest`] for a test: none, with the reason printed as a skip, when it cannot be built.

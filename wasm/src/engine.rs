@@ -6,6 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module};
 
 use crate::config::{OptLevel, Plan};
@@ -98,6 +99,59 @@ fn target_lexicon_host() -> String {
     )
 }
 
+/// Compiled code: a core module (WASI preview 1) or a component (WASI preview 2
+/// `wasi:cli/command`).
+pub enum Code {
+    Module(Module),
+    Component(Component),
+}
+
+/// Whether `bytes` are a binary component rather than a core module (or module text): the
+/// header's version 0x0d and layer 1.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\0asm\x0d\0\x01\0")
+}
+
+impl Code {
+    /// Compiles `bytes` (a module, its text, or a component).
+    fn precompile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        match is_component(bytes) {
+            true => engine.precompile_component(bytes),
+            false => engine.precompile_module(bytes),
+        }
+    }
+
+    /// # Safety
+    /// `bytes` must come from [`Code::precompile`] for an engine with `engine`'s settings.
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Code> {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match Engine::detect_precompiled(bytes) {
+                Some(wasmtime::Precompiled::Component) => {
+                    Component::deserialize(engine, bytes).map(Code::Component)
+                }
+                _ => Module::deserialize(engine, bytes).map(Code::Module),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`Code::deserialize`], for the file at `path`.
+    unsafe fn deserialize_file(
+        engine: &Engine,
+        path: &Path,
+        component: bool,
+    ) -> wasmtime::Result<Code> {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match component {
+                true => Component::deserialize_file(engine, path).map(Code::Component),
+                false => Module::deserialize_file(engine, path).map(Code::Module),
+            }
+        }
+    }
+}
+
 /// Compiled modules under a directory (`$TESSERA_CACHE/wasm`).
 #[derive(Debug, Clone)]
 pub struct ModuleCache {
@@ -149,23 +203,22 @@ impl ModuleCache {
     }
 
     /// The module at `path`, compiled for `engine`: from the cache, else compiled and stored.
-    pub fn load(&self, engine: &Engine, path: &Path) -> Result<Module, LoadError> {
+    pub fn load(&self, engine: &Engine, path: &Path) -> Result<Code, LoadError> {
         let bytes = read_module(path)?;
         let cached = self.path_for(engine, &bytes);
         if cached.is_file() {
             // SAFETY: the file is in this user's own cache, written by `store` below from
-            // `Engine::precompile_module` under a name that binds it to these module bytes and
-            // these engine settings; wasmtime still checks its header and settings.
-            if let Ok(module) = unsafe { Module::deserialize_file(engine, &cached) } {
-                return Ok(module);
+            // `Code::precompile` under a name that binds it to these module bytes and these
+            // engine settings; wasmtime still checks its header and settings.
+            let code = unsafe { Code::deserialize_file(engine, &cached, is_component(&bytes)) };
+            if let Ok(code) = code {
+                return Ok(code);
             }
         }
-        let compiled = engine
-            .precompile_module(&bytes)
-            .map_err(|e| LoadError::Invalid {
-                path: path.to_path_buf(),
-                message: format!("{e:#}"),
-            })?;
+        let compiled = Code::precompile(engine, &bytes).map_err(|e| LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
         match self.store(&cached, &compiled) {
             // A cache carried in read-only (a microVM's, from the host) that lacks this engine's
             // form: this run uses its own compile.
@@ -180,8 +233,8 @@ impl ModuleCache {
             }
             stored => stored?,
         }
-        // SAFETY: as above: the bytes were just made by `precompile_module` for this engine.
-        unsafe { Module::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
+        // SAFETY: as above: the bytes were just made by `Code::precompile` for this engine.
+        unsafe { Code::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         })
@@ -233,9 +286,13 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
 }
 
 /// Compiles `path` without a cache.
-pub fn compile(engine: &Engine, path: &Path) -> Result<Module, LoadError> {
+pub fn compile(engine: &Engine, path: &Path) -> Result<Code, LoadError> {
     let bytes = read_module(path)?;
-    Module::new(engine, &bytes).map_err(|e| LoadError::Invalid {
+    let code = match is_component(&bytes) {
+        true => Component::new(engine, &bytes).map(Code::Component),
+        false => Module::new(engine, &bytes).map(Code::Module),
+    };
+    code.map_err(|e| LoadError::Invalid {
         path: path.to_path_buf(),
         message: format!("{e:#}"),
     })

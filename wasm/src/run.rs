@@ -6,15 +6,18 @@ use std::io::Write as _;
 use std::path::Path;
 
 use md5::{Digest as _, Md5};
+use wasmtime::component::{self, Component};
 use wasmtime::{Linker, Module, Store};
 use wasmtime_wasi::cli::{OutputFile, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use crate::cgi::{self, Cgi};
 use crate::config::{Input, Output, Plan};
-use crate::engine::{self, EngineSettings, ModuleCache};
+use crate::engine::{self, Code, EngineSettings, ModuleCache};
 use crate::exit::{self, Ending};
 use crate::limits::{Deadline, MemoryLimiter};
 
@@ -66,14 +69,35 @@ pub fn run(
         Some(cache) => cache.load(&engine, path),
         None => engine::compile(&engine, path),
     };
-    let module = match load(&plan.module) {
-        Ok(module) => module,
+    let code = match load(&plan.module) {
+        Ok(code) => code,
         Err(e) => return Outcome::failed(exit::UNKNOWN, e.to_string()),
     };
+    if let (Code::Component(_), true) = (
+        &code,
+        !plan.libraries.is_empty() || plan.function != "_start",
+    ) {
+        return Outcome::failed(
+            exit::CONFIG_ERROR,
+            format!(
+                "{} is a component (wasi:cli/command): it runs its own `run` export, without library modules or another entry",
+                plan.module.display()
+            ),
+        );
+    }
     let mut libraries = Vec::new();
     for (name, path) in &plan.libraries {
         match load(path) {
-            Ok(library) => libraries.push((name.as_str(), library)),
+            Ok(Code::Module(library)) => libraries.push((name.as_str(), library)),
+            Ok(Code::Component(_)) => {
+                return Outcome::failed(
+                    exit::CONFIG_ERROR,
+                    format!(
+                        "{}: a library must be a core module, not a component",
+                        path.display()
+                    ),
+                )
+            }
             Err(e) => return Outcome::failed(exit::UNKNOWN, e.to_string()),
         }
     }
@@ -105,7 +129,12 @@ pub fn run(
         return Outcome::failed(exit::UNKNOWN, message);
     }
     let deadline = Deadline::start(&engine, plan.limits.wall_time);
-    let result = instantiate_and_call(&mut store, &module, &libraries, &plan.function);
+    let result = match &code {
+        Code::Module(module) => {
+            instantiate_and_call(&mut store, module, &libraries, &plan.function)
+        }
+        Code::Component(component) => run_command(&mut store, component),
+    };
     let fuel_used = plan
         .limits
         .fuel
@@ -153,6 +182,24 @@ fn instantiate_and_call(
         .get_typed_func::<(), ()>(&mut *store, function)
         .map_err(|e| wasmtime::Error::msg(format!("the module has no entry {function:?}: {e}")))?;
     entry.call(&mut *store, ())
+}
+
+/// Runs a component's `wasi:cli/run`; its `Err` is exit code 1, as wasmtime's CLI has it.
+fn run_command(store: &mut Store<State>, component: &Component) -> wasmtime::Result<()> {
+    let mut linker = component::Linker::new(store.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let command = Command::instantiate(&mut *store, component, &linker)?;
+    match command.wasi_cli_run().call_run(&mut *store)? {
+        Ok(()) => Ok(()),
+        Err(()) => Err(wasmtime_wasi::I32Exit(1).into()),
+    }
+}
+
+/// A component's WASI preview 2 host functions use the same context as preview 1's.
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
 }
 
 /// The host functions a module may import: WASI preview 1 and `blockless_cgi`.

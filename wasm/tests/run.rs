@@ -326,3 +326,84 @@ fn a_cgi_extension_round_trips_data_and_an_unverified_one_is_refused() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn a_wasi_preview_2_component_runs_with_args_env_preopens_exit_codes_and_limits() {
+    let component = match tests::wasm_guest::component_guest() {
+        Ok(path) => path,
+        Err(why) => {
+            println!("SKIPPED a_wasi_preview_2_component_runs: {why}");
+            return;
+        }
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("note.txt"), "from the host\n").unwrap();
+    let dir = format!("{}::/data", data.path().display());
+    let ro = format!("{dir}:ro");
+    let component_run = |flags: &[&str], args: &[&str]| {
+        let mut command = tessera_wasm();
+        command
+            .arg("--cache")
+            .arg(cache.path())
+            .args(flags)
+            .arg(component)
+            .arg("--")
+            .args(args);
+        run(command)
+    };
+    let out = component_run(&["-e", "GREETING=hi"], &["args", "one", "two three"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "wasm-test-guest.wasm args one two three\n");
+    let out = component_run(&["-e", "GREETING=hi"], &["env"]);
+    assert_eq!(out.stdout, "GREETING=hi\n", "{}", out.stderr);
+    // Preopens: read, write, read-only, nothing outside.
+    let out = component_run(&["--dir", &dir], &["cat", "/data/note.txt"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "from the host\n"),
+        "{}",
+        out.stderr
+    );
+    let out = component_run(&["--dir", &dir], &["write", "/data/new.txt", "x"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("new.txt")).unwrap(),
+        "x"
+    );
+    // The guest exits 3 on these refusals; Rust's std for wasm32-wasip2 reports any non-zero
+    // exit as wasi:cli/exit's `err`, which is exit code 1 (a component calling
+    // exit-with-code passes its own code).
+    let out = component_run(&["--dir", &ro], &["write", "/data/other.txt", "x"]);
+    assert_eq!(
+        out.code, 1,
+        "a read-only preopen refuses writes: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cannot write /data/other.txt"),
+        "{}",
+        out.stderr
+    );
+    assert!(!data.path().join("other.txt").exists());
+    let out = component_run(&["--dir", &dir], &["cat", "/data/../../etc/passwd"]);
+    assert_eq!(out.code, 1, "`..` out of a preopen: {}", out.stdout);
+    assert!(out.stderr.contains("cannot read"), "{}", out.stderr);
+    let out = component_run(&[], &["cat", "/etc/passwd"]);
+    assert_eq!(out.code, 1, "no preopen, no host file: {}", out.stdout);
+    // Exits; limits stop it with their codes.
+    assert_eq!(component_run(&[], &["exit", "0"]).code, 0);
+    assert_eq!(component_run(&[], &["exit", "7"]).code, 1);
+    let out = component_run(&["--fuel", "1000000"], &["spin"]);
+    assert_eq!(out.code, i32::from(exit::OUT_OF_FUEL), "{}", out.stderr);
+    let out = component_run(&["--timeout", "200"], &["spin"]);
+    assert_eq!(out.code, i32::from(exit::TIMEOUT), "{}", out.stderr);
+    // The second run of the same settings maps the cached compile.
+    let cached = std::fs::read_dir(cache.path()).unwrap().count();
+    component_run(&[], &["hello"]);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), cached);
+    // A component has its own entry (wasi:cli/run): --entry is a config error.
+    let out = component_run(&["--entry", "main"], &["hello"]);
+    assert_eq!(out.code, i32::from(exit::CONFIG_ERROR), "{}", out.stderr);
+    assert!(out.stderr.contains("component"), "{}", out.stderr);
+}

@@ -2,36 +2,83 @@
 
 use std::io::{Read, Write};
 
-#[link(wasm_import_module = "blockless_cgi")]
-extern "C" {
-    fn cgi_list_exec(handle: *mut u32) -> u32;
-    fn cgi_list_read(handle: u32, buf: *mut u8, len: u32, n: *mut u32) -> u32;
-    fn cgi_open(json: *const u8, len: u32, handle: *mut u32) -> u32;
-    fn cgi_stdin_write(handle: u32, buf: *const u8, len: u32, n: *mut u32) -> u32;
-    fn cgi_stdout_read(handle: u32, buf: *mut u8, len: u32, n: *mut u32) -> u32;
-    fn cgi_close(handle: u32) -> u32;
-}
+/// Blockless's CGI host functions: core modules only (a preview 2 component imports WIT
+/// interfaces, not this module).
+#[cfg(not(target_env = "p2"))]
+mod cgi {
+    #[link(wasm_import_module = "blockless_cgi")]
+    extern "C" {
+        fn cgi_list_exec(handle: *mut u32) -> u32;
+        fn cgi_list_read(handle: u32, buf: *mut u8, len: u32, n: *mut u32) -> u32;
+        fn cgi_open(json: *const u8, len: u32, handle: *mut u32) -> u32;
+        fn cgi_stdin_write(handle: u32, buf: *const u8, len: u32, n: *mut u32) -> u32;
+        fn cgi_stdout_read(handle: u32, buf: *mut u8, len: u32, n: *mut u32) -> u32;
+        fn cgi_close(handle: u32) -> u32;
+    }
 
-/// Exits with a CGI call's error code when it is not 0.
-fn check(what: &str, code: u32) {
-    if code != 0 {
-        eprintln!("{what}: error {code}");
-        std::process::exit(code as i32);
+    /// Exits with a CGI call's error code when it is not 0.
+    fn check(what: &str, code: u32) {
+        if code != 0 {
+            eprintln!("{what}: error {code}");
+            std::process::exit(code as i32);
+        }
+    }
+
+    /// Reads a handle to its end with `read`.
+    fn read_all(handle: u32, read: unsafe extern "C" fn(u32, *mut u8, u32, *mut u32) -> u32) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            let mut n = 0;
+            // SAFETY: buf and n outlive the call, which writes at most buf.len() bytes.
+            check("read", unsafe { read(handle, buf.as_mut_ptr(), buf.len() as u32, &mut n) });
+            if n == 0 {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+
+    pub fn list() {
+        let mut handle = 0;
+        // SAFETY: handle outlives the call.
+        check("cgi_list_exec", unsafe { cgi_list_exec(&mut handle) });
+        println!("{}", read_all(handle, cgi_list_read));
+        // SAFETY: plain value.
+        check("cgi_close", unsafe { cgi_close(handle) });
+    }
+
+    pub fn call(command: &str, line_text: &str) {
+        let request = format!(
+            r#"{{"command": "{}", "args": ["arg1"], "envs": [{{"env_name": "GREETING", "env_val": "hi"}}]}}"#,
+            command
+        );
+        let mut handle = 0;
+        // SAFETY: the request and handle outlive the call.
+        check("cgi_open", unsafe {
+            cgi_open(request.as_ptr(), request.len() as u32, &mut handle)
+        });
+        let line = format!("{}\n", line_text);
+        let mut n = 0;
+        // SAFETY: as above.
+        check("cgi_stdin_write", unsafe {
+            cgi_stdin_write(handle, line.as_ptr(), line.len() as u32, &mut n)
+        });
+        print!("{}", read_all(handle, cgi_stdout_read));
+        // SAFETY: plain value.
+        check("cgi_close", unsafe { cgi_close(handle) });
     }
 }
 
-/// Reads a handle to its end with `read`.
-fn read_all(handle: u32, read: unsafe extern "C" fn(u32, *mut u8, u32, *mut u32) -> u32) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 7];
-    loop {
-        let mut n = 0;
-        // SAFETY: buf and n outlive the call, which writes at most buf.len() bytes.
-        check("read", unsafe { read(handle, buf.as_mut_ptr(), buf.len() as u32, &mut n) });
-        if n == 0 {
-            return String::from_utf8_lossy(&out).into_owned();
-        }
-        out.extend_from_slice(&buf[..n as usize]);
+#[cfg(target_env = "p2")]
+mod cgi {
+    pub fn list() {
+        eprintln!("no blockless_cgi in a component");
+        std::process::exit(2);
+    }
+
+    pub fn call(_: &str, _: &str) {
+        list()
     }
 }
 
@@ -70,34 +117,8 @@ fn main() {
             println!("to stdout");
             eprintln!("to stderr");
         }
-        "cgi-list" => {
-            let mut handle = 0;
-            // SAFETY: handle outlives the call.
-            check("cgi_list_exec", unsafe { cgi_list_exec(&mut handle) });
-            println!("{}", read_all(handle, cgi_list_read));
-            // SAFETY: plain value.
-            check("cgi_close", unsafe { cgi_close(handle) });
-        }
-        "cgi" => {
-            let request = format!(
-                r#"{{"command": "{}", "args": ["arg1"], "envs": [{{"env_name": "GREETING", "env_val": "hi"}}]}}"#,
-                rest[0]
-            );
-            let mut handle = 0;
-            // SAFETY: the request and handle outlive the call.
-            check("cgi_open", unsafe {
-                cgi_open(request.as_ptr(), request.len() as u32, &mut handle)
-            });
-            let line = format!("{}\n", rest[1]);
-            let mut n = 0;
-            // SAFETY: as above.
-            check("cgi_stdin_write", unsafe {
-                cgi_stdin_write(handle, line.as_ptr(), line.len() as u32, &mut n)
-            });
-            print!("{}", read_all(handle, cgi_stdout_read));
-            // SAFETY: plain value.
-            check("cgi_close", unsafe { cgi_close(handle) });
-        }
+        "cgi-list" => cgi::list(),
+        "cgi" => cgi::call(&rest[0], &rest[1]),
         "exit" => std::process::exit(rest[0].parse().unwrap()),
         "spin" => {
             let mut n: u64 = 0;
