@@ -466,9 +466,18 @@ impl RunArgs {
         Ok(launch)
     }
 
-    /// Whether `-v` flags were given.
-    pub fn has_volumes(&self) -> bool {
-        !self.volumes.is_empty()
+    /// A flag given that only a command or an image takes (a Wasm module has no user, working
+    /// directory, terminal, rlimits or volumes of its own), if any.
+    pub fn process_only_flag(&self) -> Option<&'static str> {
+        [
+            (!self.volumes.is_empty(), "-v/--volume"),
+            (self.user.is_some(), "--user"),
+            (self.workdir.is_some(), "--workdir"),
+            (self.tty, "--tty"),
+            (!self.ulimit.is_empty(), "--ulimit"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
     }
 
     /// Whether tessera-init runs a command: one after `--`, or an image's (or a Wasm module

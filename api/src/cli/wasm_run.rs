@@ -53,10 +53,10 @@ pub fn prepare(module: &Path, args: &RunArgs) -> Result<Prepared, String> {
             module.display()
         ));
     }
-    if args.has_volumes() {
-        return Err(
-            "-v/--volume shares directories with a command's microVM; a Wasm module sees host directories through --dir HOST[::GUEST][:ro]".into(),
-        );
+    if let Some(flag) = args.process_only_flag() {
+        return Err(format!(
+            "{flag} is for a command or an image, not a Wasm module (a module sees host directories through --dir HOST[::GUEST][:ro])"
+        ));
     }
     let (wasm, env) = host_module(module, args)?;
     match args.isolation.unwrap_or(Isolation::Sandbox) {
