@@ -142,7 +142,7 @@ fn a_level_that_cannot_run_is_refused_not_lowered() {
         return;
     };
     // What a microVM does not get yet (host paths in a config, extensions) is refused there,
-    // not run in the sandbox instead; so is -v, a command's flag.
+    // not run in the sandbox instead; so are a command's flags (-v, -u).
     let ext = std::env::temp_dir();
     let ext = ext.to_str().unwrap();
     for (flags, says) in [
@@ -154,6 +154,7 @@ fn a_level_that_cannot_run_is_refused_not_lowered() {
             &["--isolation", "microvm", "-v", &format!("{ext}:/x")][..],
             "--dir",
         ),
+        (&["-u", "1000"][..], "--user is for a command"),
     ] {
         let out = tessera_run(guest, flags, &["hello"]);
         assert_eq!(out.status.code(), Some(1), "{flags:?}: {out:?}");
