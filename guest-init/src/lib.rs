@@ -13,6 +13,8 @@
 //! Without features this library depends on libc, serde, serde_json, thiserror and displaydoc
 //! only.
 
+#[cfg(feature = "confine")]
+pub mod confine;
 #[cfg(feature = "initramfs")]
 pub mod initramfs;
 pub mod newc;

@@ -14,7 +14,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod policy;
 mod wasm;
+pub use policy::{
+    capability_bit, is_clean_path, Cpus, Filesystem, Isolation, Limits, Network, Policy,
+    PolicyError, CAPABILITIES, POLICY_VERSION,
+};
 pub use wasm::{is_module_file, WasmDir, WasmModule, RUNNER as WASM_RUNNER};
 
 /// The spec version this build reads and writes.
@@ -65,6 +70,10 @@ pub struct WorkloadSpec {
     /// A Wasm module run by the Wasm runner instead of a program.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm: Option<WasmModule>,
+    /// What the workload may touch and use, and the weakest level it may run at (its own
+    /// version; docs/POLICY.md) [default: the default policy].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
 }
 
 /// A disk mounted into the command's root.
@@ -194,6 +203,8 @@ pub enum SpecError {
     StdioPort(u32),
     /// {0}: not a path the Wasm runner can be given
     Wasm(String),
+    /// {0}
+    Policy(#[from] PolicyError),
 }
 
 impl TryFrom<EnvForm> for EnvVar {
@@ -251,6 +262,7 @@ impl WorkloadSpec {
             rlimits: Vec::new(),
             stdio: None,
             wasm: None,
+            policy: None,
         }
     }
 
@@ -268,6 +280,11 @@ impl WorkloadSpec {
             wasm: None,
             ..self.clone()
         }
+    }
+
+    /// The policy, defaulted.
+    pub fn policy(&self) -> Policy {
+        self.policy.clone().unwrap_or_else(Policy::new)
     }
 
     /// The working directory, defaulted.
@@ -336,6 +353,9 @@ impl WorkloadSpec {
             if stdio.vsock_port > u32::MAX - 2 {
                 return Err(SpecError::StdioPort(stdio.vsock_port));
             }
+        }
+        if let Some(policy) = &self.policy {
+            policy.validate()?;
         }
         Ok(())
     }

@@ -24,6 +24,12 @@ const REFS: &str = "refs.json";
 const LOCK: &str = ".lock";
 const CONFIG: &str = "config.json";
 pub const ROOTFS: &str = "rootfs.ext4";
+/// The image's root as a directory, for the host sandbox's overlay (its lower layer).
+pub const TREE: &str = "tree";
+/// Who owns the tree's root-owned files on the host, `UID:GID` (the sandbox's id range).
+const TREE_OWNER: &str = "tree.owner";
+/// Ids inside an image that a shift moves (a user namespace maps at most this many).
+const SHIFTED_IDS: u32 = 65_536;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum StoreError {
@@ -203,6 +209,9 @@ impl Store {
         report(Step::Filesystem);
         fs::write(built.join(CONFIG), &imported.config_json).map_err(io_err(&built))?;
         make_ext4(&root, &built.join(ROOTFS))?;
+        // Kept: the host sandbox's overlay needs a directory, and this one has every owner,
+        // mode and xattr the layers gave.
+        fs::rename(&root, built.join(TREE)).map_err(io_err(&root))?;
         let names: Vec<String> = match name {
             Some(name) => vec![normalize_name(name)],
             None => imported.names.iter().map(|n| normalize_name(n)).collect(),
@@ -241,6 +250,63 @@ impl Store {
             rootfs,
             size,
         })
+    }
+
+    /// The image's root as a directory whose files uid/gid 0 owns are owned by `owner` on the
+    /// host (and uid N by owner + N), as a user namespace mapping 0 to `owner` needs to see them
+    /// as the image says. Images imported before the sandbox level get their tree from their
+    /// filesystem (debugfs rdump: set-user-ID bits and xattrs are not kept). Changing owners
+    /// shifts the tree in place, under the store's lock.
+    /// A rootless caller passes `None`: its files are its own, and stay so.
+    pub fn sandbox_tree(
+        &self,
+        image: &Image,
+        owner: Option<(u32, u32)>,
+    ) -> Result<PathBuf, StoreError> {
+        let dir = self.image_dir(&image.digest);
+        let tree = dir.join(TREE);
+        if !tree.exists() {
+            let work = self.work_dir("tree")?;
+            let out = work.path().join(TREE);
+            fs::create_dir(&out).map_err(io_err(&out))?;
+            let output = Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("rdump / {}", out.display()))
+                .arg(&image.rootfs)
+                .output()
+                .map_err(|e| {
+                    StoreError::Mkfs(format!("cannot run debugfs ({e}); install e2fsprogs"))
+                })?;
+            if !output.status.success() {
+                return Err(StoreError::Mkfs(
+                    String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                ));
+            }
+            let _ = fs::remove_dir(out.join("lost+found"));
+            let _lock = self.lock()?;
+            if !tree.exists() {
+                fs::rename(&out, &tree).map_err(io_err(&tree))?;
+            }
+        }
+        let Some(owner) = owner else {
+            return Ok(tree);
+        };
+        let marker = dir.join(TREE_OWNER);
+        let read_owner = || -> (u32, u32) {
+            let text = fs::read_to_string(&marker).unwrap_or_default();
+            let mut parts = text.trim().split(':').map(|p| p.parse().unwrap_or(0));
+            (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+        };
+        if read_owner() == owner {
+            return Ok(tree);
+        }
+        let _lock = self.lock()?;
+        let from = read_owner();
+        if from != owner {
+            shift_tree(&tree, from, owner, &mut Default::default()).map_err(io_err(&tree))?;
+            fs::write(&marker, format!("{}:{}", owner.0, owner.1)).map_err(io_err(&marker))?;
+        }
+        Ok(tree)
     }
 
     /// Every image, in name order; image directories that cannot be read are left out (see
@@ -387,6 +453,41 @@ pub fn make_ext4(root: &Path, out: &Path) -> Result<(), StoreError> {
             String::from_utf8_lossy(&output.stderr).trim().to_string(),
         )),
     }
+}
+
+/// Moves the owners of everything under `dir` (itself included) from the range at `from` to
+/// the range at `to`; ids outside the range stay. Modes are set again after each chown (it
+/// clears set-user-ID and set-group-ID).
+fn shift_tree(
+    dir: &Path,
+    from: (u32, u32),
+    to: (u32, u32),
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shift = |id: u32, from: u32, to: u32| match id.checked_sub(from) {
+        Some(offset) if offset < SHIFTED_IDS => to + offset,
+        _ => id,
+    };
+    let meta = fs::symlink_metadata(dir)?;
+    if !seen.insert((meta.dev(), meta.ino())) {
+        // A hard link to an inode already shifted.
+        return Ok(());
+    }
+    let (uid, gid) = (
+        shift(meta.uid(), from.0, to.0),
+        shift(meta.gid(), from.1, to.1),
+    );
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    if !meta.file_type().is_symlink() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(dir)? {
+            shift_tree(&entry?.path(), from, to, seen)?;
+        }
+    }
+    Ok(())
 }
 
 /// (bytes in 4 KiB blocks, entries) under `dir`, not following symlinks.

@@ -188,6 +188,23 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Moves process `pid` (and its threads) into every cgroup made.
+    pub fn join_pid(&self, pid: i32) -> Result<(), JailError> {
+        for (_, dir) in &self.dirs {
+            let procs = dir.join("cgroup.procs");
+            fs::write(&procs, pid.to_string()).map_err(at("join cgroup", &procs))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the directories made, once no process is left in them (after `join_pid`).
+    pub fn remove_empty(&mut self) {
+        for dir in self.created.drain(..).rev() {
+            let _ = fs::remove_dir(dir);
+        }
+        self.dirs.clear();
+    }
+
     /// Undoes `create` (and `join`): back to each hierarchy's root, directories removed.
     pub fn remove(&mut self) {
         let pid = std::process::id().to_string();
@@ -198,6 +215,22 @@ impl Cgroups {
             let _ = fs::remove_dir(dir);
         }
         self.dirs.clear();
+    }
+}
+
+/// The cgroup version whose hierarchies have every one of `controllers`: 2 when the unified
+/// hierarchy's root offers them all (a pure v2 host), else 1 (a v1 or hybrid host).
+pub fn version_for(controllers: &[&str]) -> u8 {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let v2_has_all = hierarchies(&mounts, 2).first().is_some_and(|h| {
+        let offered = fs::read_to_string(h.mount.join("cgroup.controllers")).unwrap_or_default();
+        controllers
+            .iter()
+            .all(|c| offered.split_whitespace().any(|o| o == *c))
+    });
+    match v2_has_all {
+        true => 2,
+        false => 1,
     }
 }
 

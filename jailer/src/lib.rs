@@ -26,6 +26,7 @@ mod exec_file;
 mod jail;
 mod nofollow;
 mod privileges;
+pub mod sandbox;
 pub mod usage;
 mod vmm_process;
 

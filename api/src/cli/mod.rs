@@ -5,6 +5,7 @@ mod device_args;
 mod image;
 mod run;
 mod run_dir;
+mod sandbox_run;
 mod stdio;
 mod volumes;
 mod wasm_run;

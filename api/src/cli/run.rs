@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use guest_init::spec::{EnvVar, Mount, Rlimit, RootFs, WorkloadSpec, RLIMITS};
+use guest_init::spec::{
+    EnvVar, Isolation as Level, Mount, Policy, Rlimit, RootFs, WorkloadSpec, RLIMITS,
+};
 use vmm::builder;
 use vmm::config::ConsoleOutput;
 use vmm::config::{BootSourceBody, DriveBody, MachineConfigBody, VsockBody};
@@ -15,6 +17,7 @@ use vmm::seccomp::Filters;
 use vmm::VmExit;
 
 use super::run_dir::{self, RunDir};
+use super::sandbox_run;
 use super::stdio::{HostStdio, StdioFlags};
 use super::volumes::{self, VolumeKeeper};
 use super::wasm_run::{self, MicrovmModule, Prepared};
@@ -97,6 +100,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
 
+    /// The workload's policy: a JSON file (docs/POLICY.md) saying what it may touch and use
+    /// and the weakest isolation it may run at; every level enforces it or refuses the run.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+
     /// When to pull the image from its registry: missing (when the store lacks it), never,
     /// always.
     #[arg(
@@ -106,7 +114,7 @@ pub struct RunArgs {
         default_value = "missing",
         requires = "image"
     )]
-    pull: PullPolicy,
+    pub(super) pull: PullPolicy,
 
     /// Keep stdin open and send it to the command (as `docker run -i`); without it the
     /// command's stdin is /dev/null.
@@ -122,7 +130,7 @@ pub struct RunArgs {
     /// disk before the boot; a read-write volume's contents are copied back when the command
     /// has exited.
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
-    volumes: Vec<String>,
+    pub(super) volumes: Vec<String>,
 
     /// Take the image's writes on a disk of SIZE (512M, 2G, ...) instead of guest memory.
     #[arg(long, value_name = "SIZE", requires = "image")]
@@ -142,9 +150,10 @@ pub struct RunArgs {
     #[arg(value_name = "MODULE")]
     pub module: Option<PathBuf>,
 
-    /// Where a Wasm module runs: sandbox (a confined process on this host) or microvm (in a
-    /// microVM booted from the Wasm initramfs) [default: sandbox for a module; a command or an
-    /// image always runs in a microVM].
+    /// Where an image or a Wasm module runs: sandbox (a confined process tree on this host,
+    /// sharing its kernel) or microvm (a microVM with tessera-init) [default: the strongest
+    /// level this host runs, said on stderr; a command without an image always runs in a
+    /// microVM].
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub isolation: Option<Isolation>,
 
@@ -157,12 +166,23 @@ pub struct RunArgs {
 }
 
 /// The isolation levels `tessera run` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Isolation {
-    /// A confined process on this host (namespaces, seccomp, rlimits, no_new_privs).
+    /// A confined process tree on this host (namespaces, cgroup, seccomp, Landlock, no
+    /// capabilities, no_new_privs).
     Sandbox,
     /// A microVM with tessera-init.
     Microvm,
+}
+
+impl Isolation {
+    /// The workload spec's name for this level.
+    pub fn level(self) -> Level {
+        match self {
+            Isolation::Sandbox => Level::Sandbox,
+            Isolation::Microvm => Level::Microvm,
+        }
+    }
 }
 
 /// The flags of a Wasm module's run (`tessera run app.wasm`), passed on to tessera-wasm.
@@ -195,7 +215,9 @@ const STDIO_GUEST_CID: u32 = 3;
 const IMAGE_DRIVE_ID: &str = "tessera-image-root";
 
 /// What `tessera image inspect` says of an image, as `tessera run --image` needs it.
-struct ImageRun {
+pub(super) struct ImageRun {
+    /// The image in the store.
+    pub(super) image: images::store::Image,
     rootfs: PathBuf,
     entrypoint: Vec<String>,
     cmd: Vec<String>,
@@ -242,7 +264,7 @@ fn pull_image(store: &std::path::Path, reference: &str) -> Result<(), String> {
 /// Looks `reference` up in the image store, pulling it first as `pull` says. The lookup is
 /// done here (it reads two small files) rather than by the `tessera-image` helper, whose start
 /// alone would cost a `--image` run tens of milliseconds; only a pull runs the helper.
-fn inspect_image(reference: &str, pull: PullPolicy) -> Result<ImageRun, String> {
+pub(super) fn inspect_image(reference: &str, pull: PullPolicy) -> Result<ImageRun, String> {
     let dir = guest_image::cache_dir()?.join("images");
     if pull == PullPolicy::Always {
         pull_image(&dir, reference)?;
@@ -259,12 +281,13 @@ fn inspect_image(reference: &str, pull: PullPolicy) -> Result<ImageRun, String> 
     let config = image.config.config().clone().unwrap_or_default();
     let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     Ok(ImageRun {
-        rootfs: image.rootfs,
+        rootfs: image.rootfs.clone(),
         entrypoint: config.entrypoint().clone().unwrap_or_default(),
         cmd: config.cmd().clone().unwrap_or_default(),
         env: config.env().clone().unwrap_or_default(),
         working_dir: non_empty(config.working_dir()),
         user: non_empty(config.user()),
+        image,
     })
 }
 
@@ -466,6 +489,82 @@ impl RunArgs {
         Ok(launch)
     }
 
+    /// The `--ulimit` flags as the spec's rlimits.
+    pub(super) fn rlimits(&self) -> Result<Vec<Rlimit>, String> {
+        self.ulimit.iter().map(|flag| parse_ulimit(flag)).collect()
+    }
+
+    /// A flag given that only a VM takes (the sandbox level has no kernel, devices or memory
+    /// size of its own), if any.
+    pub fn vm_only_flag(&self) -> Option<&'static str> {
+        [
+            (self.kernel.is_some(), "--kernel"),
+            (self.initrd.is_some(), "--initrd"),
+            (self.cmdline.is_some(), "--cmdline"),
+            (self.vcpus != 1, "--vcpus"),
+            (self.memory != 128, "--memory"),
+            (self.console_output.is_some(), "--console-output"),
+            (!self.disk.is_empty(), "--disk"),
+            (!self.net.is_empty(), "--net"),
+            (self.vsock.is_some(), "--vsock"),
+            (self.entropy, "--entropy"),
+            (self.scratch.is_some(), "--scratch"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// The level to run at: `--isolation`, else the strongest this host runs (said on stderr
+    /// in one line); refused when weaker than the policy's minimum.
+    fn choose_level(&self, policy: Option<&Policy>) -> Result<Isolation, String> {
+        let minimum = policy.map(|p| p.min_isolation).unwrap_or_default();
+        let chosen = match self.isolation {
+            Some(level) => level,
+            // A command without an image has no root of its own to run on this host.
+            None if self.image.is_none() && self.module.is_none() => Isolation::Microvm,
+            None => {
+                let level = match self.microvm_available() {
+                    true => Isolation::Microvm,
+                    false => Isolation::Sandbox,
+                };
+                eprintln!(
+                    "tessera: isolation {} (the strongest this host runs; --isolation chooses)",
+                    level.level()
+                );
+                level
+            }
+        };
+        if chosen.level() < minimum {
+            return Err(format!(
+                "the policy's min_isolation is {minimum}: --isolation {} is weaker (use --isolation {minimum} or stronger)",
+                chosen.level()
+            ));
+        }
+        if minimum > Level::Microvm {
+            return Err(format!(
+                "the policy's min_isolation is {minimum}: this build runs sandbox and microvm only"
+            ));
+        }
+        Ok(chosen)
+    }
+
+    /// Whether this host can boot the microVM a run needs: /dev/kvm opens read-write, and the
+    /// kernel and initramfs are there.
+    fn microvm_available(&self) -> bool {
+        let kvm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        let kernel = self.kernel.is_some() || guest_image::default_kernel().is_ok();
+        let initrd = self.initrd.is_some()
+            || match self.module {
+                Some(_) => guest_image::default_wasm_initrd().is_ok(),
+                None => guest_image::default_initrd().is_ok(),
+            };
+        kvm && kernel && initrd
+    }
+
     /// A flag given that only a command or an image takes (a Wasm module has no user, working
     /// directory, terminal, rlimits or volumes of its own), if any.
     pub fn process_only_flag(&self) -> Option<&'static str> {
@@ -508,7 +607,7 @@ impl RunArgs {
 
     /// The command after `--` (or the image's, or the Wasm module with its arguments) as a
     /// workload spec for tessera-init, if any.
-    fn workload(
+    pub(super) fn workload(
         &self,
         image: Option<&ImageRun>,
         wasm: Option<&MicrovmModule>,
@@ -596,21 +695,30 @@ impl RunArgs {
 
 /// Boots the VM these arguments describe and waits for it; the exit code is the command's.
 pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u8, String> {
+    let policy = args.policy.as_deref().map(read_policy).transpose()?;
+    if args.module.is_some() && args.image.is_some() {
+        return Err("MODULE and --image: give one of them".into());
+    }
+    let level = match args.runs_command() {
+        true => args.choose_level(policy.as_ref())?,
+        false => Isolation::Microvm,
+    };
     let wasm = match &args.module {
-        Some(_) if args.image.is_some() => {
-            return Err("MODULE and --image: give one of them".into())
-        }
-        Some(module) => match wasm_run::prepare(module, &args)? {
+        Some(module) => match wasm_run::prepare(module, &args, level, policy.as_ref())? {
             Prepared::Microvm(module) => Some(*module),
             Prepared::Exit(code) => return Ok(code),
         },
-        None if args.isolation == Some(Isolation::Sandbox) => {
+        None if level == Isolation::Sandbox && args.image.is_none() => {
             return Err(
-                "--isolation sandbox runs Wasm modules only here; a command or an image runs in a microVM (drop --isolation)".into(),
+                "--isolation sandbox runs an image (--image REF) or a Wasm module: a bare command needs the microVM's root (drop --isolation)".into(),
             )
         }
+        None if level == Isolation::Sandbox => return sandbox_run::run(&args, policy),
         None => None,
     };
+    if let Some(policy) = &policy {
+        microvm_refusal(policy)?;
+    }
     let mut launch = args.prepare(wasm)?;
     let sockets = std::mem::take(&mut launch.sockets);
     let remove_sockets = || {
@@ -652,6 +760,36 @@ pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u
         keeper.sync()?;
     }
     Ok(code)
+}
+
+/// Reads a `--policy` file.
+fn read_policy(path: &std::path::Path) -> Result<Policy, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("--policy {}: {e}", path.display()))?;
+    Policy::from_json(&bytes).map_err(|e| format!("--policy {}: {e}", path.display()))
+}
+
+/// The part of a policy a microVM does not enforce yet, refused before anything starts.
+fn microvm_refusal(policy: &Policy) -> Result<(), String> {
+    let default = Policy::new();
+    let not_yet = [
+        (policy.filesystem != default.filesystem, "filesystem"),
+        (
+            policy.network != default.network,
+            "network (give the VM a --net device)",
+        ),
+        (
+            policy.limits != default.limits,
+            "limits (size the VM with --memory and --vcpus)",
+        ),
+        (!policy.capabilities.is_empty(), "capabilities"),
+        (!policy.syscalls.is_empty(), "syscalls"),
+    ];
+    match not_yet.iter().find(|(given, _)| *given) {
+        Some((_, what)) => Err(format!(
+            "the policy's {what} is not enforced at the microvm level yet: run it with --isolation sandbox, or leave it out of the policy"
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,11 @@ impl RunDir {
         self.with(".d")
     }
 
+    /// The directory a sandbox mounts its root's tmpfs on.
+    pub fn sandbox(&self) -> PathBuf {
+        self.with(".sandbox")
+    }
+
     /// The directory a Wasm module's files are gathered in for its disk.
     pub fn wasm_bundle(&self) -> PathBuf {
         self.with(".wasm")

@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use guest_init::spec::{is_module_file, EnvVar, WasmDir, WasmModule};
+use guest_init::spec::{is_module_file, EnvVar, Filesystem, Network, Policy, WasmDir, WasmModule};
 
 use super::run::{parse_env, Isolation, RunArgs};
 use super::run_dir::RunDir;
@@ -45,7 +45,12 @@ pub enum Prepared {
 
 /// Runs `module` in the sandbox (this process becomes the runner, and returns only on failure)
 /// or makes it ready for a microVM.
-pub fn prepare(module: &Path, args: &RunArgs) -> Result<Prepared, String> {
+pub fn prepare(
+    module: &Path,
+    args: &RunArgs,
+    level: Isolation,
+    policy: Option<&Policy>,
+) -> Result<Prepared, String> {
     if !module.exists() {
         return Err(format!(
             "{}: no such module or config file (a command for a microVM goes after `--`: tessera run -- {})",
@@ -58,8 +63,11 @@ pub fn prepare(module: &Path, args: &RunArgs) -> Result<Prepared, String> {
             "{flag} is for a command or an image, not a Wasm module (a module sees host directories through --dir HOST[::GUEST][:ro])"
         ));
     }
-    let (wasm, env) = host_module(module, args)?;
-    match args.isolation.unwrap_or(Isolation::Sandbox) {
+    let (mut wasm, env) = host_module(module, args)?;
+    if let Some(policy) = policy {
+        apply_policy(&mut wasm, policy)?;
+    }
+    match level {
         Isolation::Sandbox => Err(exec_sandboxed(&wasm, &env, args)),
         Isolation::Microvm => microvm(module, wasm),
     }
@@ -97,6 +105,46 @@ fn host_module(module: &Path, args: &RunArgs) -> Result<(WasmModule, Vec<EnvVar>
         portable: false,
     };
     Ok((wasm, parse_env(&args.env)?))
+}
+
+/// A policy as a module's own limits (WASI gives a module nothing else: no process, no
+/// network, no files but its --dir preopens); a part the runner cannot enforce is refused.
+fn apply_policy(wasm: &mut WasmModule, policy: &Policy) -> Result<(), String> {
+    let limits = &policy.limits;
+    let refused = [
+        (
+            policy.filesystem != Filesystem::default(),
+            "filesystem: a module sees only its --dir preopens (add :ro for read-only)",
+        ),
+        (
+            matches!(policy.network, Network::Interface(_)),
+            "network.interface: a module has no network interfaces",
+        ),
+        (
+            limits.cpus.is_some() || limits.pids.is_some(),
+            "limits.cpus and limits.pids: a module is one thread; bound it with fuel (--fuel)",
+        ),
+        (
+            limits.file_size_mib.is_some() || limits.open_files.is_some(),
+            "limits.file_size_mib and limits.open_files are not enforced for a module",
+        ),
+        (
+            !policy.capabilities.is_empty() || !policy.syscalls.is_empty(),
+            "capabilities and syscalls: a module makes no system calls of its own",
+        ),
+    ];
+    if let Some((_, why)) = refused.iter().find(|(given, _)| *given) {
+        return Err(format!("the policy's {why}"));
+    }
+    if let Some(mib) = limits.memory_mib {
+        let bytes = mib.saturating_mul(1 << 20);
+        wasm.memory_limit = Some(wasm.memory_limit.map_or(bytes, |flag| flag.min(bytes)));
+    }
+    if let Some(seconds) = limits.wall_time_s {
+        let ms = seconds.saturating_mul(1000);
+        wasm.timeout_ms = Some(wasm.timeout_ms.map_or(ms, |flag| flag.min(ms)));
+    }
+    Ok(())
 }
 
 /// The runner beside this binary.
