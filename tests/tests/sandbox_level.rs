@@ -64,12 +64,226 @@ fn skip(test: &str) -> bool {
     false
 }
 
+/// A policy file with `json` in it.
+fn policy(name: &str, json: &str) -> String {
+    let path = cache().with_file_name(format!("{name}.policy.json"));
+    std::fs::write(&path, json).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The probe binary as a read-only volume at /probe.
+fn probe_volume() -> String {
+    let dir = cache().with_file_name("probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_sandbox-probe"),
+        dir.join("sandbox-probe"),
+    )
+    .unwrap();
+    format!("{}:/probe:ro", dir.display())
+}
+
 #[test]
-fn runs_the_image_command() {
-    if skip("runs_the_image_command") {
+fn runs_the_image_command_as_a_container() {
+    if skip("runs_the_image_command_as_a_container") {
         return;
     }
-    let out = sandbox(&[], "echo hello; id; hostname; pwd; cat /etc/motd; ls /");
-    println!("{out}");
+    let out = sandbox(
+        &[
+            "-e",
+            "GREETING=hi there",
+            "-w",
+            "/bin",
+            "--hostname",
+            "box1",
+        ],
+        r#"echo "$GREETING"; id; hostname; pwd; cat /etc/motd; echo "pid $$"; echo oops >&2; exit 3"#,
+    );
+    assert_eq!(out.code, Some(3), "{out}");
+    assert_eq!(
+        out.stdout, "hi there\nuid=0(root) gid=0(root)\nbox1\n/bin\nfrom the image\npid 2\n",
+        "{out}"
+    );
+    assert_eq!(out.stderr, "oops\n", "{out}");
+    let out = sandbox(&["-u", "app"], "id; echo $HOME");
     assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        out.stdout, "uid=1000(app) gid=1000(app) groups=10(wheel),1000(app)\n/home/app\n",
+        "{out}"
+    );
+    let out = sandbox(&[], "kill -USR1 $$; sleep 5");
+    assert_eq!(out.code, Some(138), "killed by SIGUSR1: {out}");
+    // The root's writes stay in the run.
+    let out = sandbox(&[], "echo changed > /etc/motd && cat /etc/motd");
+    assert_eq!(out.stdout, "changed\n", "{out}");
+    let out = sandbox(&[], "cat /etc/motd");
+    assert_eq!(out.stdout, "from the image\n", "{out}");
+}
+
+#[test]
+fn volumes_read_only_and_read_write() {
+    if skip("volumes_read_only_and_read_write") {
+        return;
+    }
+    let dir = cache().with_file_name("volume");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("in.txt"), "from the host\n").unwrap();
+    // The sandbox's root is a mapped uid: a host root-owned volume is writable to it only as
+    // to any other user (as with Docker's userns-remap).
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let ro = format!("{}:/data:ro", dir.display());
+    let out = sandbox(&["-v", &ro], "cat /data/in.txt; echo x > /data/new.txt");
+    assert_eq!(out.stdout, "from the host\n", "{out}");
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    let rw = format!("{}:/data", dir.display());
+    let out = sandbox(&["-v", &rw], "echo written > /data/new.txt");
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("new.txt")).unwrap(),
+        "written\n"
+    );
+}
+
+#[test]
+fn the_policy_confines_the_workload() {
+    if skip("the_policy_confines_the_workload") {
+        return;
+    }
+    // A write outside the allowed paths.
+    let fs = policy(
+        "fs",
+        r#"{"version": 1, "filesystem": {"read_only_root": true, "read_write": ["/scratch"]}}"#,
+    );
+    let out = sandbox(
+        &["--policy", &fs],
+        "echo ok > /scratch/a && cat /scratch/a; echo no > /etc/b",
+    );
+    assert_eq!(out.stdout, "ok\n", "{out}");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("/etc/b"), "{out}");
+    // No network at all by default; loopback when the policy says so.
+    let out = sandbox(&[], "nc 127.0.0.1 9 < /dev/null");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("Network is unreachable"),
+        "network none: {out}"
+    );
+    let lo = policy("lo", r#"{"version": 1, "network": "loopback"}"#);
+    let out = sandbox(&["--policy", &lo], "nc 127.0.0.1 9 < /dev/null");
+    assert!(out.stderr.contains("Connection refused"), "loopback: {out}");
+    // A fork bomb meets the pids limit.
+    let pids = policy("pids", r#"{"version": 1, "limits": {"pids": 8}}"#);
+    let out = sandbox(
+        &["--policy", &pids],
+        "for i in $(seq 20); do sleep 3 & done; wait; echo done",
+    );
+    assert!(
+        out.stderr.contains("fork") || out.stderr.contains("Resource temporarily unavailable"),
+        "pids: {out}"
+    );
+    // A memory hog is killed at the memory limit.
+    let memory = policy("memory", r#"{"version": 1, "limits": {"memory_mib": 16}}"#);
+    let out = sandbox(
+        &["--policy", &memory],
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+    );
+    assert_eq!(out.code, Some(137), "memory: {out}");
+    // A runaway loop is stopped at the wall time.
+    let wall = policy("wall", r#"{"version": 1, "limits": {"wall_time_s": 1}}"#);
+    let started = std::time::Instant::now();
+    let out = sandbox(&["--policy", &wall], "while :; do :; done");
+    assert_eq!(out.code, Some(137), "wall time: {out}");
+    assert!(out.stderr.contains("wall-time limit (1 s)"), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Files past the size limit.
+    let fsize = policy("fsize", r#"{"version": 1, "limits": {"file_size_mib": 1}}"#);
+    let out = sandbox(&["--policy", &fsize], "head -c 2000000 /dev/zero > /big");
+    assert_eq!(out.code, Some(153), "SIGXFSZ: {out}");
+}
+
+#[test]
+fn privileged_operations_are_refused() {
+    if skip("privileged_operations_are_refused") {
+        return;
+    }
+    let probe = probe_volume();
+    for (cmd, says) in [
+        ("mount -t tmpfs none /mnt", "permission denied"),
+        ("/probe/sandbox-probe mount", "refused"),
+        ("/probe/sandbox-probe ptrace 1", "refused"),
+        ("/probe/sandbox-probe init-module", "refused"),
+        ("/probe/sandbox-probe unshare", "refused"),
+        ("unshare -r id", "Operation not permitted"),
+        ("/probe/sandbox-probe bpf", "refused"),
+        ("head -c 1 /proc/kcore | wc -c", ""),
+        ("cat /etc/shadow", "No such file"),
+        ("cat /proc/1/root/etc/hostname", "Permission denied"),
+    ] {
+        let out = sandbox(&["-v", &probe], cmd);
+        assert!(
+            out.stdout.trim() == "0" || out.code != Some(0),
+            "{cmd}: {out}"
+        );
+        assert!(
+            out.stderr.contains(says) || out.stdout.contains(says),
+            "{cmd}: {out}"
+        );
+        assert!(!out.stdout.contains("allowed"), "{cmd}: {out}");
+    }
+    // What the policy grants comes back: here ptrace of a sibling.
+    let grant = policy(
+        "ptrace",
+        r#"{"version": 1, "capabilities": ["CAP_SYS_PTRACE"]}"#,
+    );
+    let out = sandbox(
+        &["-v", &probe, "--policy", &grant],
+        "sleep 5 & /probe/sandbox-probe ptrace $!",
+    );
+    assert_eq!(out.stdout, "allowed\n", "{out}");
+}
+
+#[test]
+fn a_policy_a_level_cannot_enforce_is_refused_before_anything_starts() {
+    if skip("a_policy_a_level_cannot_enforce_is_refused_before_anything_starts") {
+        return;
+    }
+    let min = policy("min", r#"{"version": 1, "min_isolation": "microvm"}"#);
+    let out = sandbox(&["--policy", &min], "echo ran");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(
+        out.stderr
+            .contains("min_isolation is microvm: --isolation sandbox is weaker"),
+        "{out}"
+    );
+    let limits = policy("vm-limits", r#"{"version": 1, "limits": {"pids": 5}}"#);
+    let out = Command::new(tessera_bin())
+        .args([
+            "run",
+            "--isolation",
+            "microvm",
+            "--policy",
+            &limits,
+            "--image",
+            BUSYBOX_IMAGE,
+            "--",
+            "true",
+        ])
+        .env("TESSERA_CACHE", cache())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not enforced at the microvm level yet"),
+        "{stderr}"
+    );
+    let bad = policy("bad", r#"{"version": 1, "capabilities": ["CAP_FLY"]}"#);
+    let out = sandbox(&["--policy", &bad], "echo ran");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("\"CAP_FLY\" is not a capability"),
+        "{out}"
+    );
 }

@@ -123,6 +123,13 @@ pub fn enter(sandbox: &Sandbox) -> Result<(), SandboxError> {
     for dir in [&upper, &work, &root] {
         fs::create_dir(dir).map_err(io(format!("make {}", dir.display())))?;
     }
+    // The overlay's root takes its owner from the upper layer's: the workload's root.
+    if let Some((uid, gid)) = sandbox.id_map.root_owner() {
+        let mode = fs::metadata(&sandbox.lower).map(|m| m.permissions());
+        std::os::unix::fs::lchown(&upper, Some(uid), Some(gid))
+            .and_then(|()| mode.and_then(|mode| fs::set_permissions(&upper, mode)))
+            .map_err(io(format!("own {}", upper.display())))?;
+    }
     let lower = sandbox.lower.display();
     let options = format!(
         "lowerdir={lower},upperdir={},workdir={},userxattr",
@@ -143,7 +150,7 @@ pub fn enter(sandbox: &Sandbox) -> Result<(), SandboxError> {
         make_mount_point(&target, volume.source.is_dir())?;
         bind(&volume.source, &target, volume.read_only)?;
     }
-    policy_mounts(&root, &spec_fs)?;
+    policy_mounts(&root, &spec_fs, sandbox.id_map.root_owner())?;
     pivot(&root)
 }
 
@@ -256,10 +263,21 @@ fn system_mounts(root: &Path) -> Result<(), SandboxError> {
 
 /// The policy's paths: read-write ones bound onto themselves (so they stay writable under a
 /// read-only root), then the root made read-only if asked, then the read-only ones.
-fn policy_mounts(root: &Path, policy: &Filesystem) -> Result<(), SandboxError> {
+fn policy_mounts(
+    root: &Path,
+    policy: &Filesystem,
+    owner: Option<(u32, u32)>,
+) -> Result<(), SandboxError> {
     for path in &policy.read_write {
         let target = inside(root, path);
-        make_mount_point(&target, true)?;
+        if !target.exists() {
+            make_mount_point(&target, true)?;
+            // Made here by the host's root: the workload's root owns it.
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
+                    .map_err(io(format!("own {}", target.display())))?;
+            }
+        }
         bind(&target, &target, false)?;
     }
     if policy.read_only_root {
