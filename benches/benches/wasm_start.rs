@@ -76,7 +76,12 @@ fn main() {
     let wasmtime = wasmtime();
     // tessera's cache is $TESSERA_CACHE/wasm; fill it (and the runner's) once.
     std::env::set_var("TESSERA_CACHE", &dir);
-    let tessera_args = vec!["run".to_string(), guest_arg.clone()];
+    let tessera_args = vec![
+        "run".to_string(),
+        "--isolation".into(),
+        "sandbox".into(),
+        guest_arg.clone(),
+    ];
     let runner_args = vec!["--cache".to_string(), cache_arg, guest_arg.clone()];
     let mut commands: Vec<(&str, PathBuf, Vec<String>)> = vec![
         (

@@ -284,7 +284,7 @@ impl WorkloadSpec {
 
     /// The policy, defaulted.
     pub fn policy(&self) -> Policy {
-        self.policy.clone().unwrap_or_else(Policy::new)
+        self.policy.clone().unwrap_or_default()
     }
 
     /// The working directory, defaulted.

@@ -54,7 +54,7 @@ impl fmt::Display for Isolation {
 
 /// A workload's policy. Every part defaults to the strictest sensible value: no network, no
 /// capabilities, no extra syscalls, the kernel's limits, a writable root.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Always [`POLICY_VERSION`].
@@ -75,6 +75,20 @@ pub struct Policy {
     /// System calls allowed on top of the default profile (Docker's default allow-list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syscalls: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            version: POLICY_VERSION,
+            min_isolation: Isolation::default(),
+            filesystem: Filesystem::default(),
+            network: Network::default(),
+            limits: Limits::default(),
+            capabilities: Vec::new(),
+            syscalls: Vec::new(),
+        }
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -275,12 +289,9 @@ pub fn is_clean_path(path: &str) -> bool {
 }
 
 impl Policy {
-    /// The default policy, written out.
+    /// The default policy.
     pub fn new() -> Self {
-        Policy {
-            version: POLICY_VERSION,
-            ..Default::default()
-        }
+        Self::default()
     }
 
     /// Checks what JSON's types cannot.
