@@ -2,9 +2,11 @@
 //! runs a process (the host sandbox, tessera-init in a VM): capabilities dropped to what the
 //! policy grants (bounding set included), no_new_privs, Landlock rules for a read-only root,
 //! and the default seccomp profile ([`seccomp`]). Built before the exec (files opened, filters
-//! compiled), applied in two steps around the change of user: [`Confinement::before_user`]
-//! while the process still has every capability, [`Confinement::lock`] last, just before exec.
+//! compiled), applied in two steps around the change of user: [`drop_bounding`] while the
+//! process still has every capability, [`Confinement::lock`] last, just before exec. The
+//! process runner hooks both for a spec with a policy.
 
+pub mod fs;
 pub mod seccomp;
 
 use std::collections::HashSet;
@@ -53,20 +55,9 @@ impl Confinement {
         })
     }
 
-    /// Drops every capability the policy does not grant from the bounding set (so no exec can
-    /// get it back), and keeps the granted ones across a change of user. Needs CAP_SETPCAP.
-    pub fn before_user(&self) -> Result<(), String> {
-        for cap in caps::runtime::thread_all_supported() {
-            if !self.keep.contains(&cap) {
-                caps::drop(None, CapSet::Bounding, cap)
-                    .map_err(|e| format!("cannot drop {cap} from the bounding set: {e}"))?;
-            }
-        }
-        if !self.keep.is_empty() {
-            // SAFETY: PR_SET_KEEPCAPS takes integer arguments only.
-            unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
-        }
-        Ok(())
+    /// The capabilities kept, for [`drop_bounding`].
+    pub fn kept(&self) -> HashSet<Capability> {
+        self.keep.clone()
     }
 
     /// The last step before exec, after the change of user: the granted capabilities only (as
@@ -100,6 +91,22 @@ impl Confinement {
         }
         self.profile.apply()
     }
+}
+
+/// Drops every capability but `keep` from the bounding set (so no exec can get one back), and
+/// keeps `keep` across a change of user. Before the change of user: it needs CAP_SETPCAP.
+pub fn drop_bounding(keep: &HashSet<Capability>) -> Result<(), String> {
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| format!("cannot drop {cap} from the bounding set: {e}"))?;
+        }
+    }
+    if !keep.is_empty() {
+        // SAFETY: PR_SET_KEEPCAPS takes integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    }
+    Ok(())
 }
 
 fn log_line(line: &str) {

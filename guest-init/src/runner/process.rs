@@ -23,7 +23,9 @@ pub const BASE_ENV: [(&str, &str); 3] = [
 pub struct ProcessRunner;
 
 impl ProcessRunner {
-    /// The command `start` spawns (exposed for tests).
+    /// The command `start` spawns (exposed for tests). With the `confine` feature, a spec with
+    /// a policy gets its confinement (capabilities, no_new_privs, Landlock, seccomp) around the
+    /// change of user, the last thing before exec.
     pub fn command(spec: &WorkloadSpec) -> Result<Command, RunError> {
         let (program, args) = spec
             .args
@@ -31,6 +33,8 @@ impl ProcessRunner {
             .ok_or_else(|| RunError::Setup("workload spec: args is empty".into()))?;
         let mut command = Command::new(program);
         command.args(args).env_clear().envs(BASE_ENV);
+        #[cfg(feature = "confine")]
+        let confinement = confine(&mut command, spec)?;
         if let Some(user) = &spec.user {
             let id = super::user::resolve(user, std::path::Path::new("/etc"))?;
             if let Some(home) = &id.home {
@@ -72,6 +76,14 @@ impl ProcessRunner {
                 Ok(())
             });
         }
+        #[cfg(feature = "confine")]
+        if let Some(mut confinement) = confinement {
+            // SAFETY: the hook makes system calls only (capset, prctl, landlock, seccomp) on
+            // what was built before the fork.
+            unsafe {
+                command.pre_exec(move || confinement.lock().map_err(io::Error::other));
+            }
+        }
         command
             .envs(spec.env.iter().map(|v| (&v.name, &v.value)))
             .current_dir(spec.cwd());
@@ -81,6 +93,27 @@ impl ProcessRunner {
         }
         Ok(command)
     }
+}
+
+/// The spec's policy's confinement, built now, with its first step (the bounding set) hooked
+/// before the change of user; the last step is the caller's to hook after it.
+#[cfg(feature = "confine")]
+fn confine(
+    command: &mut Command,
+    spec: &WorkloadSpec,
+) -> Result<Option<crate::confine::Confinement>, RunError> {
+    let Some(policy) = &spec.policy else {
+        return Ok(None);
+    };
+    let confinement = crate::confine::Confinement::new(policy).map_err(RunError::Setup)?;
+    let keep = confinement.kept();
+    // SAFETY: the hook makes system calls only (prctl) on a set built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            crate::confine::drop_bounding(&keep).map_err(io::Error::other)
+        });
+    }
+    Ok(Some(confinement))
 }
 
 /// The spec's resource limits as setrlimit(2) takes them.

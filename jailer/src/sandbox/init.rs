@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use guest_init::confine::{self, Confinement};
+use guest_init::confine;
 use guest_init::runner::process::ProcessRunner;
 use guest_init::runner::{exit_status, RunError};
 use guest_init::spec::{Network, WorkloadSpec};
@@ -120,33 +120,8 @@ fn prepare(
     Ok(spec)
 }
 
-/// Sets interface `name` up (SIOCSIFFLAGS on a datagram socket of this namespace).
 fn link_up(name: &str) -> Result<(), SandboxError> {
-    let fail = |e: std::io::Error| SandboxError::Setup(format!("bring {name} up: {e}"));
-    // SAFETY: socket takes integers and returns a new descriptor or -1.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    // SAFETY: an all-zero ifreq is valid; the name fits (policy checks it is under 16 bytes).
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (to, from) in request.ifr_name.iter_mut().zip(name.bytes().take(15)) {
-        *to = from as libc::c_char;
-    }
-    // SAFETY: `request` is a valid ifreq for both calls; `fd` is ours and closed after.
-    let result = unsafe {
-        let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) == 0 && {
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) == 0
-        };
-        let error = std::io::Error::last_os_error();
-        libc::close(fd);
-        match ok {
-            true => Ok(()),
-            false => Err(error),
-        }
-    };
-    result.map_err(fail)
+    confine::fs::link_up(name).map_err(|e| SandboxError::Setup(format!("bring {name} up: {e}")))
 }
 
 /// Forks the workload and waits for it, reaping every other process; returns its status.
@@ -201,22 +176,13 @@ fn exec_workload(spec: &WorkloadSpec) -> RunError {
             libc::signal(signal, libc::SIG_DFL);
         }
     }
-    let policy = spec.policy();
-    let mut confinement = match Confinement::new(&policy) {
-        Ok(confinement) => confinement,
-        Err(e) => return RunError::Setup(e),
-    };
-    if let Err(e) = confinement.before_user() {
-        return RunError::Setup(e);
-    }
-    let mut command = match ProcessRunner::command(spec) {
+    // A spec always has a policy here: the default one confines too.
+    let mut spec = spec.clone();
+    spec.policy = Some(spec.policy());
+    let mut command = match ProcessRunner::command(&spec) {
         Ok(command) => command,
         Err(e) => return e,
     };
-    // SAFETY: the hook runs in this (single-threaded) process just before exec.
-    unsafe {
-        command.pre_exec(move || confinement.lock().map_err(std::io::Error::other));
-    }
     let source = command.exec();
     let (program, cwd) = (
         spec.args.first().cloned().unwrap_or_default(),

@@ -5,9 +5,9 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use guest_init::spec::Filesystem;
+use guest_init::confine::fs::{self as fs_policy, inside};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::{Sandbox, SandboxError};
@@ -58,52 +58,13 @@ fn mount_at(
         .map_err(setup(format!("mount {source} on {}", target.display())))
 }
 
-/// Bind `source` onto `target` (recursively), read-only when asked.
+/// Binds `source` onto `target` (recursively), read-only when asked.
 fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), SandboxError> {
-    let what = format!("bind {} on {}", source.display(), target.display());
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(setup(what.clone()))?;
-    if read_only {
-        remount_read_only(target).map_err(|e| SandboxError::Setup(format!("{what}: {e}")))?;
-    }
-    Ok(())
-}
-
-/// Makes the mount at `target` read-only, keeping the flags a user namespace may not drop.
-fn remount_read_only(target: &Path) -> Result<(), String> {
-    let stat = nix::sys::statvfs::statvfs(target).map_err(|e| e.to_string())?;
-    let kept = [
-        (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (nix::sys::statvfs::FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (
-            nix::sys::statvfs::FsFlags::ST_RELATIME,
-            MsFlags::MS_RELATIME,
-        ),
-    ]
-    .into_iter()
-    .filter(|(st, _)| stat.flags().contains(*st))
-    .fold(MsFlags::empty(), |flags, (_, ms)| flags | ms);
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
-        None::<&str>,
-    )
-    .map_err(|e| format!("remount read-only: {e}"))
-}
-
-/// `path` (absolute, checked clean) inside `root`.
-fn inside(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
+    fs_policy::bind(source, target, read_only).map_err(io(format!(
+        "bind {} on {}",
+        source.display(),
+        target.display()
+    )))
 }
 
 /// Makes the root and enters it.
@@ -150,7 +111,8 @@ pub fn enter(sandbox: &Sandbox) -> Result<(), SandboxError> {
         make_mount_point(&target, volume.source.is_dir())?;
         bind(&volume.source, &target, volume.read_only)?;
     }
-    policy_mounts(&root, &spec_fs, sandbox.id_map.root_owner())?;
+    guest_init::confine::fs::apply(&root, &spec_fs, sandbox.id_map.root_owner())
+        .map_err(SandboxError::Setup)?;
     pivot(&root)
 }
 
@@ -257,40 +219,6 @@ fn system_mounts(root: &Path) -> Result<(), SandboxError> {
         if target.exists() {
             bind(&target, &target, true)?;
         }
-    }
-    Ok(())
-}
-
-/// The policy's paths: read-write ones bound onto themselves (so they stay writable under a
-/// read-only root), then the root made read-only if asked, then the read-only ones.
-fn policy_mounts(
-    root: &Path,
-    policy: &Filesystem,
-    owner: Option<(u32, u32)>,
-) -> Result<(), SandboxError> {
-    for path in &policy.read_write {
-        let target = inside(root, path);
-        if !target.exists() {
-            make_mount_point(&target, true)?;
-            // Made here by the host's root: the workload's root owns it.
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
-                    .map_err(io(format!("own {}", target.display())))?;
-            }
-        }
-        bind(&target, &target, false)?;
-    }
-    if policy.read_only_root {
-        remount_read_only(root).map_err(|e| SandboxError::Setup(format!("read-only root: {e}")))?;
-    }
-    for path in &policy.read_only {
-        let target = inside(root, path);
-        if !target.exists() {
-            return Err(SandboxError::Setup(format!(
-                "policy filesystem.read_only {path:?}: no such path in the image"
-            )));
-        }
-        bind(&target, &target, true)?;
     }
     Ok(())
 }
