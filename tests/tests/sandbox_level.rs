@@ -257,28 +257,32 @@ fn a_policy_a_level_cannot_enforce_is_refused_before_anything_starts() {
             .contains("min_isolation is microvm: --isolation sandbox is weaker"),
         "{out}"
     );
-    let limits = policy("vm-limits", r#"{"version": 1, "limits": {"pids": 5}}"#);
-    let out = Command::new(tessera_bin())
-        .args([
-            "run",
-            "--isolation",
-            "microvm",
-            "--policy",
-            &limits,
-            "--image",
-            BUSYBOX_IMAGE,
-            "--",
-            "true",
-        ])
-        .env("TESSERA_CACHE", cache())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("not enforced at the microvm level yet"),
-        "{stderr}"
+    // The sandbox cannot give an interface the host lacks; nothing starts.
+    let tap = policy(
+        "tap",
+        r#"{"version": 1, "network": {"interface": "nosuch0"}}"#,
     );
+    let out = sandbox(&["--policy", &tap], "echo ran");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(out.stderr.contains("network interface nosuch0"), "{out}");
+    // A Wasm module has no process limits to give.
+    if let Some(module) = tests::wasm_guest::guest_or_skip() {
+        let pids = policy("wasm-pids", r#"{"version": 1, "limits": {"pids": 5}}"#);
+        let out = Command::new(tessera_bin())
+            .args(["run", "--isolation", "sandbox", "--policy", &pids])
+            .arg(module)
+            .args(["--", "hello"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(out.stdout.is_empty(), "{stderr}");
+        assert!(
+            stderr.contains("the policy's limits.cpus and limits.pids"),
+            "{stderr}"
+        );
+    }
     let bad = policy("bad", r#"{"version": 1, "capabilities": ["CAP_FLY"]}"#);
     let out = sandbox(&["--policy", &bad], "echo ran");
     assert_eq!(out.code, Some(1), "{out}");
@@ -286,4 +290,100 @@ fn a_policy_a_level_cannot_enforce_is_refused_before_anything_starts() {
         out.stderr.contains("\"CAP_FLY\" is not a capability"),
         "{out}"
     );
+}
+
+/// `tessera` with the test's store and a run directory of its own.
+fn tessera_cli(runtime: &Path, args: &[&str]) -> Out {
+    let out = Command::new(tessera_bin())
+        .args(args)
+        .env("TESSERA_CACHE", cache())
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .expect("run tessera");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn detached_runs_are_listed_logged_stopped_and_removed() {
+    if skip("detached_runs_are_listed_logged_stopped_and_removed") {
+        return;
+    }
+    let runtime = cache().with_file_name("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let run = |name: &str, cmd: &str| {
+        tessera_cli(
+            &runtime,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--isolation",
+                "sandbox",
+                "--image",
+                BUSYBOX_IMAGE,
+                "--",
+                "/bin/sh",
+                "-c",
+                cmd,
+            ],
+        )
+    };
+    let out = run("web", "echo started; echo oops >&2; sleep 30");
+    assert_eq!(out.code, Some(0), "{out}");
+    let id = out.stdout.trim().to_string();
+    assert_eq!(id.len(), 12, "{out}");
+    let done = run("quick", "echo quick; exit 4");
+    assert_eq!(done.code, Some(0), "{done}");
+    // Its output arrives while it runs.
+    let mut logs = tessera_cli(&runtime, &["logs", "web"]);
+    for _ in 0..100 {
+        if logs.stdout.contains("started") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        logs = tessera_cli(&runtime, &["logs", &id[..6]]);
+    }
+    assert_eq!(logs.stdout, "started\n", "{logs}");
+    assert!(logs.stderr.contains("oops\n"), "{logs}");
+    let ps = tessera_cli(&runtime, &["ps"]);
+    let line = ps
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(
+        line.contains("web") && line.contains("sandbox") && line.contains("running"),
+        "{ps}"
+    );
+    assert!(line.contains("--image busybox:test -- /bin/sh -c"), "{ps}");
+    let out = tessera_cli(&runtime, &["rm", "web"]);
+    assert_eq!(out.code, Some(1), "a running run is kept: {out}");
+    let out = tessera_cli(&runtime, &["stop", "web"]);
+    assert_eq!(out.stdout.trim(), id, "{out}");
+    let ps = tessera_cli(&runtime, &["ps", "-a"]);
+    let web = ps
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(web.contains("exited (143)"), "SIGTERM: {ps}");
+    let quick = ps
+        .stdout
+        .lines()
+        .find(|l| l.contains("quick"))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(quick.contains("exited (4)"), "{ps}");
+    assert!(!tessera_cli(&runtime, &["ps"]).stdout.contains(&id));
+    for name in ["web", "quick"] {
+        let out = tessera_cli(&runtime, &["rm", name]);
+        assert_eq!(out.code, Some(0), "{out}");
+    }
+    let out = tessera_cli(&runtime, &["logs", "web"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("no run \"web\""), "{out}");
 }

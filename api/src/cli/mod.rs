@@ -1,6 +1,7 @@
 //! The `tessera` command line: Firecracker's flags (API socket, config file) and `tessera run`
 //! ([`run`]). Every path ends in one checked `VmResources` and the one builder.
 
+mod detached;
 mod device_args;
 mod image;
 mod run;
@@ -123,6 +124,36 @@ enum Command {
     /// guest ended without reporting the command's status. SIGTERM first sends Ctrl-Alt-Del to
     /// the guest (tessera-init passes it on as SIGTERM); a second SIGTERM stops it at once.
     Run(Box<RunArgs>),
+    /// List detached runs (`tessera run -d`): running ones, or with -a every one kept.
+    Ps {
+        /// Every run kept, ended ones too.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print a detached run's stdout and stderr.
+    Logs {
+        /// Keep printing until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// The run's id (or a prefix of it) or name.
+        id: String,
+    },
+    /// Stop a detached run: SIGTERM, then SIGKILL after the grace time (as `docker stop`).
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, value_name = "SECONDS", default_value_t = 10)]
+        time: u64,
+        /// The run's id (or a prefix of it) or name.
+        id: String,
+    },
+    /// Forget an ended detached run (its record and logs).
+    Rm {
+        /// Stop it first if it is running.
+        #[arg(short, long)]
+        force: bool,
+        /// The run's id (or a prefix of it) or name.
+        id: String,
+    },
     /// Manage the local image store ($TESSERA_CACHE/images): pull, import, ls, inspect, rm
     /// (`tessera image --help` for each).
     #[command(disable_help_flag = true)]
@@ -163,7 +194,24 @@ pub fn main() -> ExitCode {
             eprintln!("tessera: error: {flag} needs a command after `--` or --image");
             return ExitCode::from(EXIT_USAGE);
         }
-        Some(Command::Run(args)) => run::run(*args, process_start, &filters),
+        Some(Command::Run(args)) => {
+            let level = args.planned_level();
+            match detached::start(args.detach, args.name.as_deref(), level, args.description()) {
+                Ok(detached::Start::Foreground) => run::run(*args, process_start, &filters),
+                Ok(detached::Start::Parent) => Ok(0),
+                Ok(detached::Start::Child(dir)) => {
+                    let remove = args.rm;
+                    let result = run::run(*args, process_start, &filters);
+                    detached::finish(&dir, &result, remove);
+                    return ExitCode::from(result.unwrap_or(EXIT_VMM_ERROR));
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Some(Command::Ps { all }) => detached::ps(all),
+        Some(Command::Logs { follow, id }) => detached::logs(&id, follow),
+        Some(Command::Stop { time, id }) => detached::stop(&id, time),
+        Some(Command::Rm { force, id }) => detached::rm(&id, force),
         Some(Command::Image(_)) if !cli.vmm.given().is_empty() => {
             eprintln!(
                 "tessera: error: {} cannot be used with the `image` subcommand",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use guest_init::spec::{
-    EnvVar, Isolation as Level, Mount, Policy, Rlimit, RootFs, WorkloadSpec, RLIMITS,
+    EnvVar, Isolation as Level, Mount, Network, Policy, Rlimit, RootFs, WorkloadSpec, RLIMITS,
 };
 use vmm::builder;
 use vmm::config::ConsoleOutput;
@@ -136,9 +136,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", requires = "image")]
     scratch: Option<String>,
 
-    /// Accepted for Docker's habit: a run always leaves nothing behind.
+    /// Accepted for Docker's habit: a run always leaves nothing behind; a detached run's
+    /// record (for `tessera ps -a` and `tessera logs`) then goes when it ends, else it stays
+    /// until `tessera rm`.
     #[arg(long)]
-    rm: bool,
+    pub rm: bool,
+
+    /// Run in the background: print the run's id and exit; `tessera ps`, `tessera logs ID`,
+    /// `tessera stop ID` and `tessera rm ID` manage it.
+    #[arg(short = 'd', long, conflicts_with_all = ["interactive", "tty"])]
+    pub detach: bool,
+
+    /// A name for a detached run, usable wherever its id is.
+    #[arg(long, value_name = "NAME", requires = "detach")]
+    pub name: Option<String>,
 
     /// A resource limit of the command: TYPE=SOFT[:HARD] as Docker writes it (nofile=1024:4096,
     /// nproc=512; -1 or unlimited for none), repeatable.
@@ -342,7 +353,11 @@ impl RunArgs {
     /// The checked resources these arguments describe (the same checks, in the same setters,
     /// as the REST API's and the config file's), with the run's streams and disks made ready;
     /// `wasm` is the module a microVM runs, if any.
-    fn prepare(&self, wasm: Option<MicrovmModule>) -> Result<Launch, String> {
+    fn prepare(
+        &self,
+        wasm: Option<MicrovmModule>,
+        policy: Option<Policy>,
+    ) -> Result<Launch, String> {
         let mut resources = VmResources::default();
         let machine = MachineConfigBody {
             vcpu_count: Some(self.vcpus),
@@ -370,10 +385,20 @@ impl RunArgs {
                 .map_err(e)?;
         }
         let mut workload = self.workload(image.as_ref(), wasm.as_ref())?;
+        let mut nets = self.net.clone();
+        if let (Some(spec), Some(policy)) = (workload.as_mut(), policy) {
+            // The interface the policy names is a host TAP: the guest's first interface.
+            if let Network::Interface(tap) = &policy.network {
+                nets.insert(0, format!("tap={tap}"));
+            }
+            if wasm.is_none() {
+                spec.policy = Some(policy);
+            }
+        }
         resources.set_boot_source(&self.boot_source()?).map_err(e)?;
         let devices = device_args::DeviceArgs {
             disks: &self.disk,
-            nets: &self.net,
+            nets: &nets,
             vsock: self.vsock.as_deref(),
             // wasmtime-wasi seeds its random source with getrandom(2), which blocks until the
             // guest kernel's CRNG is ready: virtio-rng makes that a matter of milliseconds.
@@ -548,6 +573,36 @@ impl RunArgs {
         Ok(chosen)
     }
 
+    /// The level a run will have, for a detached run's record (as `choose_level` picks it,
+    /// without saying so).
+    pub fn planned_level(&self) -> &'static str {
+        match self.isolation {
+            Some(Isolation::Sandbox) => "sandbox",
+            Some(Isolation::Microvm) => "microvm",
+            None if self.image.is_none() && self.module.is_none() => "microvm",
+            None if self.microvm_available() => "microvm",
+            None => "sandbox",
+        }
+    }
+
+    /// What a run runs, for `tessera ps`.
+    pub fn description(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(image) = &self.image {
+            parts.push(format!("--image {image}"));
+        }
+        if let Some(module) = &self.module {
+            parts.push(module.display().to_string());
+        }
+        if !self.command.is_empty() {
+            parts.push(format!("-- {}", self.command.join(" ")));
+        }
+        if parts.is_empty() {
+            parts.push("(a VM)".into());
+        }
+        parts.join(" ")
+    }
+
     /// Whether this host can boot the microVM a run needs: /dev/kvm opens read-write, and the
     /// kernel and initramfs are there.
     fn microvm_available(&self) -> bool {
@@ -716,10 +771,7 @@ pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u
         None if level == Isolation::Sandbox => return sandbox_run::run(&args, policy),
         None => None,
     };
-    if let Some(policy) = &policy {
-        microvm_refusal(policy)?;
-    }
-    let mut launch = args.prepare(wasm)?;
+    let mut launch = args.prepare(wasm, policy)?;
     let sockets = std::mem::take(&mut launch.sockets);
     let remove_sockets = || {
         for socket in &sockets {
@@ -766,30 +818,6 @@ pub fn run(args: RunArgs, process_start: Instant, filters: &Filters) -> Result<u
 fn read_policy(path: &std::path::Path) -> Result<Policy, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("--policy {}: {e}", path.display()))?;
     Policy::from_json(&bytes).map_err(|e| format!("--policy {}: {e}", path.display()))
-}
-
-/// The part of a policy a microVM does not enforce yet, refused before anything starts.
-fn microvm_refusal(policy: &Policy) -> Result<(), String> {
-    let default = Policy::new();
-    let not_yet = [
-        (policy.filesystem != default.filesystem, "filesystem"),
-        (
-            policy.network != default.network,
-            "network (give the VM a --net device)",
-        ),
-        (
-            policy.limits != default.limits,
-            "limits (size the VM with --memory and --vcpus)",
-        ),
-        (!policy.capabilities.is_empty(), "capabilities"),
-        (!policy.syscalls.is_empty(), "syscalls"),
-    ];
-    match not_yet.iter().find(|(given, _)| *given) {
-        Some((_, what)) => Err(format!(
-            "the policy's {what} is not enforced at the microvm level yet: run it with --isolation sandbox, or leave it out of the policy"
-        )),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

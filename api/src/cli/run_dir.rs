@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// The private directory, made (mode 0700) if missing; refused if someone else owns it or
 /// others may enter it.
-fn private_dir() -> Result<PathBuf, String> {
+pub(super) fn private_dir() -> Result<PathBuf, String> {
     // SAFETY: geteuid has no arguments and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::spec::Filesystem;
 
 fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("a path with a NUL byte"))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("a path with a NUL byte"))
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -101,7 +102,8 @@ pub fn apply(root: &Path, policy: &Filesystem, owner: Option<(u32, u32)>) -> Res
                 "policy filesystem.read_only {path:?}: no such path in the workload's root"
             ));
         }
-        bind(&target, &target, true).map_err(|e| format!("policy filesystem.read_only {path:?}: {e}"))?;
+        bind(&target, &target, true)
+            .map_err(|e| format!("policy filesystem.read_only {path:?}: {e}"))?;
     }
     Ok(())
 }

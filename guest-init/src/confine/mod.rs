@@ -10,11 +10,12 @@ pub mod fs;
 pub mod seccomp;
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use caps::{CapSet, Capability};
 use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
-    RulesetStatus, ABI,
+    ABI,
 };
 
 use crate::spec::{Policy, Rlimit, CAPABILITIES};
@@ -23,11 +24,36 @@ use crate::spec::{Policy, Rlimit, CAPABILITIES};
 /// kernel without Landlock leaves the read-only mounts as the only enforcement.
 const LANDLOCK_ABI: ABI = ABI::V5;
 
+/// The cgroup a guest's PID 1 makes for the policy's limits; the workload joins it before exec.
+pub const WORKLOAD_CGROUP: &str = "/sys/fs/cgroup/workload";
+
 /// Confinement made ready for one exec.
 pub struct Confinement {
     keep: HashSet<Capability>,
     landlock: Option<RulesetCreated>,
     profile: seccomp::Profile,
+    /// [`WORKLOAD_CGROUP`]'s `cgroup.procs`, when PID 1 made it.
+    cgroup: Option<std::fs::File>,
+}
+
+/// The first step, while the process is still root: into the workload's cgroup, the
+/// bounding set cut to what is kept.
+pub struct BeforeUser {
+    keep: HashSet<Capability>,
+    cgroup: Option<std::fs::File>,
+}
+
+impl BeforeUser {
+    pub fn apply(&mut self) -> Result<(), String> {
+        if let Some(procs) = &mut self.cgroup {
+            use std::io::Write as _;
+            // "0" is the writer itself.
+            procs
+                .write_all(b"0")
+                .map_err(|e| format!("cannot join {WORKLOAD_CGROUP}: {e}"))?;
+        }
+        drop_bounding(&self.keep)
+    }
 }
 
 fn capability(name: &str) -> Option<Capability> {
@@ -48,16 +74,24 @@ impl Confinement {
             true => Some(landlock_rules(policy).map_err(|e| format!("landlock: {e}"))?),
             false => None,
         };
+        let cgroup = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Path::new(WORKLOAD_CGROUP).join("cgroup.procs"))
+            .ok();
         Ok(Confinement {
             keep,
             landlock,
             profile,
+            cgroup,
         })
     }
 
-    /// The capabilities kept, for [`drop_bounding`].
-    pub fn kept(&self) -> HashSet<Capability> {
-        self.keep.clone()
+    /// The first step, for a hook before the change of user.
+    pub fn before_user(&mut self) -> BeforeUser {
+        BeforeUser {
+            keep: self.keep.clone(),
+            cgroup: self.cgroup.take(),
+        }
     }
 
     /// The last step before exec, after the change of user: the granted capabilities only (as
@@ -81,13 +115,11 @@ impl Confinement {
             ));
         }
         if let Some(ruleset) = self.landlock.take() {
-            let status = ruleset
+            // Where the kernel has no Landlock (RulesetStatus::NotEnforced), the read-only
+            // mounts still hold: Landlock is the second wall.
+            ruleset
                 .restrict_self()
                 .map_err(|e| format!("cannot apply the Landlock rules: {e}"))?;
-            if status.ruleset == RulesetStatus::NotEnforced {
-                // The read-only mounts still hold; Landlock is the second wall.
-                log_line("Landlock is not available in this kernel: the read-only root is enforced by mounts only");
-            }
         }
         self.profile.apply()
     }
@@ -107,10 +139,6 @@ pub fn drop_bounding(keep: &HashSet<Capability>) -> Result<(), String> {
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     }
     Ok(())
-}
-
-fn log_line(line: &str) {
-    eprintln!("tessera: {line}");
 }
 
 /// A read-only root: read and execute everywhere, write only beneath the policy's read-write

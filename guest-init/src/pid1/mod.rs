@@ -13,6 +13,8 @@ mod console;
 mod hostname;
 mod image_root;
 mod mounts;
+#[cfg(feature = "confine")]
+mod policy;
 mod reaper;
 mod report_ports;
 mod shutdown;
@@ -62,6 +64,8 @@ pub enum Pid1Error {
     ImageRoot(String),
     /// volume {0}
     Volume(String),
+    /// the workload's policy: {0}
+    Policy(String),
     /// the workload is a Wasm module, and this initramfs has no Wasm runner ({0}): boot the Wasm initramfs (tessera-init-wasm.cpio, which scripts/setup builds)
     NoWasmRunner(&'static str),
 }
@@ -117,6 +121,16 @@ fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
     volumes::mount_all(&spec.mounts)?;
     hostname::set(spec.hostname())?;
     signals::forward_ctrl_alt_del()?;
+    #[cfg(feature = "confine")]
+    if let Some(policy) = &spec.policy {
+        policy::apply(policy)?;
+    }
+    #[cfg(not(feature = "confine"))]
+    if spec.policy.is_some() {
+        return Err(Pid1Error::Policy(
+            "this tessera-init was built without the confine feature".into(),
+        ));
+    }
 
     let ooms_before = oom_kills();
     if spec.wasm.is_some() && !std::path::Path::new(WASM_RUNNER).exists() {
@@ -124,6 +138,10 @@ fn run(runner: &mut impl Runner) -> Result<u8, Pid1Error> {
     }
     let workload = runner.start(&spec.process())?;
     signals::set_workload(workload.pid);
+    #[cfg(feature = "confine")]
+    if let Some(policy) = &spec.policy {
+        policy::watch_wall_time(policy, workload.pid);
+    }
     let status = reaper::reap_until(workload.pid)?;
     match killed_by(status) {
         Some(9) if oom_kills() > ooms_before => eprintln!(

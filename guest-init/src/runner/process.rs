@@ -57,7 +57,12 @@ impl ProcessRunner {
                 });
             }
         }
-        let limits = rlimits(spec)?;
+        #[allow(unused_mut)]
+        let mut limits = rlimits(&spec.rlimits)?;
+        #[cfg(feature = "confine")]
+        if let Some(policy) = &spec.policy {
+            limits.extend(rlimits(&crate::confine::rlimits(policy))?);
+        }
         let tty = spec.stdio.as_ref().is_some_and(|s| s.tty.is_some());
         // SAFETY: setrlimit, setsid and ioctl are async-signal-safe; `limits` was built before
         // the fork and is only read.
@@ -105,22 +110,20 @@ fn confine(
     let Some(policy) = &spec.policy else {
         return Ok(None);
     };
-    let confinement = crate::confine::Confinement::new(policy).map_err(RunError::Setup)?;
-    let keep = confinement.kept();
-    // SAFETY: the hook makes system calls only (prctl) on a set built before the fork.
+    let mut confinement = crate::confine::Confinement::new(policy).map_err(RunError::Setup)?;
+    let mut first = confinement.before_user();
+    // SAFETY: the hook makes system calls only (write, prctl) on what was built before the fork.
     unsafe {
-        command.pre_exec(move || {
-            crate::confine::drop_bounding(&keep).map_err(io::Error::other)
-        });
+        command.pre_exec(move || first.apply().map_err(io::Error::other));
     }
     Ok(Some(confinement))
 }
 
 /// The spec's resource limits as setrlimit(2) takes them.
 fn rlimits(
-    spec: &WorkloadSpec,
+    rlimits: &[crate::spec::Rlimit],
 ) -> Result<Vec<(libc::__rlimit_resource_t, libc::rlimit)>, RunError> {
-    spec.rlimits
+    rlimits
         .iter()
         .map(|limit| {
             let resource = match limit.kind.as_str() {

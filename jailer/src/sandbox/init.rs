@@ -43,6 +43,9 @@ pub struct Pipes {
 /// PID 1's life; returns its exit status. A setup failure is written to the error pipe (read
 /// by the host side) before status 125.
 pub fn main(sandbox: &Sandbox, rootful: bool, pipes: &Pipes) -> isize {
+    // The sandbox ends with tessera, whatever ends tessera (its PID namespace with it).
+    // SAFETY: PR_SET_PDEATHSIG takes integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     // SAFETY: the descriptors are this clone's copies of the host side's pipe ends.
     let (mut go, map, mut err) = unsafe {
         (
@@ -115,9 +118,7 @@ fn prepare(
         let _ = nix::unistd::setgroups(&[]);
     }
     drop(map);
-    let mut spec = spec.clone();
-    spec.rlimits.extend(confine::rlimits(&policy));
-    Ok(spec)
+    Ok(spec.clone())
 }
 
 fn link_up(name: &str) -> Result<(), SandboxError> {
