@@ -17,8 +17,8 @@ pub const HOST_WASM_INITRAMFS: &str = "/root/.cache/tessera/initramfs/tessera-in
 
 /// What a nested test host needs to run Wasm modules at both levels, as (file here, path in
 /// the host): the release runner beside `tessera` (a debug wasmtime is too big and too slow
-/// for an emulated host), `tessera-volume` of `bin_dir`, the Wasm initramfs (`bin_dir`'s
-/// tessera-init and the runner, packed into `dir` as scripts/setup packs it) and the two
+/// for an emulated host), `tessera-volume` of `bin_dir`, the Wasm initramfs (the
+/// release tessera-init and the runner, packed into `dir` as scripts/setup packs it) and the two
 /// modules. Err says what is missing.
 pub fn host_files(bin_dir: &Path, dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
     let guest = guest().map_err(str::to_string)?;
@@ -28,9 +28,8 @@ pub fn host_files(bin_dir: &Path, dir: &Path) -> Result<Vec<(PathBuf, String)>, 
     let initramfs = dir.join("tessera-init-wasm.cpio");
     let mut archive = Initramfs::with_base_layout();
     let e = |e: guest_init::initramfs::InitramfsError| e.to_string();
-    archive
-        .add_from_host(&bin_dir.join("tessera-init"), "init")
-        .map_err(e)?;
+    let init = release_binary("tessera-init", &["guest-init/src"])?;
+    archive.add_from_host(&init, "init").map_err(e)?;
     archive
         .add_from_host(&runner, guest_init::spec::WASM_RUNNER)
         .map_err(e)?;
@@ -54,8 +53,16 @@ pub fn host_files(bin_dir: &Path, dir: &Path) -> Result<Vec<(PathBuf, String)>, 
 /// The release runner; one older than a source file it is built from is an error (a panic),
 /// not a test of old code.
 fn release_runner() -> Result<PathBuf, String> {
+    release_binary("tessera-wasm", &["wasm/src", "guest-init/src"])
+}
+
+/// The release build of `name`, which must not be older than `sources`: the debug builds of
+/// the runner and of tessera-init together are too large for a 128 MiB guest's initramfs.
+fn release_binary(name: &str, sources: &[&str]) -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let runner = root.join("target/x86_64-unknown-linux-gnu/release/tessera-wasm");
+    let runner = root
+        .join("target/x86_64-unknown-linux-gnu/release")
+        .join(name);
     let built = std::fs::metadata(&runner)
         .and_then(|m| m.modified())
         .map_err(|_| {
@@ -64,14 +71,14 @@ fn release_runner() -> Result<PathBuf, String> {
                 runner.display()
             )
         })?;
-    let newest = ["wasm/src", "guest-init/src"]
+    let newest = sources
         .iter()
         .filter_map(|dir| newest_file(&root.join(dir)))
         .max()
         .unwrap_or(SystemTime::UNIX_EPOCH);
     assert!(
         built >= newest,
-        "{} is older than its sources: rebuild it (cargo build --release -p wasm)",
+        "{} is older than its sources: rebuild it (cargo build --release --workspace --bins)",
         runner.display()
     );
     Ok(runner)

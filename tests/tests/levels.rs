@@ -293,5 +293,20 @@ fn the_same_spec_gives_the_same_result_in_the_sandbox_and_in_a_microvm() {
         assert_eq!(out.status, 1, "{probe}: {out}");
         assert!(out.output.contains("refused"), "{probe}: {out}");
     }
+
+    // A detached microVM: listed, logged, stopped (its command gets SIGTERM through
+    // Ctrl-Alt-Del), removed.
+    let out = run(&format!(
+        "id=$(tessera run -d --name vm1 --isolation microvm --image {BUSYBOX_IMAGE} -- sh -c 'echo up; trap \"echo term; exit 9\" TERM; while :; do sleep 1; done') && \
+         for i in $(seq 100); do tessera logs vm1 | grep -q up && break; sleep 0.2; done; \
+         tessera ps; tessera logs $id; tessera stop vm1 >/dev/null; tessera ps -a; tessera rm vm1 >/dev/null && echo removed"
+    ));
+    assert!(out.output.contains("microvm   running"), "{out}");
+    assert!(out.output.contains("up\n"), "{out}");
+    assert!(
+        out.output.contains("exited (9)"),
+        "stopped with SIGTERM: {out}"
+    );
+    assert!(out.output.contains("removed"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -387,3 +387,84 @@ fn detached_runs_are_listed_logged_stopped_and_removed() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("no run \"web\""), "{out}");
 }
+
+#[test]
+fn runs_rootless_as_the_callers_own_user() {
+    let test = "runs_rootless_as_the_callers_own_user";
+    if skip(test) {
+        return;
+    }
+    // SAFETY: getuid has no arguments and cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        // Then every other test here is the rootless one.
+        println!("SKIPPED {test}: not root, so there is no other user to become");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("SKIPPED {test}: no setpriv (util-linux) to run as another user");
+        return;
+    }
+    let home = cache().with_file_name("rootless");
+    std::fs::create_dir_all(&home).unwrap();
+    let save = busybox_docker_save(&home);
+    for path in [&home, &save] {
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    }
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(tessera_bin())
+            .args(args)
+            .env("HOME", &home)
+            .env("TESSERA_CACHE", home.join("cache"))
+            .env("XDG_RUNTIME_DIR", &home)
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let out = as_nobody(&["image", "import", save.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let fs = home.join("fs.json");
+    std::fs::write(
+        &fs,
+        r#"{"version": 1, "filesystem": {"read_only_root": true}}"#,
+    )
+    .unwrap();
+    let out = as_nobody(&[
+        "run",
+        "--isolation",
+        "sandbox",
+        "--image",
+        BUSYBOX_IMAGE,
+        "--",
+        "/bin/sh",
+        "-c",
+        "id; cat /proc/self/uid_map; echo hi > /x && cat /x",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.starts_with("uid=0(root) gid=0(root)\n"), "{out}");
+    assert!(
+        out.stdout.contains("65534"),
+        "the caller is root inside: {out}"
+    );
+    assert!(out.stdout.ends_with("hi\n"), "{out}");
+    let out = as_nobody(&[
+        "run",
+        "--isolation",
+        "sandbox",
+        "--policy",
+        fs.to_str().unwrap(),
+        "--image",
+        BUSYBOX_IMAGE,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo no > /x",
+    ]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+}

@@ -86,6 +86,10 @@ fn cgroup(policy: &Policy) -> Result<(), Pid1Error> {
     let dir = Path::new(WORKLOAD_CGROUP);
     std::fs::create_dir_all(dir).map_err(err(WORKLOAD_CGROUP))?;
     for (_, file, value) in settings {
+        // No swap accounting in a kernel without swap: nothing to turn off.
+        if file == "memory.swap.max" && !dir.join(file).exists() {
+            continue;
+        }
         std::fs::write(dir.join(file), value).map_err(err(file))?;
     }
     Ok(())

@@ -19,6 +19,8 @@ pub struct IdMap {
     pub gids: Vec<(u32, u32, u32)>,
     /// Written through newuidmap/newgidmap (a rootless caller's subordinate ranges).
     helpers: bool,
+    /// Made for a root caller (the sandbox's PID 1 is root inside either way).
+    rootful: bool,
 }
 
 /// The first `NAME:START:COUNT` line of a subuid/subgid file for `name` or `id`.
@@ -63,6 +65,7 @@ impl IdMap {
                 uids: vec![(0, ustart, ucount.min(65_536))],
                 gids: vec![(0, gstart, gcount.min(65_536))],
                 helpers: false,
+                rootful: true,
             };
         }
         match (subuid, subgid, have("newuidmap") && have("newgidmap")) {
@@ -70,11 +73,13 @@ impl IdMap {
                 uids: vec![(0, uid, 1), (1, ustart, ucount.min(65_535))],
                 gids: vec![(0, gid, 1), (1, gstart, gcount.min(65_535))],
                 helpers: true,
+                rootful: false,
             },
             _ => IdMap {
                 uids: vec![(0, uid, 1)],
                 gids: vec![(0, gid, 1)],
                 helpers: false,
+                rootful: false,
             },
         }
     }
@@ -83,9 +88,12 @@ impl IdMap {
     /// is root (the lower layer's files are shifted by these); None for a rootless caller,
     /// whose files are its own.
     pub fn root_owner(&self) -> Option<(u32, u32)> {
-        nix::unistd::getuid()
-            .is_root()
-            .then(|| (self.uids[0].1, self.gids[0].1))
+        self.rootful.then(|| (self.uids[0].1, self.gids[0].1))
+    }
+
+    /// Whether the map is a root caller's.
+    pub fn rootful(&self) -> bool {
+        self.rootful
     }
 
     /// How many ids inside the namespace are mapped (ids past it read as nobody).

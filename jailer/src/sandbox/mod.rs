@@ -106,7 +106,10 @@ fn cgroup_settings(policy: &Policy, version: u8) -> Vec<CgroupSetting> {
         match version {
             2 => {
                 set("memory", "max", bytes);
-                set("memory", "swap.max", "0".into());
+                // Where swap is on, the limit is on memory and swap together, as Docker's.
+                if swap_on() {
+                    set("memory", "swap.max", "0".into());
+                }
             }
             _ => set("memory", "limit_in_bytes", bytes),
         }
@@ -126,6 +129,11 @@ fn cgroup_settings(policy: &Policy, version: u8) -> Vec<CgroupSetting> {
         }
     }
     settings
+}
+
+/// Whether the host has swap (and so cgroups account for it).
+fn swap_on() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| swaps.lines().count() > 1)
 }
 
 fn pipe() -> Result<(File, File), SandboxError> {
@@ -167,7 +175,7 @@ impl Sandbox {
         // As root, PID 1 makes the root's mounts with the host's privileges (the image's tree is
         // in root's home, which a mapped uid may not enter) and only then enters a new user
         // namespace; rootless, it needs the user namespace first to mount anything.
-        let rootful = nix::unistd::getuid().is_root();
+        let rootful = self.id_map.rootful();
         let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
@@ -351,15 +359,13 @@ mod tests {
             .iter()
             .map(|s| format!("{}={}", s.file, s.value))
             .collect();
-        assert_eq!(
-            v2,
-            [
-                "memory.max=67108864",
-                "memory.swap.max=0",
-                "pids.max=32",
-                "cpu.max=50000 100000"
-            ]
-        );
+        let swap = ["memory.swap.max=0"].into_iter().filter(|_| swap_on());
+        let expected: Vec<&str> = ["memory.max=67108864"]
+            .into_iter()
+            .chain(swap)
+            .chain(["pids.max=32", "cpu.max=50000 100000"])
+            .collect();
+        assert_eq!(v2, expected);
         let v1: Vec<String> = cgroup_settings(&policy, 1)
             .iter()
             .map(|s| format!("{}={}", s.file, s.value))
