@@ -134,7 +134,7 @@ fn streams_volumes_and_limits(run: &mut impl FnMut(&str) -> tests::test_host::Ho
     let image = BUSYBOX_IMAGE;
     // stdout and stderr each hold exactly what the command wrote there.
     let out = run(&format!(
-        "tessera run --image {image} -- sh -c 'echo out; echo err >&2; exit 3' >/tmp/o 2>/tmp/e; \
+        "tessera run --isolation microvm --image {image} -- sh -c 'echo out; echo err >&2; exit 3' >/tmp/o 2>/tmp/e; \
          echo rc=$?; echo \"O[$(cat /tmp/o)]\"; echo \"E[$(cat /tmp/e)]\""
     ));
     assert!(out.output.contains("rc=3\nO[out]\nE[err]\n"), "{out}");

@@ -86,6 +86,9 @@ fn microvm(run: &mut impl FnMut(&str) -> HostOutput, args: &[String]) -> Result 
     }
 }
 
+/// The same run's arguments here and in the test host (paths differ).
+type Pair = (Vec<String>, Vec<String>);
+
 fn s(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
@@ -158,7 +161,7 @@ fn the_same_spec_gives_the_same_result_in_the_sandbox_and_in_a_microvm() {
     let setup = run("mkdir -p /root/volume && echo 'from the host' > /root/volume/in.txt");
     assert_eq!(setup.status, 0, "{setup}");
 
-    let image = |flags: &[&str], cmd: &str| -> (Vec<String>, Vec<String>) {
+    let image = |flags: &[&str], cmd: &str| -> Pair {
         let mut args = s(flags);
         args.extend(s(&["--image", BUSYBOX_IMAGE, "--", "/bin/sh", "-c", cmd]));
         let local: Vec<String> = args
@@ -177,7 +180,8 @@ fn the_same_spec_gives_the_same_result_in_the_sandbox_and_in_a_microvm() {
             .collect();
         (local, remote)
     };
-    let cases: Vec<(&str, (Vec<String>, Vec<String>), i32)> = vec![
+    // (case, (arguments here, arguments in the test host), exit code)
+    let cases: Vec<(&str, Pair, i32)> = vec![
         ("echo", image(&[], "echo hello; echo to stderr >&2"), 0),
         (
             "env, cwd, user",
@@ -211,7 +215,11 @@ fn the_same_spec_gives_the_same_result_in_the_sandbox_and_in_a_microvm() {
         let here = sandbox(&cache, local);
         let there = microvm(&mut run, remote);
         assert_eq!(here.code, *code, "{name}: sandbox {here:?}");
-        assert_eq!(here, there, "{name}: sandbox (left) and microVM (right)");
+        assert_eq!(
+            here, there,
+            "{name}: sandbox (left) and microVM (right)\nsandbox: {}\nmicroVM: {}",
+            here.raw, there.raw
+        );
     }
     assert_eq!(
         std::fs::read_to_string(local_volume.join("out.txt")).unwrap(),
@@ -235,8 +243,22 @@ fn the_same_spec_gives_the_same_result_in_the_sandbox_and_in_a_microvm() {
         let there = microvm(&mut run, &remote);
         assert_eq!(here.code, code, "{name}: sandbox {here:?}");
         // The module names itself by its path's file name: the same at both.
-        assert_eq!(here, there, "{name}: sandbox (left) and microVM (right)");
+        assert_eq!(
+            here, there,
+            "{name}: sandbox (left) and microVM (right)\nsandbox: {}\nmicroVM: {}",
+            here.raw, there.raw
+        );
     }
+
+    // Without --isolation: the strongest level this host runs, said in one line.
+    let out = run(&format!("tessera run --image {BUSYBOX_IMAGE} -- true 2>&1"));
+    assert_eq!(out.status, 0, "{out}");
+    assert!(
+        out.output.contains(
+            "tessera: isolation microvm (the strongest this host runs; --isolation chooses)\n"
+        ),
+        "{out}"
+    );
 
     // The policy's confinement inside the guest.
     let policies = [
@@ -277,7 +299,7 @@ fn the_same_spec_gives_the_same_result_in_the_sandbox_and_in_a_microvm() {
     );
     let out = run(&vm(
         "memory",
-        "x=$(head -c 100000000 /dev/zero | tr \"\\\\0\" a); echo survived",
+        "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
     ));
     assert_eq!(out.status, 137, "memory: {out}");
     let out = run(&vm("wall", "while :; do :; done"));

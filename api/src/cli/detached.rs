@@ -2,12 +2,13 @@
 //! logs ID`, `tessera stop ID`, `tessera rm ID`, at every level. A detached run is the same
 //! `tessera run` process, forked into a session of its own with its stdout and stderr in files;
 //! its record (`runs/ID/state.json` in the run directory, beside the runs' sockets) says which
-//! process it is, and `exit` holds its exit code once it ends.
+//! process it is, and `exit` holds its exit code once it ends (written by a small recorder
+//! process that waits for it).
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -74,13 +75,20 @@ pub enum Start {
     Foreground,
     /// This is the caller's process: the run is detached and its id printed.
     Parent,
-    /// This is the detached run: run, then [`finish`] with its code.
-    Child(PathBuf),
+    /// This is the detached run (its exit code is recorded by the process that forked it).
+    Child,
 }
 
-/// Forks the run into the background when `-d` asks: the parent prints the run's id, the child
-/// (its own session, stdin /dev/null, stdout and stderr in the run's files) goes on to run.
-pub fn start(detach: bool, name: Option<&str>, level: &str, what: String) -> Result<Start, String> {
+/// Forks the run into the background when `-d` asks: the parent prints the run's id; a child
+/// in a session of its own (stdin /dev/null, stdout and stderr in the run's files) forks the
+/// run and stays to record its exit code (with `remove`, `--rm`: to forget it instead).
+pub fn start(
+    detach: bool,
+    remove: bool,
+    name: Option<&str>,
+    level: &str,
+    what: String,
+) -> Result<Start, String> {
     if !detach {
         return Ok(Start::Foreground);
     }
@@ -124,22 +132,45 @@ pub fn start(detach: bool, name: Option<&str>, level: &str, what: String) -> Res
                 libc::dup2(stdout.as_raw_fd(), 1);
                 libc::dup2(stderr.as_raw_fd(), 2);
             }
-            let pid = std::process::id() as i32;
+            // SAFETY: still one thread.
+            let run = unsafe { libc::fork() };
+            if run == 0 {
+                return Ok(Start::Child);
+            }
+            // This process stays to record how the run ends (the run's own seccomp filter
+            // would not let it write a file once its VM runs, and a killed run says nothing).
             let record = Record {
                 id,
                 name: name.map(str::to_string),
-                pid,
-                start_ticks: start_ticks(pid).unwrap_or(0),
+                pid: run,
+                start_ticks: start_ticks(run).unwrap_or(0),
                 level: level.to_string(),
                 what,
                 created: now(),
             };
             let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
             let tmp = dir.join(".state.json");
-            fs::write(&tmp, json)
-                .and_then(|()| fs::rename(&tmp, dir.join(STATE)))
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            Ok(Start::Child(dir))
+            let _ = fs::write(&tmp, json).and_then(|()| fs::rename(&tmp, dir.join(STATE)));
+            let mut wstatus = 0;
+            // SAFETY: waitpid writes one int through a valid pointer.
+            while unsafe { libc::waitpid(run, &mut wstatus, 0) } == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+            let code = match (libc::WIFEXITED(wstatus), libc::WIFSIGNALED(wstatus)) {
+                (true, _) => libc::WEXITSTATUS(wstatus),
+                (_, true) => 128 + libc::WTERMSIG(wstatus),
+                _ => 255,
+            };
+            match remove {
+                true => {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                false => {
+                    let _ = fs::write(dir.join(EXIT), code.to_string());
+                }
+            }
+            // SAFETY: _exit ends this recorder without running the run's exit handlers.
+            unsafe { libc::_exit(0) }
         }
         child => {
             // Printed once the record exists, so that `tessera ps` right after shows it.
@@ -153,25 +184,6 @@ pub fn start(detach: bool, name: Option<&str>, level: &str, what: String) -> Res
             let _ = child;
             println!("{}", dir.file_name().unwrap_or_default().to_string_lossy());
             Ok(Start::Parent)
-        }
-    }
-}
-
-/// Records a detached run's exit code (with `remove`, `--rm`: forgets the run instead).
-pub fn finish(dir: &Path, result: &Result<u8, String>, remove: bool) {
-    let code = match result {
-        Ok(code) => *code,
-        Err(e) => {
-            eprintln!("tessera: error: {e}");
-            super::EXIT_VMM_ERROR
-        }
-    };
-    match remove {
-        true => {
-            let _ = fs::remove_dir_all(dir);
-        }
-        false => {
-            let _ = fs::write(dir.join(EXIT), code.to_string());
         }
     }
 }
@@ -305,6 +317,7 @@ pub fn stop(reference: &str, grace: u64) -> Result<u8, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(grace);
     while std::time::Instant::now() < deadline {
         if start_ticks(record.pid) != Some(record.start_ticks) {
+            wait_recorded(&record);
             println!("{}", record.id);
             return Ok(0);
         }
@@ -314,8 +327,23 @@ pub fn stop(reference: &str, grace: u64) -> Result<u8, String> {
         // SAFETY: as above.
         unsafe { libc::kill(record.pid, libc::SIGKILL) };
     }
+    wait_recorded(&record);
     println!("{}", record.id);
     Ok(0)
+}
+
+/// Waits (a second at most) for the recorder to write an ended run's exit code, so that `ps`
+/// right after `stop` shows it.
+fn wait_recorded(record: &Record) {
+    let Ok(dir) = runs_dir().map(|d| d.join(&record.id)) else {
+        return;
+    };
+    for _ in 0..100 {
+        if dir.join(EXIT).exists() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// `tessera rm [-f] ID`: forgets an ended run (with `force`, stops a running one first).

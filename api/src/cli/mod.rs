@@ -196,15 +196,11 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => {
             let level = args.planned_level();
-            match detached::start(args.detach, args.name.as_deref(), level, args.description()) {
+            let what = args.description();
+            match detached::start(args.detach, args.rm, args.name.as_deref(), level, what) {
                 Ok(detached::Start::Foreground) => run::run(*args, process_start, &filters),
                 Ok(detached::Start::Parent) => Ok(0),
-                Ok(detached::Start::Child(dir)) => {
-                    let remove = args.rm;
-                    let result = run::run(*args, process_start, &filters);
-                    detached::finish(&dir, &result, remove);
-                    return ExitCode::from(result.unwrap_or(EXIT_VMM_ERROR));
-                }
+                Ok(detached::Start::Child) => run::run(*args, process_start, &filters),
                 Err(e) => Err(e),
             }
         }
