@@ -119,6 +119,23 @@ fn runs_the_image_command_as_a_container() {
     );
     let out = sandbox(&[], "kill -USR1 $$; sleep 5");
     assert_eq!(out.code, Some(138), "killed by SIGUSR1: {out}");
+    // stdin: /dev/null without -i, the caller's with it.
+    for (flags, expected) in [(&[][..], ""), (&["-i"][..], "piped\n")] {
+        let mut child = Command::new(tessera_bin())
+            .args(["run", "--isolation", "sandbox", "--image", BUSYBOX_IMAGE])
+            .args(flags)
+            .args(["--", "/bin/busybox", "cat"])
+            .env("TESSERA_CACHE", cache())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        // Without -i nothing reads it: a closed pipe is no failure.
+        let _ = child.stdin.take().unwrap().write_all(b"piped\n");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{flags:?}");
+    }
     // The root's writes stay in the run.
     let out = sandbox(&[], "echo changed > /etc/motd && cat /etc/motd");
     assert_eq!(out.stdout, "changed\n", "{out}");
@@ -465,4 +482,38 @@ fn runs_rootless_as_the_callers_own_user() {
     ]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("Read-only file system"), "{out}");
+}
+
+#[test]
+fn without_isolation_the_strongest_level_this_host_runs_is_chosen_and_said() {
+    let test = "without_isolation_the_strongest_level_this_host_runs_is_chosen_and_said";
+    if skip(test) {
+        return;
+    }
+    if !vmm::hypervisor::kvm::is_pvm_host() && std::path::Path::new("/dev/kvm").exists() {
+        // Then it is microvm, which tests/tests/levels.rs checks in the test host.
+        println!("SKIPPED {test}: this host may run microVMs (the microvm choice is tested in the test host)");
+        return;
+    }
+    let out: Out = Command::new(tessera_bin())
+        .args([
+            "run",
+            "--image",
+            BUSYBOX_IMAGE,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hi",
+        ])
+        .env("TESSERA_CACHE", cache())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(out.stdout, "hi\n", "{out}");
+    assert_eq!(
+        out.stderr,
+        "tessera: isolation sandbox (the strongest this host runs; --isolation chooses)\n",
+        "{out}"
+    );
 }

@@ -603,9 +603,13 @@ impl RunArgs {
         parts.join(" ")
     }
 
-    /// Whether this host can boot the microVM a run needs: /dev/kvm opens read-write, and the
-    /// kernel and initramfs are there.
+    /// Whether this host can boot the microVM a run needs: /dev/kvm opens read-write and is
+    /// not the PVM software hypervisor (which boots no Linux guest), and the kernel and
+    /// initramfs are there.
     fn microvm_available(&self) -> bool {
+        if vmm::hypervisor::kvm::is_pvm_host() {
+            return false;
+        }
         let kvm = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -46,6 +46,12 @@ pub fn run(args: &RunArgs, policy: Option<Policy>) -> Result<u8, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    if !args.interactive {
+        // As `docker run` and a microVM: the workload's stdin is the terminal's only with -i.
+        let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        // SAFETY: dup2 takes two open descriptors.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) };
+    }
     let staging = RunDir::new()?.sandbox();
     std::fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     let sandbox = Sandbox {

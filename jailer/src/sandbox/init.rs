@@ -184,6 +184,20 @@ fn exec_workload(spec: &WorkloadSpec) -> RunError {
         Ok(command) => command,
         Err(e) => return e,
     };
+    // The runner gives the workload a process group of its own; on a terminal that group must
+    // be the foreground one, or reading it would stop the workload (SIGTTIN), and Ctrl-C must
+    // reach it, as a shell does for the commands it runs.
+    // SAFETY: isatty, signal and tcsetpgrp take integers; the hook runs just before exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::isatty(0) == 1 {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, libc::getpgrp());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     let source = command.exec();
     let (program, cwd) = (
         spec.args.first().cloned().unwrap_or_default(),
