@@ -1,5 +1,7 @@
-//! The sandbox's PID 1: waits for its ids to be mapped, becomes root of its user namespace,
-//! makes the workload's root and enters it, then forks the workload and stays as its init:
+//! The sandbox's PID 1: waits until it is in its cgroup, makes the workload's root and enters
+//! it, is root of its user namespace (as root: one made after the mounts, so that they are
+//! made with the host's privileges; rootless: the one it was cloned into), then forks the
+//! workload and stays as its init:
 //! signals passed on, orphans reaped, the workload's exit status made its own. As in a
 //! microVM, the workload is never PID 1, so signals and exit codes mean the same at both
 //! levels.

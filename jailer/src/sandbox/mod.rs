@@ -7,8 +7,10 @@
 //! workload, which PID 1 forks and which confines itself ([`guest_init::confine`]) and execs.
 //!
 //! ```text
-//! tessera ── clone(NEWUSER|NEWNS|NEWPID|NEWIPC|NEWUTS|NEWNET) ──> PID 1 ── fork ──> workload
-//!   writes uid_map/gid_map, joins it to the cgroup, moves the interface, then says "go"
+//! tessera ── clone(NEWNS|NEWPID|NEWIPC|NEWUTS|NEWNET [|NEWUSER rootless]) ──> PID 1 ── fork ──> workload
+//!   joins it to the cgroup, moves the interface, says "go"; PID 1 makes its cgroup namespace
+//!   and the mounts, pivots; as root it then unshares a user namespace and asks for its map
+//!   (rootless, the map was written before "go"), then becomes root inside
 //! ```
 
 mod idmap;
@@ -244,7 +246,6 @@ impl Sandbox {
             // SAFETY: `forward` only reads an atomic and calls kill.
             unsafe { libc::signal(signal, forward as *const () as libc::sighandler_t) };
         }
-        let _ = go_write.write_all(b"g");
         drop(go_write);
         let deadline = policy
             .limits
